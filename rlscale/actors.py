@@ -1,0 +1,243 @@
+"""Rollout workers and the pool that runs them in-process or as Ray actors.
+
+``RolloutWorker`` is a plain class: a vector env and a CPU copy of the policy. The pool is the
+one place that knows Ray: ``LocalPool`` calls workers in turn, ``RayPool`` wraps the same class
+with ``ray.remote``, sends weights through the object store, and replaces actors that die.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rlscale.envs import make_vector_env
+from rlscale.model import ActorCritic
+from rlscale.rollout import Fragment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EnvSpec:
+    obs_shape: tuple[int, ...]
+    obs_dtype: str
+    num_actions: int
+    frames_per_env_step: int
+
+
+def worker_seed(seed: int, worker_index: int, restarts: int = 0) -> int:
+    # Distinct, reproducible streams per worker; a restarted worker gets a fresh stream.
+    return int(np.random.SeedSequence([seed, worker_index, restarts]).generate_state(1)[0])
+
+
+class RolloutWorker:
+    """Steps E environments with a CPU copy of the policy; returns fragments [T, E]."""
+
+    def __init__(self, env_cfg, hidden_sizes, num_envs: int, seed: int, env_offset: int, torch_threads: int = 1):
+        torch.set_num_threads(torch_threads)
+        self.env = make_vector_env(env_cfg, num_envs, seed)
+        self.policy = ActorCritic(self.env.obs_shape, self.env.num_actions, hidden_sizes)
+        self.policy.eval()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.obs = self.env.reset()
+        self.version = -1
+        self.env_ids = np.arange(env_offset, env_offset + num_envs, dtype=np.int64)
+        # A failure injected on purpose by tests (RLSCALE_FAIL_AFTER_SAMPLES), never in normal use.
+        self._fail_after = int(os.environ.get("RLSCALE_FAIL_AFTER_SAMPLES", "0"))
+        self._samples = 0
+
+    def spec(self) -> EnvSpec:
+        e = self.env
+        return EnvSpec(tuple(e.obs_shape), str(e.obs_dtype), e.num_actions, e.frames_per_env_step)
+
+    def set_weights(self, weights: dict, version: int) -> None:
+        if version != self.version:
+            self.policy.load_state_dict(weights)
+            self.version = version
+
+    @torch.no_grad()
+    def sample(self, num_steps: int, weights: dict | None = None, version: int | None = None) -> Fragment:
+        if weights is not None:
+            self.set_weights(weights, version)
+        self._samples += 1
+        if self._fail_after and self._samples > self._fail_after:
+            os._exit(1)  # simulate a crashed actor process
+        T, E = num_steps, self.env.num_envs
+        obs = np.empty((T, E, *self.env.obs_shape), dtype=self.env.obs_dtype)
+        actions = np.empty((T, E), dtype=np.int64)
+        logp = np.empty((T, E), dtype=np.float32)
+        values = np.empty((T + 1, E), dtype=np.float32)
+        rewards = np.empty((T, E), dtype=np.float32)
+        terminated = np.empty((T, E), dtype=bool)
+        truncated = np.empty((T, E), dtype=bool)
+        next_values = np.empty((T, E), dtype=np.float32)
+        ep_returns, ep_lengths = [], []
+        truncated_values = {}
+        for t in range(T):
+            obs[t] = self.obs
+            a, lp, v = self.policy.act(torch.from_numpy(self.obs), self.generator)
+            actions[t], logp[t], values[t] = a.numpy(), lp.numpy(), v.numpy()
+            step = self.env.step(actions[t])
+            rewards[t], terminated[t], truncated[t] = step.reward, step.terminated, step.truncated
+            if step.truncated.any():
+                # The value of a truncated episode's last state, for bootstrapping.
+                idx = np.flatnonzero(step.truncated & ~step.terminated)
+                if len(idx):
+                    truncated_values[t] = (idx, self.policy.value(torch.from_numpy(step.final_obs[idx])).numpy())
+            ep_returns += step.episode_returns
+            ep_lengths += step.episode_lengths
+            self.obs = step.obs
+        values[T] = self.policy.value(torch.from_numpy(self.obs)).numpy()
+        # V(s_{t+1}) is the next step's value within an episode; after a reset it is the
+        # final state's value (truncation) or irrelevant (termination, masked in GAE).
+        next_values[:] = values[1:]
+        for t, (idx, v) in truncated_values.items():
+            next_values[t, idx] = v
+        return Fragment(
+            obs=obs, actions=actions, logp=logp, values=values[:T], rewards=rewards,
+            terminated=terminated, truncated=truncated, next_values=next_values,
+            policy_version=self.version, env_ids=self.env_ids,
+            episode_returns=ep_returns, episode_lengths=ep_lengths,
+        )
+
+
+class WorkerFailure(RuntimeError):
+    """Rollout workers failed more often than workers.max_restarts allows."""
+
+
+@dataclass
+class SampleResult:
+    fragments: list[Fragment]
+    discarded_env_steps: int  # steps of fragments lost to failed workers
+    failures: int
+
+
+def plan_envs(cfg) -> list[int]:
+    """Number of envs of each worker, from workers.num_envs_per_worker(_list) and num_workers."""
+    w = cfg.workers
+    if w.num_envs_per_worker_list:
+        return list(w.num_envs_per_worker_list)
+    n = w.num_workers
+    if n == 0:
+        n = max(1, available_cpus() - (1 if w.backend == "ray" and available_cpus() > 2 else 0))
+    return [w.num_envs_per_worker] * n
+
+
+def available_cpus() -> int:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return int(ray.available_resources().get("CPU", 1)) or 1
+    except ImportError:
+        pass
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class LocalPool:
+    """The same workers, called in turn in this process (workers.backend=local)."""
+
+    def __init__(self, cfg, envs_per_worker: list[int]):
+        offsets = np.cumsum([0] + envs_per_worker[:-1])
+        self.envs_per_worker = envs_per_worker
+        self.workers = [
+            RolloutWorker(cfg.env, cfg.model.hidden_sizes, e, worker_seed(cfg.seed, i), int(offsets[i]))
+            for i, e in enumerate(envs_per_worker)
+        ]
+        self.failures = 0
+
+    def spec(self) -> EnvSpec:
+        return self.workers[0].spec()
+
+    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
+        frags = [w.sample(T, weights, version) for w, T in zip(self.workers, lengths) if T > 0]
+        return SampleResult(frags, 0, 0)
+
+    def worker_nodes(self) -> list[str]:
+        return ["local"] * len(self.workers)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.env.close()
+
+
+class RayPool:
+    """RolloutWorker as Ray actors; weights travel once per version through the object store."""
+
+    def __init__(self, cfg, envs_per_worker: list[int]):
+        import ray
+
+        self.ray = ray
+        self.cfg = cfg
+        self.envs_per_worker = envs_per_worker
+        self.offsets = [int(x) for x in np.cumsum([0] + envs_per_worker[:-1])]
+        self.remote_cls = ray.remote(RolloutWorker)
+        self.restarts = [0] * len(envs_per_worker)
+        self.failures = 0
+        self.actors = [self._make(i) for i in range(len(envs_per_worker))]
+        self._spec = ray.get(self.actors[0].spec.remote())
+
+    def _make(self, i: int):
+        c = self.cfg
+        opts = dict(num_cpus=c.workers.num_cpus_per_worker, max_restarts=0, max_task_retries=0)
+        # SPREAD places actors across nodes of a multi-node cluster.
+        return self.remote_cls.options(scheduling_strategy="SPREAD", **opts).remote(
+            c.env, c.model.hidden_sizes, self.envs_per_worker[i], worker_seed(c.seed, i, self.restarts[i]), self.offsets[i]
+        )
+
+    def spec(self) -> EnvSpec:
+        return self._spec
+
+    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
+        ray = self.ray
+        weights_ref = ray.put(weights)  # one copy in the object store, shared by all actors
+        pending = {i: self.actors[i].sample.remote(T, weights_ref, version) for i, T in enumerate(lengths) if T > 0}
+        frags: dict[int, Fragment] = {}
+        discarded = failures = 0
+        for i, ref in pending.items():  # in worker order, so results do not depend on timing
+            try:
+                frags[i] = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, ray.exceptions.ActorDiedError) as e:
+                failures += 1
+                self.failures += 1
+                discarded += lengths[i] * self.envs_per_worker[i]
+                log.warning("rollout worker %d failed (%s); restarting it", i, type(e).__name__)
+                if self.failures > self.cfg.workers.max_restarts:
+                    raise WorkerFailure(
+                        f"rollout workers failed {self.failures} times, more than workers.max_restarts="
+                        f"{self.cfg.workers.max_restarts}; last error: {str(e).splitlines()[0][:200]}"
+                    ) from None
+                try:
+                    ray.kill(self.actors[i])
+                except Exception:
+                    pass
+                self.restarts[i] += 1
+                self.actors[i] = self._make(i)
+        return SampleResult([frags[i] for i in sorted(frags)], discarded, failures)
+
+    def worker_nodes(self) -> list[str]:
+        refs = [a.__ray_ready__.remote() for a in self.actors]
+        self.ray.get(refs)
+        from ray.util.state import list_actors
+
+        nodes = {a.actor_id: a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)}
+        return [nodes.get(a._actor_id.hex(), "?") for a in self.actors]
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception:
+                pass
+
+
+def make_pool(cfg):
+    envs = plan_envs(cfg)
+    if cfg.workers.backend == "local":
+        return LocalPool(cfg, envs)
+    return RayPool(cfg, envs)

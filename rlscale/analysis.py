@@ -1,0 +1,534 @@
+"""Critical batch size from a sweep directory (SCIENCE.md sections 2-3).
+
+Units used throughout this module:
+
+- ``B``: env steps per PPO iteration (``env_steps_per_iteration``, the rollout batch).
+- ``S``: PPO iterations to reach a target score (one iteration = one batch of fresh data).
+- ``E = B * S``: env steps to reach the target.
+- ``B_crit = E_min / S_min``: env steps per iteration.
+- ``b_simple_per_gradient``: the trainer's noise scale, in examples per gradient (one gradient
+  is one minibatch of ``B / num_minibatches`` env steps). ``b_simple`` is the same quantity
+  times ``num_minibatches``, i.e. in env steps per iteration, so it compares with ``B_crit``.
+
+Entry point: :func:`analyze` (reads ``sweep.json`` and ``trials/*/trial.json``, writes
+``analysis.json``, CSV tables, figures and ``report.html`` into the sweep directory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+# A config must beat the next doubling by this fraction of steps, else returns diminish.
+DIMINISHING_REDUCTION = 0.2
+
+TABLE_COLUMNS = [
+    "trial_id", "env_id", "target", "B", "num_minibatches", "lr_rule", "lr", "seed",
+    "status", "error", "reached", "iterations", "env_steps", "optimizer_steps",
+    "wall_time_s", "b_simple_mean",
+]
+
+UNITS = {
+    "B": "env steps per PPO iteration",
+    "steps": "PPO iterations to reach the target (median over seeds, best lr config)",
+    "s_min": "PPO iterations (infinite-batch limit)",
+    "e_min": "env steps (small-batch limit)",
+    "b_crit": "env steps per PPO iteration (E_min / S_min)",
+    "b_simple_per_gradient": "examples (env steps) per gradient, i.e. per minibatch",
+    "b_simple": "env steps per PPO iteration (b_simple_per_gradient * num_minibatches)",
+    "ratio": "b_crit / b_simple (dimensionless)",
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Pareto fit
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParetoFit:
+    """Fitted steps/examples frontier ``S = S_min + E_min / B``."""
+
+    s_min: float  # PPO iterations
+    e_min: float  # env steps
+    b_crit: float  # env steps per iteration
+    n_points: int
+    n_batch_sizes: int
+    residual_rms: float  # RMS of log(S) residuals (~ relative error)
+
+    def steps(self, env_steps_per_iteration: Any) -> np.ndarray:
+        """Predicted iterations to target at the given batch sizes."""
+        return self.s_min + self.e_min / np.asarray(env_steps_per_iteration, dtype=float)
+
+
+def fit_pareto(batch_sizes: Iterable[float], steps: Iterable[float]) -> ParetoFit:
+    """Fit ``(S/S_min - 1)(E/E_min - 1) = 1`` with ``E = B*S`` to (B, S) points.
+
+    Equivalent to ``S = S_min + E_min / B``. Residuals are taken in log space because run-to-run
+    noise in steps-to-target is multiplicative; parameters are bounded positive. Repeated batch
+    sizes are allowed, but at least two distinct ones are needed.
+    """
+    b = np.asarray(list(batch_sizes), dtype=float).ravel()
+    s = np.asarray(list(steps), dtype=float).ravel()
+    if b.shape != s.shape:
+        raise ValueError(f"batch_sizes and steps differ in length: {b.size} vs {s.size}")
+    if not (np.all(np.isfinite(b)) and np.all(np.isfinite(s)) and np.all(b > 0) and np.all(s > 0)):
+        raise ValueError("batch sizes and steps must be positive and finite")
+    n_distinct = np.unique(b).size
+    if n_distinct < 2:
+        raise ValueError(f"need at least 2 distinct batch sizes, got {n_distinct}")
+
+    # Start from the linear regression S = S_min + E_min * (1/B); fall back to crude but
+    # positive guesses when noise makes the intercept or slope non-positive.
+    slope, intercept = np.polyfit(1.0 / b, s, 1)
+    s0 = intercept if intercept > 0 else 0.5 * s.min()
+    e0 = slope if slope > 0 else 0.5 * np.min(b * s)
+
+    # Optimise multipliers of (s0, e0) so both parameters are O(1) for the solver.
+    log_s = np.log(s)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return np.log(s0 * x[0] + e0 * x[1] / b) - log_s
+
+    def jacobian(x: np.ndarray) -> np.ndarray:
+        model = s0 * x[0] + e0 * x[1] / b
+        return np.column_stack([s0 / model, e0 / (b * model)])
+
+    result = least_squares(
+        residuals, x0=[1.0, 1.0], jac=jacobian, bounds=([1e-12, 1e-12], [np.inf, np.inf]),
+        method="trf", xtol=1e-12, ftol=1e-12, gtol=1e-12,
+    )
+    s_min, e_min = float(s0 * result.x[0]), float(e0 * result.x[1])
+    return ParetoFit(
+        s_min=s_min,
+        e_min=e_min,
+        b_crit=e_min / s_min,
+        n_points=int(b.size),
+        n_batch_sizes=int(n_distinct),
+        residual_rms=float(np.sqrt(np.mean(result.fun**2))),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Reading a sweep
+# ----------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_sweep_meta(sweep_dir: str | os.PathLike) -> dict:
+    """``sweep.json`` with defaults for a missing name or targets."""
+    path = Path(sweep_dir) / "sweep.json"
+    meta = _read_json(path) if path.exists() else {}
+    meta.setdefault("name", Path(sweep_dir).resolve().name)
+    meta["targets"] = {
+        env: sorted(float(t) for t in targets) for env, targets in (meta.get("targets") or {}).items()
+    }
+    return meta
+
+
+def load_trials(sweep_dir: str | os.PathLike) -> list[dict]:
+    """All ``trials/*/trial.json``; an unreadable one becomes a failed trial, not a crash."""
+    trials = []
+    for trial_dir in sorted((Path(sweep_dir) / "trials").glob("*")):
+        path = trial_dir / "trial.json"
+        if not trial_dir.is_dir() or not path.exists():
+            continue
+        try:
+            trial = _read_json(path)
+        except (OSError, ValueError) as err:
+            trial = {"status": "failed", "error": f"unreadable trial.json: {err}"}
+        trial.setdefault("trial_id", trial_dir.name)
+        trials.append(trial)
+    return trials
+
+
+def _none_if_nan(x: Any) -> Any:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per (trial, target): env, batch size B (env steps/iteration), lr config, seed,
+    status and the steps to reach the target in every unit the trial recorded.
+
+    Targets are those of ``sweep.json`` for the trial's env plus any the trial reports, so a
+    failed trial with no results still shows up (``reached`` False).
+    """
+    meta = load_sweep_meta(sweep_dir)
+    rows = []
+    for trial in load_trials(sweep_dir):
+        env_id = trial.get("env_id")
+        results = {float(k): v or {} for k, v in (trial.get("targets") or {}).items()}
+        targets = sorted(set(meta["targets"].get(env_id, [])) | set(results))
+        if not targets:
+            targets = [float("nan")]  # keep the trial visible even with no target at all
+        for target in targets:
+            res = results.get(target, {})
+            rows.append({
+                "trial_id": str(trial.get("trial_id")),
+                "env_id": env_id,
+                "target": target,
+                "B": trial.get("env_steps_per_iteration"),
+                "num_minibatches": trial.get("num_minibatches"),
+                "lr_rule": trial.get("lr_rule"),
+                "lr": trial.get("lr"),
+                "seed": trial.get("seed"),
+                "status": trial.get("status", "pending"),
+                "error": trial.get("error"),
+                "reached": bool(res.get("reached", False)),
+                "iterations": res.get("iterations"),
+                "env_steps": res.get("env_steps"),
+                "optimizer_steps": res.get("optimizer_steps"),
+                "wall_time_s": res.get("wall_time_s"),
+                "b_simple_mean": res.get("b_simple_mean"),
+            })
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for col in ["B", "num_minibatches", "lr", "seed", "target", "iterations", "env_steps",
+                "optimizer_steps", "wall_time_s", "b_simple_mean"]:
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    return table.sort_values(["env_id", "target", "B", "lr_rule", "lr", "seed"], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Best learning-rate config per batch size, Pareto fits with bootstrap CIs
+# ----------------------------------------------------------------------------------------
+
+
+def _completed(table: pd.DataFrame) -> pd.DataFrame:
+    return table[(table["status"] == "completed") & table["B"].notna()]
+
+
+def _iterations_or_inf(rows: pd.DataFrame) -> np.ndarray:
+    """Iterations to target per seed; a seed that never reached counts as +inf."""
+    it = rows["iterations"].to_numpy(dtype=float)
+    return np.where(rows["reached"].to_numpy(dtype=bool) & np.isfinite(it), it, np.inf)
+
+
+def _best_configs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size, the (lr_rule, lr) with the smallest median iterations over seeds.
+
+    Returns one row per B: B, lr_rule, lr, median_iterations (inf = did not reach), n_seeds,
+    n_reached. Ties go to the first config in (lr_rule, lr) order, which keeps it deterministic.
+    """
+    out = []
+    for b, rows_b in rows.groupby("B", sort=True):
+        best = None
+        for (rule, lr), rows_c in rows_b.groupby(["lr_rule", "lr"], sort=True, dropna=False):
+            iters = _iterations_or_inf(rows_c)
+            med = float(np.median(iters))
+            if best is None or med < best["median_iterations"]:
+                best = {"B": float(b), "lr_rule": rule, "lr": float(lr), "median_iterations": med,
+                        "n_seeds": int(iters.size), "n_reached": int(np.isfinite(iters).sum())}
+        out.append(best)
+    columns = ["B", "lr_rule", "lr", "median_iterations", "n_seeds", "n_reached"]
+    # Explicit dtypes so an env/target with no completed trial still yields a usable frame.
+    dtypes = {"B": float, "lr": float, "median_iterations": float, "n_seeds": int, "n_reached": int}
+    return pd.DataFrame(out, columns=columns).astype(dtypes)
+
+
+def _bootstrap_fits(rows: pd.DataFrame, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """Fits on seed-resampled data: array [n_ok, 3] of (s_min, e_min, b_crit).
+
+    Seeds are resampled with replacement within each (B, config); the best config per B and
+    the fit are redone on every resample, so the CI includes the lr-selection noise.
+    """
+    batch_sizes = np.array(sorted(rows["B"].unique()), dtype=float)
+    best_median = np.full((n_bootstrap, batch_sizes.size), np.inf)  # [n_bootstrap, n_B]
+    for j, b in enumerate(batch_sizes):
+        for _, rows_c in rows[rows["B"] == b].groupby(["lr_rule", "lr"], sort=True, dropna=False):
+            iters = _iterations_or_inf(rows_c)
+            idx = rng.integers(0, iters.size, size=(n_bootstrap, iters.size))
+            best_median[:, j] = np.minimum(best_median[:, j], np.median(iters[idx], axis=1))
+    fits = []
+    for medians in best_median:
+        ok = np.isfinite(medians)
+        if ok.sum() < 2:
+            continue
+        fit = fit_pareto(batch_sizes[ok], medians[ok])
+        fits.append((fit.s_min, fit.e_min, fit.b_crit))
+    return np.array(fits).reshape(-1, 3)
+
+
+def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, float | None, int]:
+    """Mean b_simple at this target over the best-config trials of the batch sizes that reached.
+
+    Returns (per gradient, in env steps per iteration, number of trials averaged).
+    """
+    reached = best[np.isfinite(best["median_iterations"])]
+    keys = set(zip(reached["B"], reached["lr_rule"], reached["lr"]))
+    mask = [(b, r, l) in keys for b, r, l in zip(rows["B"], rows["lr_rule"], rows["lr"])]
+    sel = rows[np.asarray(mask, dtype=bool)]
+    sel = sel[np.isfinite(sel["b_simple_mean"].to_numpy(dtype=float))]
+    if sel.empty:
+        return None, None, 0
+    per_gradient = sel["b_simple_mean"].to_numpy(dtype=float)
+    # One gradient sees B/num_minibatches env steps, so scale up to the rollout batch B.
+    minibatches = sel["num_minibatches"].fillna(1).to_numpy(dtype=float)
+    return float(per_gradient.mean()), float((per_gradient * minibatches).mean()), int(len(sel))
+
+
+def _ci(samples: np.ndarray, n_min: int = 2) -> list[float] | None:
+    if samples.size < n_min:
+        return None
+    return [float(v) for v in np.percentile(samples, [2.5, 97.5])]
+
+
+def pareto_entries(
+    table: pd.DataFrame,
+    targets: dict[str, list[float]] | None = None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> list[dict]:
+    """One entry per (env, target): best configs, fit, bootstrap CIs, B_simple and the ratio.
+
+    ``targets`` (from sweep.json) makes sure a target no trial reported still gets an entry.
+    """
+    keys = set()
+    for env, ts in (targets or {}).items():
+        keys.update((env, float(t)) for t in ts)
+    keys.update((e, float(t)) for e, t in table[["env_id", "target"]].itertuples(index=False)
+                if e is not None and pd.notna(t))
+    done = _completed(table)
+    rng = np.random.default_rng(seed)
+    entries = []
+    for env_id, target in sorted(keys):
+        rows = done[(done["env_id"] == env_id) & (done["target"] == target)]
+        entry: dict[str, Any] = {
+            "env_id": env_id, "target": target, "status": "ok",
+            "s_min": None, "e_min": None, "b_crit": None,
+            "s_min_ci": None, "e_min_ci": None, "b_crit_ci": None,
+            "b_simple": None, "b_simple_per_gradient": None, "ratio": None,
+            "n_batch_sizes": 0, "batch_sizes": [], "steps": [], "env_steps": [],
+            "batch_sizes_swept": sorted(float(b) for b in rows["B"].unique()),
+            "best_configs": [], "residual_rms": None, "n_bootstrap_ok": 0, "n_b_simple_trials": 0,
+        }
+        best = _best_configs(rows)
+        reached = best[np.isfinite(best["median_iterations"])]
+        entry["best_configs"] = best.to_dict(orient="records")
+        entry["n_batch_sizes"] = int(len(reached))
+        entry["batch_sizes"] = reached["B"].tolist()
+        entry["steps"] = reached["median_iterations"].tolist()
+        entry["env_steps"] = (reached["B"] * reached["median_iterations"]).tolist()
+        b_grad, b_iter, n_b = _b_simple(rows, best)
+        entry.update(b_simple_per_gradient=b_grad, b_simple=b_iter, n_b_simple_trials=n_b)
+        if len(reached) < 2:
+            entry["status"] = "too_few_batch_sizes"
+            entries.append(entry)
+            continue
+        fit = fit_pareto(reached["B"], reached["median_iterations"])
+        boot = _bootstrap_fits(rows, n_bootstrap, rng)
+        entry.update(
+            s_min=fit.s_min, e_min=fit.e_min, b_crit=fit.b_crit, residual_rms=fit.residual_rms,
+            s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=_ci(boot[:, 2]),
+            n_bootstrap_ok=int(len(boot)),
+            ratio=fit.b_crit / b_iter if b_iter else None,
+        )
+        entries.append(entry)
+    return entries
+
+
+# ----------------------------------------------------------------------------------------
+# Diminishing returns (Golmant et al. 2018)
+# ----------------------------------------------------------------------------------------
+
+
+def _b_diminishing(batch_sizes: np.ndarray, medians: np.ndarray) -> tuple[float | None, np.ndarray]:
+    """First B whose step to the next larger swept B gives < 20% fewer steps per doubling.
+
+    Per-doubling reduction between consecutive swept sizes B_i < B_j is
+    ``1 - (S_j / S_i) ** (1 / log2(B_j / B_i))`` (perfect scaling: 0.5). If S_j is inf (the
+    larger batch no longer reaches the target) the reduction is -inf, i.e. diminishing.
+    Pairs whose smaller B did not reach are skipped. Returns (B or None, reductions [n_B-1]).
+    """
+    reductions = np.full(max(len(batch_sizes) - 1, 0), np.nan)
+    found = None
+    for i in range(len(batch_sizes) - 1):
+        s_i, s_j = medians[i], medians[i + 1]
+        if not np.isfinite(s_i):
+            continue
+        doublings = np.log2(batch_sizes[i + 1] / batch_sizes[i])
+        reductions[i] = 1.0 - (s_j / s_i) ** (1.0 / doublings) if np.isfinite(s_j) else -np.inf
+        if found is None and reductions[i] < DIMINISHING_REDUCTION:
+            found = float(batch_sizes[i])
+    return found, reductions
+
+
+def diminishing_returns(table: pd.DataFrame) -> pd.DataFrame:
+    """Golmant et al. view: median iterations-to-target against B per (env, target, lr_rule).
+
+    Within one lr_rule the best lr per B is used (a rule may be swept at several base lrs).
+    ``b_diminishing`` is the smallest swept batch size B such that moving to the next larger
+    swept B reduces the median iterations by less than 20% per doubling of B (perfect scaling
+    would halve them, a 50% reduction); a larger B that no longer reaches the target counts as
+    no reduction. It is NaN when no such B is seen. ``reduction_per_doubling`` is given on the
+    row of the smaller B of each consecutive pair.
+    """
+    out = []
+    done = _completed(table).dropna(subset=["target"])
+    for (env_id, target, rule), rows in done.groupby(["env_id", "target", "lr_rule"], sort=True):
+        best = _best_configs(rows)
+        sizes = best["B"].to_numpy(dtype=float)
+        medians = best["median_iterations"].to_numpy(dtype=float)
+        b_dim, reductions = _b_diminishing(sizes, medians)
+        best = best.assign(env_id=env_id, target=target, lr_rule=rule,
+                           reduction_per_doubling=np.append(reductions, np.nan),
+                           b_diminishing=b_dim if b_dim is not None else np.nan)
+        out.append(best)
+    columns = ["env_id", "target", "lr_rule", "B", "lr", "median_iterations", "n_seeds",
+               "n_reached", "reduction_per_doubling", "b_diminishing"]
+    if not out:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(out, ignore_index=True)[columns]
+
+
+def _diminishing_summary(dim: pd.DataFrame) -> list[dict]:
+    summary = []
+    for (env_id, target, rule), rows in dim.groupby(["env_id", "target", "lr_rule"], sort=True):
+        summary.append({
+            "env_id": env_id, "target": float(target), "lr_rule": rule,
+            "batch_sizes": rows["B"].tolist(),
+            "median_iterations": rows["median_iterations"].tolist(),
+            "lr": rows["lr"].tolist(),
+            "b_diminishing": rows["b_diminishing"].iloc[0],
+        })
+    return summary
+
+
+# ----------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Nested numpy/pandas values to plain JSON types, with NaN and inf as null."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    return obj
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temp file in the same directory and os.replace, so readers never see a
+    half-written file (the sweep runner or a dashboard may read while we write)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def pareto_table(entries: list[dict]) -> pd.DataFrame:
+    """Flat per-(env, target) table of the fits, CIs split into lo/hi columns."""
+    scalars = ["env_id", "target", "status", "n_batch_sizes", "s_min", "e_min", "b_crit",
+               "b_simple", "b_simple_per_gradient", "ratio", "residual_rms", "n_bootstrap_ok"]
+    columns = scalars + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]]
+    rows = []
+    for e in entries:
+        row = {k: e[k] for k in scalars}
+        for name in ["s_min", "e_min", "b_crit"]:
+            ci = e[f"{name}_ci"] or [None, None]
+            row[f"{name}_lo"], row[f"{name}_hi"] = ci
+        row["batch_sizes"] = json.dumps(to_jsonable(e["batch_sizes"]))
+        row["steps"] = json.dumps(to_jsonable(e["steps"]))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns + ["batch_sizes", "steps"])
+
+
+def failed_trials(sweep_dir: str | os.PathLike) -> list[dict]:
+    """Trials with status "failed", with their error, for the report."""
+    keys = ["trial_id", "env_id", "seed", "env_steps_per_iteration", "num_minibatches",
+            "lr_rule", "lr", "status", "error"]
+    return [{k: t.get(k) for k in keys} for t in load_trials(sweep_dir) if t.get("status") == "failed"]
+
+
+def analyze(
+    sweep_dir: str | os.PathLike,
+    wandb_mode: str = "offline",
+    make_report: bool = True,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> dict:
+    """Analyse a sweep directory and write results into it.
+
+    Writes ``analysis.json``, ``steps_to_target.csv``, ``pareto_fits.csv``,
+    ``diminishing_returns.csv`` and, with ``make_report``, ``figures/*.png`` and
+    ``report.html``. Logs to W&B unless ``wandb_mode == "disabled"``. Returns the analysis
+    dict (as written to analysis.json).
+    """
+    sweep_dir = Path(sweep_dir)
+    meta = load_sweep_meta(sweep_dir)
+    table = steps_to_target_table(sweep_dir)
+    entries = pareto_entries(table, meta["targets"], n_bootstrap=n_bootstrap, seed=seed)
+    dim = diminishing_returns(table)
+    statuses = table.drop_duplicates("trial_id")["status"].value_counts().to_dict()
+    analysis = to_jsonable({
+        "sweep_name": meta["name"],
+        "units": UNITS,
+        "trial_counts": statuses,
+        "entries": entries,
+        "failed_trials": failed_trials(sweep_dir),
+        "diminishing_returns": _diminishing_summary(dim),
+        "diminishing_reduction_threshold": DIMINISHING_REDUCTION,
+        "n_bootstrap": n_bootstrap,
+    })
+
+    # Data first, so a plotting problem never loses the numbers.
+    atomic_write_text(sweep_dir / "steps_to_target.csv", table.to_csv(index=False))
+    atomic_write_text(sweep_dir / "pareto_fits.csv", pareto_table(analysis["entries"]).to_csv(index=False))
+    atomic_write_text(sweep_dir / "diminishing_returns.csv", dim.to_csv(index=False))
+    _write_analysis_json(sweep_dir, analysis)
+
+    if make_report:
+        from rlscale import report  # lazy: matplotlib only when a report is wanted
+
+        paths = report.make_report(sweep_dir, analysis)
+        analysis["figures"] = [str(Path(p).relative_to(sweep_dir)) for p in paths["figures"]]
+        analysis["report"] = str(Path(paths["report"]).relative_to(sweep_dir))
+        _write_analysis_json(sweep_dir, analysis)
+
+    if wandb_mode != "disabled":
+        from rlscale import report
+
+        try:
+            report.log_to_wandb(sweep_dir, analysis, mode=wandb_mode)
+        except Exception as err:  # tracking must not cost us the analysis already on disk
+            warnings.warn(f"W&B logging failed: {err}")
+    return analysis
+
+
+def _write_analysis_json(sweep_dir: Path, analysis: dict) -> None:
+    text = json.dumps(to_jsonable(analysis), indent=2, allow_nan=False)
+    atomic_write_text(sweep_dir / "analysis.json", text + "\n")

@@ -1,0 +1,75 @@
+"""Checkpoints: written atomically, loaded with torch's safe (weights-only) unpickler."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlscale.util import atomic_write_bytes
+
+FORMAT = 1
+_NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def _to_torch(obj):
+    # numpy arrays become tensors so that the weights-only unpickler accepts them.
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, dict):
+        return {k: _to_torch(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_torch(v) for v in obj)
+    return obj
+
+
+def checkpoint_path(run_dir: Path, iteration: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"ckpt_{iteration:08d}.pt"
+
+
+def save(run_dir: Path, iteration: int, state: dict, keep: int = 3) -> Path:
+    path = checkpoint_path(run_dir, iteration)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(_to_torch({"format": FORMAT, **state}), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    d = Path(run_dir) / "checkpoints"
+    return sorted(p for p in d.glob("ckpt_*.pt") if _NAME.match(p.name)) if d.is_dir() else []
+
+
+def load(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({type(e).__name__}); delete it to fall back to an earlier one") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint '{path}' is not an rlscale checkpoint of format {FORMAT}")
+    return state
+
+
+def load_latest(run_dir: Path, warn=print) -> tuple[Path, dict]:
+    """The newest checkpoint that loads; corrupt ones are reported and skipped."""
+    paths = list_checkpoints(run_dir)
+    if not paths:
+        raise CheckpointError(f"no checkpoint in '{Path(run_dir) / 'checkpoints'}'; start the run again without --resume")
+    errors = []
+    for p in reversed(paths):
+        try:
+            return p, load(p)
+        except CheckpointError as e:
+            errors.append(str(e))
+            warn(f"warning: {e}; trying the previous checkpoint")
+    raise CheckpointError(f"no valid checkpoint in '{Path(run_dir) / 'checkpoints'}': {errors[0]}")

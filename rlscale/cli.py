@@ -1,0 +1,110 @@
+"""`rlscale train | sweep | analyze | submit`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _train(args) -> int:
+    from rlscale.config import load_train_config
+    from rlscale.train import train
+
+    if args.resume:
+        if args.config or args.overrides:
+            pass
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            from rlscale.config import ConfigError
+
+            raise ConfigError(f"cannot resume: '{run_dir}' holds no rlscale run (config.yaml missing); check the path")
+        cfg = load_train_config(run_dir / "config.yaml", args.overrides)
+        summary = train(cfg, run_dir, resume=True)
+    else:
+        if not args.config:
+            from rlscale.config import ConfigError
+
+            raise ConfigError("no config given; run e.g. `rlscale train configs/cartpole.yaml`")
+        cfg = load_train_config(args.config, args.overrides)
+        summary = train(cfg, Path(args.out) if args.out else None, overwrite=args.overwrite)
+    print(json.dumps({k: summary[k] for k in ("env_id", "seed", "env_steps", "iterations", "wall_time_s",
+                                             "env_steps_per_s", "episode_return_mean_last20", "b_simple_mean", "run_dir")}))
+    return 0
+
+
+def _sweep(args) -> int:
+    from rlscale.sweep import run_sweep
+
+    out = run_sweep(args.config, args.overrides, Path(args.out) if args.out else None)
+    print(json.dumps(out))
+    return 0
+
+
+def _analyze(args) -> int:
+    from rlscale.analysis import analyze
+
+    result = analyze(Path(args.sweep_dir), wandb_mode=args.wandb_mode)
+    for e in result["entries"]:
+        print(json.dumps({k: e.get(k) for k in ("env_id", "target", "status", "s_min", "e_min", "b_crit", "b_simple", "ratio")}))
+    print(f"report: {Path(args.sweep_dir) / 'report.html'}", file=sys.stderr)
+    return 0
+
+
+def _submit(args) -> int:
+    from rlscale.submit import submit
+
+    return submit(args.address, args.command, wait=args.wait, working_dir=args.working_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlscale", description="Large-batch scaling testbed for deep RL (PPO on Ray).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train PPO from a YAML config")
+    t.add_argument("config", nargs="?", help="YAML config, e.g. configs/cartpole.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides, e.g. seed=3 env.id=ALE/Pong-v5")
+    t.add_argument("--out", help="run directory (default runs/<env>_s<seed>_<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sweep", help="run a grid of trials (env x batch size x lr rule x seed) on Ray")
+    s.add_argument("config", help="sweep YAML, e.g. configs/sweeps/cartpole_ci.yaml")
+    s.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides of the sweep file")
+    s.add_argument("--out", help="sweep directory (default sweeps/<name>); rerunning resumes it")
+    s.set_defaults(func=_sweep)
+
+    a = sub.add_parser("analyze", help="fit steps vs examples, B_crit vs B_simple, write the report")
+    a.add_argument("sweep_dir")
+    a.add_argument("--wandb-mode", default=os.environ.get("WANDB_MODE", "offline"), choices=["offline", "online", "disabled"])
+    a.set_defaults(func=_analyze)
+
+    j = sub.add_parser("submit", help="submit an rlscale command as a Ray job")
+    j.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
+    j.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
+    j.add_argument("--working-dir", default=".", help="directory shipped as the job's runtime env")
+    j.add_argument("command", nargs=argparse.REMAINDER, help="-- rlscale COMMAND ...")
+    j.set_defaults(func=_submit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlscale.checkpoint import CheckpointError
+    from rlscale.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError) as e:
+        print(f"rlscale: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlscale: interrupted; the last checkpoint is in the run directory (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

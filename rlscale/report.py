@@ -1,0 +1,382 @@
+"""Figures, a self-contained HTML report and W&B logging for an analysed sweep.
+
+Reads what :func:`rlscale.analysis.analyze` wrote (``analysis.json`` and the CSV tables) plus
+the trials' ``metrics.csv``; writes ``figures/*.png`` and ``report.html`` into the sweep dir.
+Matplotlib is used through the object API on an Agg canvas, so no display and no global
+pyplot state are involved.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rlscale.analysis import UNITS, atomic_write_bytes, atomic_write_text
+
+NOISE_COLUMN = "noise/b_simple_ema"
+
+FIGURES = {
+    "pareto": "pareto_steps_vs_env_steps.png",
+    "noise": "b_simple_over_training.png",
+    "bcrit": "b_crit_vs_b_simple.png",
+    "scaling": "steps_vs_batch_size.png",
+}
+
+
+def _new_figure(n_panels: int, panel_size=(5.0, 4.0)) -> tuple[Figure, list]:
+    n_cols = min(n_panels, 3) or 1
+    n_rows = max(1, -(-n_panels // n_cols))
+    fig = Figure(figsize=(panel_size[0] * n_cols, panel_size[1] * n_rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[: max(n_panels, 1)]
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _no_data(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV table, or an empty frame if the table has no columns (an empty sweep)."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _colors(n: int) -> list:
+    cmap = colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.0, 0.9, max(n, 1))]
+
+
+# ----------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------
+
+
+def plot_pareto(analysis: dict, path: Path) -> Path:
+    """Per env: PPO iterations against env steps to each target, with the fitted hyperbola."""
+    entries = analysis["entries"]
+    envs = sorted({e["env_id"] for e in entries})
+    fig, axes = _new_figure(len(envs))
+    fig.suptitle("Steps vs examples to reach each target")
+    if not envs:
+        _no_data(axes[0], "no entries")
+    for ax, env in zip(axes, envs):
+        env_entries = [e for e in entries if e["env_id"] == env]
+        for color, e in zip(_colors(len(env_entries)), env_entries):
+            if not e["batch_sizes"]:
+                continue
+            b = np.asarray(e["batch_sizes"], dtype=float)
+            s = np.asarray(e["steps"], dtype=float)
+            label = f"target {e['target']:g}"
+            if e["status"] == "ok":
+                label += f" (B_crit={e['b_crit']:.3g})"
+                # Trace the frontier by sweeping B well beyond the measured range.
+                b_line = np.geomspace(b.min() / 8, b.max() * 8, 200)
+                s_line = e["s_min"] + e["e_min"] / b_line
+                ax.plot(b_line * s_line, s_line, color=color, lw=1.5)
+                ax.plot([e["e_min"] * 2], [e["s_min"] * 2], marker="*", ms=12, color=color,
+                        ls="none", markeredgecolor="k")
+            else:
+                label += " (too few batch sizes)"
+            ax.plot(b * s, s, "o", color=color, label=label)
+        ax.set_xlabel("env steps to target, E")
+        ax.set_ylabel("PPO iterations to target, S")
+        ax.set_title(f"{env}\npoints: best lr per batch size; star: B = B_crit (2 S_min, 2 E_min)",
+                     fontsize=9)
+        if ax.lines:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        else:
+            _no_data(ax, "no target reached")
+    return _save(fig, path)
+
+
+def plot_noise_over_training(sweep_dir: Path, table: pd.DataFrame, path: Path) -> Path:
+    """Per env: the trainer's B_simple EMA over env steps, one colour per batch size."""
+    trials = table.drop_duplicates("trial_id")
+    trials = trials[trials["status"] == "completed"]
+    envs = sorted(trials["env_id"].dropna().unique())
+    fig, axes = _new_figure(len(envs))
+    fig.suptitle("Gradient noise scale B_simple over training")
+    if not envs:
+        _no_data(axes[0], "no completed trials")
+    for ax, env in zip(axes, envs):
+        env_trials = trials[trials["env_id"] == env]
+        sizes = sorted(env_trials["B"].dropna().unique())
+        plotted = False
+        for color, b in zip(_colors(len(sizes)), sizes):
+            label = f"B = {b:g} env steps/iter"
+            for trial_id in env_trials.loc[env_trials["B"] == b, "trial_id"]:
+                metrics_path = sweep_dir / "trials" / str(trial_id) / "metrics.csv"
+                if not metrics_path.exists():
+                    continue
+                metrics = _read_csv(metrics_path)
+                if NOISE_COLUMN not in metrics or "env_steps" not in metrics:
+                    continue
+                m = metrics[["env_steps", NOISE_COLUMN]].apply(pd.to_numeric, errors="coerce")
+                m = m[np.isfinite(m[NOISE_COLUMN]) & (m[NOISE_COLUMN] > 0)]
+                if m.empty:
+                    continue
+                ax.plot(m["env_steps"], m[NOISE_COLUMN], color=color, alpha=0.7, lw=1, label=label)
+                label = None  # one legend entry per batch size, not per seed
+                plotted = True
+        if plotted:
+            ax.set_yscale("log")
+            # Runs at different B cover very different env-step ranges; log x keeps the
+            # small-batch runs visible.
+            lo, hi = ax.dataLim.x0, ax.dataLim.x1
+            if lo > 0 and hi / lo > 100:
+                ax.set_xscale("log")
+            ax.legend(fontsize=8)
+        else:
+            _no_data(ax, f"no {NOISE_COLUMN} data")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("B_simple (examples per gradient)")
+        ax.set_title(env)
+    return _save(fig, path)
+
+
+def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
+    """B_crit against B_simple (both env steps per iteration), log-log, with y = x."""
+    points = [e for e in analysis["entries"]
+              if e["status"] == "ok" and e["b_crit"] and e["b_simple"]]
+    fig, (ax,) = _new_figure(1, panel_size=(6.0, 5.0))
+    ax.set_title("Critical batch size vs noise scale (one point per env and target)")
+    if not points:
+        _no_data(ax, "no fitted target with a B_simple")
+        return _save(fig, path)
+    envs = sorted({e["env_id"] for e in points})
+    markers = "osD^v<>ph"
+    for i, (color, env) in enumerate(zip(_colors(len(envs)), envs)):
+        pts = [e for e in points if e["env_id"] == env]
+        x = np.array([e["b_simple"] for e in pts])
+        y = np.array([e["b_crit"] for e in pts])
+        # Bootstrap CIs as asymmetric error bars; a missing CI gets none.
+        lo = np.array([e["b_crit"] - e["b_crit_ci"][0] if e["b_crit_ci"] else 0.0 for e in pts])
+        hi = np.array([e["b_crit_ci"][1] - e["b_crit"] if e["b_crit_ci"] else 0.0 for e in pts])
+        ax.errorbar(x, y, yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)], fmt=markers[i % len(markers)],
+                    color=color, capsize=3, label=env)
+        for e, xi, yi in zip(pts, x, y):
+            ax.annotate(f"{e['target']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    values = [e["b_simple"] for e in points] + [e["b_crit"] for e in points]
+    for e in points:
+        values += e["b_crit_ci"] or []
+    values = [v for v in values if v and v > 0]
+    lim = (min(values) / 3, max(values) * 3)
+    ax.plot(lim, lim, "k--", lw=1, label="B_crit = B_simple")
+    ax.set_xlim(lim)
+    ax.set_ylim(lim)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("B_simple (env steps per iteration; mean to target)")
+    ax.set_ylabel("B_crit = E_min / S_min (env steps per iteration)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_steps_vs_batch(dim: pd.DataFrame, path: Path) -> Path:
+    """Per (env, target): median iterations to target against B, one line per lr rule."""
+    panels = sorted({(e, t) for e, t in dim[["env_id", "target"]].itertuples(index=False)})
+    fig, axes = _new_figure(len(panels))
+    fig.suptitle("PPO iterations to target vs batch size per learning-rate rule")
+    if not panels:
+        _no_data(axes[0], "no completed trials")
+    for ax, (env, target) in zip(axes, panels):
+        rows = dim[(dim["env_id"] == env) & (dim["target"] == target)]
+        rules = sorted(rows["lr_rule"].dropna().unique())
+        anchor = None
+        for color, rule in zip(_colors(len(rules)), rules):
+            r = rows[(rows["lr_rule"] == rule) & np.isfinite(rows["median_iterations"])]
+            if r.empty:
+                continue
+            label = rule
+            if np.isfinite(r["b_diminishing"].iloc[0]):
+                label += f" (diminishing from B={r['b_diminishing'].iloc[0]:g})"
+            ax.plot(r["B"], r["median_iterations"], "o-", color=color, label=label)
+            first = (r["B"].iloc[0], r["median_iterations"].iloc[0])
+            if anchor is None or first[0] < anchor[0] or (first[0] == anchor[0] and first[1] < anchor[1]):
+                anchor = first
+        if anchor is None:
+            _no_data(ax, "target not reached")
+        else:
+            b_line = np.geomspace(anchor[0], rows["B"].max(), 50)
+            ax.plot(b_line, anchor[1] * anchor[0] / b_line, "k:", lw=1, label="perfect scaling (S ∝ 1/B)")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("batch size B (env steps per iteration)")
+        ax.set_ylabel("median PPO iterations to target")
+        ax.set_title(f"{env}, target {target:g}")
+    return _save(fig, path)
+
+
+def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> list[Path]:
+    """Write all figures into ``sweep_dir/figures`` and return their paths."""
+    sweep_dir = Path(sweep_dir)
+    analysis = analysis or _load_analysis(sweep_dir)
+    fig_dir = sweep_dir / "figures"
+    table = _read_csv(sweep_dir / "steps_to_target.csv")
+    dim = _read_csv(sweep_dir / "diminishing_returns.csv")
+    return [
+        plot_pareto(analysis, fig_dir / FIGURES["pareto"]),
+        plot_noise_over_training(sweep_dir, table, fig_dir / FIGURES["noise"]),
+        plot_bcrit_vs_bsimple(analysis, fig_dir / FIGURES["bcrit"]),
+        plot_steps_vs_batch(dim, fig_dir / FIGURES["scaling"]),
+    ]
+
+
+# ----------------------------------------------------------------------------------------
+# HTML report
+# ----------------------------------------------------------------------------------------
+
+_EXPLANATION = """
+<p>Each trial trains PPO at one batch size <b>B</b> (env steps per PPO iteration), learning-rate
+config (rule, lr) and seed. For every target score, <b>S</b> is the number of PPO iterations to
+reach it, taken as the median over seeds (a seed that never reached counts as infinite) for the
+best learning-rate config at that batch size, and <b>E = B&middot;S</b> is the number of env
+steps. Tuned runs lie on <code>(S/S_min - 1)(E/E_min - 1) = 1</code>, i.e.
+<code>S = S_min + E_min/B</code>, fitted by least squares on log S. <b>B_crit = E_min/S_min</b>
+(env steps per iteration): at B = B_crit a run takes 2&middot;S_min iterations and
+2&middot;E_min env steps. Confidence intervals (2.5-97.5%) come from resampling seeds with
+replacement and redoing the lr choice and fit.</p>
+<p><b>B_simple</b> = tr(&Sigma;)/|G|&sup2; is measured by the trainer per gradient, i.e. in
+examples per minibatch (<code>b_simple_per_gradient</code>), averaged over training up to the
+target and over the best-config trials. <code>b_simple</code> multiplies it by the number of
+minibatches per iteration to express it in env steps per iteration, the unit of B_crit;
+<code>ratio = b_crit / b_simple</code> (McCandlish et al. 2018 find B_crit &asymp; B_simple
+across tasks).</p>
+<p><b>b_diminishing</b> (Golmant et al. 2018): for each lr rule, the smallest swept B such that
+moving to the next larger swept B cuts the median iterations by less than 20% per doubling of B
+(perfect scaling halves them); a larger B that stops reaching the target counts as no cut.</p>
+"""
+
+
+def _img_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}" ' \
+           f'style="max-width:100%"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><i>none</i></p>"
+    return df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0,
+                      classes="table")
+
+
+def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: list[Path]) -> Path:
+    """Self-contained ``report.html``: explanation, figures as data URIs, tables, failures."""
+    sweep_dir = Path(sweep_dir)
+    fits = _read_csv(sweep_dir / "pareto_fits.csv")
+    dim = _read_csv(sweep_dir / "diminishing_returns.csv")
+    table = _read_csv(sweep_dir / "steps_to_target.csv")
+    failed = pd.DataFrame(analysis.get("failed_trials", []))
+    units = pd.DataFrame(sorted(UNITS.items()), columns=["quantity", "unit / definition"])
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(analysis.get("trial_counts", {}).items()))
+    name = html.escape(str(analysis.get("sweep_name", sweep_dir.name)))
+    parts = [
+        "<!DOCTYPE html>",
+        f"<html><head><meta charset='utf-8'><title>rlscale report: {name}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+        "table{border-collapse:collapse;font-size:12px}td,th{padding:2px 6px;border:1px solid #ccc}"
+        "</style></head><body>",
+        f"<h1>rlscale sweep report: {name}</h1>",
+        f"<p>Trials by status: {html.escape(counts)}</p>",
+        "<h2>Definitions and units</h2>", _EXPLANATION, _table_html(units),
+        "<h2>Figures</h2>", *[_img_tag(p) for p in figures],
+        "<h2>Critical batch size per target</h2>", _table_html(fits),
+        "<h2>Diminishing returns per learning-rate rule</h2>", _table_html(dim),
+        f"<h2>Failed trials ({len(failed)})</h2>", _table_html(failed),
+        "<h2>Steps to target, every trial</h2>", _table_html(table),
+        "</body></html>",
+    ]
+    path = sweep_dir / "report.html"
+    atomic_write_text(path, "\n".join(parts))
+    return path
+
+
+def make_report(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> dict[str, Any]:
+    """Figures plus ``report.html``; returns ``{"figures": [paths], "report": path}``."""
+    analysis = analysis or _load_analysis(Path(sweep_dir))
+    figures = make_figures(sweep_dir, analysis)
+    return {"figures": figures, "report": write_report_html(sweep_dir, analysis, figures)}
+
+
+def _load_analysis(sweep_dir: Path) -> dict:
+    with open(sweep_dir / "analysis.json") as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------
+# Weights & Biases
+# ----------------------------------------------------------------------------------------
+
+
+def log_to_wandb(sweep_dir: str | os.PathLike, analysis: dict | None = None,
+                 mode: str = "offline") -> str | None:
+    """Log figures and tables as one W&B run (job_type "analysis", group = sweep name).
+
+    The run directory lives inside the sweep dir. Credentials are whatever wandb already has
+    (environment or netrc); nothing is written here. Returns the run's local directory, or
+    None when ``mode == "disabled"``.
+    """
+    if mode == "disabled":
+        return None
+    import wandb  # lazy: importing wandb is slow and only needed here
+
+    sweep_dir = Path(sweep_dir)
+    analysis = analysis or _load_analysis(sweep_dir)
+    name = str(analysis.get("sweep_name", sweep_dir.name))
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "rlscale"),
+        job_type="analysis",
+        group=name,
+        name=f"{name}-analysis",
+        dir=str(sweep_dir),
+        mode=mode,
+        config={"sweep_name": name, "n_bootstrap": analysis.get("n_bootstrap")},
+    )
+    try:
+        payload: dict[str, Any] = {}
+        for png in sorted((sweep_dir / "figures").glob("*.png")):
+            payload[f"figures/{png.stem}"] = wandb.Image(str(png))
+        for csv in ["steps_to_target", "pareto_fits", "diminishing_returns"]:
+            path = sweep_dir / f"{csv}.csv"
+            if path.exists():
+                df = _read_csv(path)
+                # W&B tables want one type per column: text columns with gaps become "".
+                text = df.select_dtypes(exclude="number").columns
+                df[text] = df[text].fillna("").astype(str)
+                payload[f"tables/{csv}"] = wandb.Table(dataframe=df)
+        run.log(payload)
+        for e in analysis.get("entries", []):
+            if e.get("status") == "ok":
+                run.summary[f"b_crit/{e['env_id']}/{e['target']:g}"] = e["b_crit"]
+        return str(run.dir)
+    finally:
+        run.finish()

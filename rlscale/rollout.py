@@ -1,0 +1,162 @@
+"""Rollout fragments, GAE, and the assembly of fragments into batches of exact size.
+
+A fragment is T steps x E envs from one worker, self-contained for GAE: ``next_values[t, e]``
+is the behaviour value of the state that followed step t in the same episode (the next
+observation, the truncated episode's final observation, or the observation after the
+fragment's end). So advantages are computed once per fragment as it arrives, and a batch can
+then take any number of steps from any fragments, splitting one where it must.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Fragment:
+    obs: np.ndarray  # [T, E, *obs_shape] (uint8 for Atari)
+    actions: np.ndarray  # [T, E] int64
+    logp: np.ndarray  # [T, E] float32, behaviour log-prob of the action
+    values: np.ndarray  # [T, E] float32, behaviour V(s_t)
+    rewards: np.ndarray  # [T, E] float32, training reward r_t
+    terminated: np.ndarray  # [T, E] bool: the episode ended at t+1, no bootstrap
+    truncated: np.ndarray  # [T, E] bool: time limit at t+1, bootstrap from next_values
+    next_values: np.ndarray  # [T, E] float32, V(s_{t+1}) of the same episode (unused if terminated)
+    policy_version: int  # learner version of the weights that acted
+    env_ids: np.ndarray  # [E] int64, global index of each env slot (worker offset + e)
+    episode_returns: list[float] = field(default_factory=list)  # raw scores of finished games
+    episode_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.actions.shape[0])
+
+    @property
+    def num_envs(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def size(self) -> int:
+        return self.num_steps * self.num_envs
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    next_values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimation over [T, E] arrays; returns (advantages, returns).
+
+    delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t); the recursion
+    A_t = delta_t + gamma * lambda * A_{t+1} stops at any episode end (terminated or
+    truncated), while a truncated step still bootstraps from the value of its final state.
+    """
+    T = rewards.shape[0]
+    adv = np.zeros(rewards.shape, dtype=np.float32)
+    not_term = 1.0 - terminated.astype(np.float32)
+    cont = 1.0 - (terminated | truncated).astype(np.float32)
+    last = np.zeros(rewards.shape[1:], dtype=np.float32)
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * next_values[t] * not_term[t] - values[t]
+        last = delta + gamma * gae_lambda * cont[t] * last
+        adv[t] = last
+    return adv, adv + values
+
+
+# Keys of a flat batch: one entry per env step, all arrays share the leading dim N.
+BATCH_KEYS = ("obs", "actions", "logp", "values", "advantages", "returns", "env_ids", "time", "versions")
+
+
+def flatten_fragment(frag: Fragment, gamma: float, gae_lambda: float) -> dict[str, np.ndarray]:
+    """GAE on the whole fragment, then [T, E] -> [T*E] in time-major order."""
+    adv, ret = compute_gae(frag.rewards, frag.values, frag.next_values, frag.terminated, frag.truncated, gamma, gae_lambda)
+    T, E = frag.num_steps, frag.num_envs
+    n = T * E
+    return {
+        "obs": frag.obs.reshape(n, *frag.obs.shape[2:]),
+        "actions": frag.actions.reshape(n),
+        "logp": frag.logp.reshape(n),
+        "values": frag.values.reshape(n),
+        "advantages": adv.reshape(n),
+        "returns": ret.reshape(n),
+        "env_ids": np.broadcast_to(frag.env_ids[None, :], (T, E)).reshape(n).astype(np.int64),
+        "time": np.broadcast_to(np.arange(T)[:, None], (T, E)).reshape(n).astype(np.int64),
+        "versions": np.full(n, frag.policy_version, dtype=np.int64),
+    }
+
+
+class FragmentBuffer:
+    """FIFO of flattened steps: fragments of any size in, batches of exactly n steps out.
+
+    Every step that goes in comes out exactly once, in arrival order. Steps left over from a
+    fragment that was split wait for the next batch (their policy lag is then measured).
+    """
+
+    def __init__(self, gamma: float, gae_lambda: float):
+        self.gamma, self.gae_lambda = gamma, gae_lambda
+        self._pieces: deque[dict[str, np.ndarray]] = deque()
+        self._size = 0
+        self._next_fragment = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, frag: Fragment) -> None:
+        piece = flatten_fragment(frag, self.gamma, self.gae_lambda)
+        # A fragment id per step keeps env slices of different fragments apart.
+        piece["fragment"] = np.full(frag.size, self._next_fragment, dtype=np.int64)
+        self._next_fragment += 1
+        self._pieces.append(piece)
+        self._size += frag.size
+
+    def take(self, n: int) -> dict[str, np.ndarray]:
+        if n <= 0 or n > self._size:
+            raise ValueError(f"cannot take {n} steps from a buffer holding {self._size}")
+        parts, need = [], n
+        while need:
+            piece = self._pieces[0]
+            m = len(piece["actions"])
+            if m <= need:
+                parts.append(self._pieces.popleft())
+                need -= m
+            else:
+                parts.append({k: v[:need] for k, v in piece.items()})
+                self._pieces[0] = {k: v[need:] for k, v in piece.items()}
+                need = 0
+        self._size -= n
+        if len(parts) == 1:
+            return {k: np.ascontiguousarray(v) for k, v in parts[0].items()}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def state(self) -> list[dict[str, np.ndarray]]:
+        return list(self._pieces)
+
+    def load_state(self, pieces: list[dict[str, np.ndarray]], next_fragment: int = 0) -> None:
+        self._pieces = deque(pieces)
+        self._size = sum(len(p["actions"]) for p in pieces)
+        self._next_fragment = next_fragment
+
+
+def minibatch_order(batch: dict[str, np.ndarray], mode: str, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of the batch's steps for one epoch.
+
+    'random': uniform over steps. 'env': whole per-env slices (one env of one fragment) in
+    random order, time order kept inside each slice, so consecutive micro-batches hold
+    complete, temporally correlated slices.
+    """
+    n = len(batch["actions"])
+    if mode == "random":
+        return rng.permutation(n)
+    if mode != "env":
+        raise ValueError(f"unknown micro-batch mode '{mode}'")
+    slice_key = batch["fragment"] * (1 << 32) + batch["env_ids"]
+    keys, inverse = np.unique(slice_key, return_inverse=True)
+    rank = rng.permutation(len(keys))[inverse]  # random order of slices
+    return np.lexsort((batch["time"], rank))

@@ -1,0 +1,92 @@
+"""Where metrics go: the run's metrics table (CSV, one row per iteration) and a W&B run.
+
+W&B is offline by default (runs land under RUN_DIR/wandb and can be uploaded later with
+``wandb sync``); ``tracking.wandb_mode=disabled`` switches it off. The table is appended row
+by row and rewritten only when a new column first appears, so a crash loses at most the
+iteration in flight.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+from rlscale.util import atomic_write_text
+
+
+class MetricsTable:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.columns: list[str] = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.reader(f)
+                self.columns = next(reader, [])
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop rows past `iteration` (used on resume, so no iteration is duplicated)."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(float(r["iteration"])) <= iteration]
+        self._rewrite(self.columns, rows)
+
+    def _rewrite(self, columns: list[str], rows: list[dict]) -> None:
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, restval="")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())
+        self.columns = columns
+
+    def append(self, row: dict) -> None:
+        row = {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        new = [k for k in row if k not in self.columns]
+        if new or not self.path.exists():
+            rows = []
+            if self.path.exists():
+                with open(self.path, newline="") as f:
+                    rows = list(csv.DictReader(f))
+            self._rewrite(self.columns + new, rows)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
+
+
+class WandbRun:
+    """A thin wrapper: nothing is imported or written when mode is 'disabled'."""
+
+    def __init__(self, mode: str, run_dir: Path, project: str, name: str, group: str | None,
+                 config: dict, job_type: str = "train", resume_id: str | None = None):
+        self.run = None
+        if mode == "disabled":
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        self.run = wandb.init(
+            mode=mode, dir=str(run_dir), project=project, name=name, group=group, config=config,
+            job_type=job_type, id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+
+    @property
+    def id(self) -> str | None:
+        return self.run.id if self.run else None
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.run:
+            self.run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+
+    def summary(self, values: dict) -> None:
+        if self.run:
+            for k, v in values.items():
+                self.run.summary[k] = v
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

@@ -1,0 +1,282 @@
+"""Tests for rlscale.analysis and rlscale.report: exact fits on synthetic frontiers first, then
+a fake sweep directory analysed end to end."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rlscale.analysis import analyze, fit_pareto, steps_to_target_table
+
+BATCH_SIZES = 2.0 ** np.arange(5, 14)  # 32 .. 8192 env steps per iteration
+COMBOS = [(100.0, 256.0), (1000.0, 1024.0), (10.0, 2048.0), (50.0, 128.0), (300.0, 4096.0)]
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a / b - 1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# fit_pareto
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("s_min,b_crit", COMBOS)
+def test_fit_pareto_exact(s_min, b_crit):
+    steps = s_min * (1.0 + b_crit / BATCH_SIZES)
+    fit = fit_pareto(BATCH_SIZES, steps)
+    assert _rel(fit.s_min, s_min) < 0.01
+    assert _rel(fit.e_min, s_min * b_crit) < 0.01
+    assert _rel(fit.b_crit, b_crit) < 0.01
+    assert fit.n_points == fit.n_batch_sizes == BATCH_SIZES.size
+    assert fit.residual_rms < 1e-6
+    np.testing.assert_allclose(fit.steps(BATCH_SIZES), steps, rtol=1e-6)
+
+
+@pytest.mark.parametrize("s_min,b_crit", COMBOS)
+def test_fit_pareto_multiplicative_noise(s_min, b_crit):
+    # Four noisy runs per batch size, as seeds would give; 5% log-normal noise.
+    rng = np.random.default_rng(1234)
+    batch_sizes = np.repeat(BATCH_SIZES, 4)
+    steps = s_min * (1.0 + b_crit / batch_sizes) * np.exp(rng.normal(0.0, 0.05, batch_sizes.size))
+    fit = fit_pareto(batch_sizes, steps)
+    assert _rel(fit.s_min, s_min) < 0.10
+    assert _rel(fit.e_min, s_min * b_crit) < 0.10
+    assert _rel(fit.b_crit, b_crit) < 0.10
+    assert fit.n_batch_sizes == BATCH_SIZES.size
+    assert 0.02 < fit.residual_rms < 0.08  # it sees the 5% noise
+
+
+def test_fit_pareto_needs_two_batch_sizes():
+    with pytest.raises(ValueError):
+        fit_pareto([256, 256, 256], [10.0, 11.0, 12.0])
+    with pytest.raises(ValueError):
+        fit_pareto([128, 256], [10.0, float("inf")])
+
+
+# ----------------------------------------------------------------------------------------
+# A fake sweep directory
+# ----------------------------------------------------------------------------------------
+
+ENV = "CartPole-v1"
+SWEEP_SIZES = [64, 128, 256, 512, 1024]
+NUM_MINIBATCHES = 4
+S_MIN, B_CRIT = 20.0, 256.0  # true frontier for the low target: S = 20 (1 + 256 / B)
+SEED_FACTORS = {0: 0.95, 1: 1.0, 2: 1.07}  # the median seed is exactly on the frontier
+
+
+def _good_lr(b: int) -> float:
+    # The best lr changes with batch size, so the per-B choice matters.
+    return 3e-4 if b <= 128 else 1e-3
+
+
+def _write_trial(sweep: Path, trial: dict, n_iterations: int | None = None) -> None:
+    trial_dir = sweep / "trials" / trial["trial_id"]
+    trial_dir.mkdir(parents=True)
+    (trial_dir / "trial.json").write_text(json.dumps(trial))
+    if n_iterations:
+        b = trial["env_steps_per_iteration"]
+        it = np.arange(1, n_iterations + 1)
+        noise = 30.0 + it.astype(float)
+        noise[:2] = np.nan  # the EMA is undefined for the first iterations
+        pd.DataFrame({
+            "iteration": it,
+            "env_steps": it * b,
+            "optimizer_steps": it * NUM_MINIBATCHES * 4,
+            "wall_time_s": it * 0.1,
+            "charts/episode_return_smoothed": np.linspace(10, 500, it.size),
+            "noise/b_simple_ema": noise,
+        }).to_csv(trial_dir / "metrics.csv", index=False)
+
+
+def _target_result(b: int, iterations: float | None, b_simple: float) -> dict:
+    if iterations is None:
+        return {"reached": False, "iterations": None, "optimizer_steps": None, "env_steps": None,
+                "wall_time_s": None, "b_simple_mean": None}
+    it = int(round(iterations))
+    return {"reached": True, "iterations": it, "optimizer_steps": it * NUM_MINIBATCHES * 4,
+            "env_steps": it * b, "wall_time_s": it * 0.1, "b_simple_mean": b_simple}
+
+
+def make_fake_sweep(root: Path) -> Path:
+    """Five batch sizes x two lrs x three seeds, plus one failed and one pending trial.
+
+    Target 100: the good lr follows the frontier exactly at the median seed, the other lr takes
+    1.5x the steps (and one of its seeds never reaches). Target 475: reached only at B=1024.
+    Best-config trials report b_simple_mean = 60 + seed per gradient; others report 1000.
+    """
+    sweep = root / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps(
+        {"name": "fake-sweep", "targets": {ENV: [100.0, 475.0]}, "grid": "ignored"}))
+    for b in SWEEP_SIZES:
+        for lr in (3e-4, 1e-3):
+            good = lr == _good_lr(b)
+            for seed, factor in SEED_FACTORS.items():
+                s_low = S_MIN * (1 + B_CRIT / b) * factor * (1.0 if good else 1.5)
+                if not good and b == 64 and seed == 2:
+                    s_low = None  # this seed never reached: +inf in the median
+                b_simple = 60.0 + seed if good else 1000.0
+                s_high = 80.0 * factor if (b == 1024 and good) else None
+                trial = {
+                    "trial_id": f"b{b}_lr{lr:g}_s{seed}", "env_id": ENV, "seed": seed,
+                    "env_steps_per_iteration": b, "num_minibatches": NUM_MINIBATCHES,
+                    "lr_rule": "grid", "lr": lr, "status": "completed", "error": None,
+                    "targets": {"100.0": _target_result(b, s_low, b_simple),
+                                "475.0": _target_result(b, s_high, b_simple)},
+                    "b_simple_mean": b_simple,
+                }
+                _write_trial(sweep, trial, n_iterations=120)
+    # A failed trial with a suspiciously fast result: it must not enter the fit.
+    _write_trial(sweep, {
+        "trial_id": "b256_failed", "env_id": ENV, "seed": 3, "env_steps_per_iteration": 256,
+        "num_minibatches": NUM_MINIBATCHES, "lr_rule": "grid", "lr": 1e-3, "status": "failed",
+        "error": "RuntimeError: worker died", "targets": {"100.0": _target_result(256, 1, 1.0)},
+        "b_simple_mean": None})
+    _write_trial(sweep, {
+        "trial_id": "b512_pending", "env_id": ENV, "seed": 4, "env_steps_per_iteration": 512,
+        "num_minibatches": NUM_MINIBATCHES, "lr_rule": "grid", "lr": 1e-3, "status": "pending",
+        "error": None, "targets": {}, "b_simple_mean": None})
+    return sweep
+
+
+class _ImgCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs).get("src", ""))
+        if tag == "table":
+            self.tables += 1
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    sweep = make_fake_sweep(tmp_path_factory.mktemp("fake"))
+    result = analyze(sweep, wandb_mode="disabled")
+    return sweep, result
+
+
+def _entry(analysis: dict, target: float) -> dict:
+    (entry,) = [e for e in analysis["entries"] if e["env_id"] == ENV and e["target"] == target]
+    return entry
+
+
+def test_steps_to_target_table(tmp_path):
+    sweep = make_fake_sweep(tmp_path)
+    table = steps_to_target_table(sweep)
+    n_trials = len(SWEEP_SIZES) * 2 * 3 + 2
+    assert len(table) == 2 * n_trials  # every trial gets a row per sweep target
+    assert {"env_id", "target", "B", "lr_rule", "lr", "seed", "status", "reached", "iterations",
+            "env_steps", "optimizer_steps", "wall_time_s", "b_simple_mean"} <= set(table.columns)
+    failed = table[table["trial_id"] == "b256_failed"]
+    assert set(failed["status"]) == {"failed"}
+    assert set(table.loc[table["trial_id"] == "b512_pending", "reached"]) == {False}
+
+
+def test_analysis_json_fit_and_best_lr(analysed):
+    sweep, result = analysed
+    on_disk = json.loads((sweep / "analysis.json").read_text())
+    assert on_disk["entries"] == result["entries"]
+    for e in on_disk["entries"]:
+        assert {"env_id", "target", "s_min", "e_min", "b_crit", "b_simple", "ratio"} <= set(e)
+
+    low = _entry(on_disk, 100.0)
+    assert low["status"] == "ok"
+    assert low["batch_sizes"] == SWEEP_SIZES
+    # Medians are the seed-1 runs, exactly on the frontier (the failed trial is ignored).
+    expected = [round(S_MIN * (1 + B_CRIT / b)) for b in SWEEP_SIZES]
+    assert low["steps"] == expected
+    best = {c["B"]: c["lr"] for c in low["best_configs"]}
+    assert best == {float(b): _good_lr(b) for b in SWEEP_SIZES}
+    assert math.isclose(low["s_min"], S_MIN, rel_tol=1e-3)
+    assert math.isclose(low["e_min"], S_MIN * B_CRIT, rel_tol=1e-3)
+    assert math.isclose(low["b_crit"], B_CRIT, rel_tol=1e-3)
+    for name in ["s_min", "e_min", "b_crit"]:
+        lo, hi = low[f"{name}_ci"]
+        assert 0 < lo <= low[name] <= hi
+
+    # b_simple: mean of (60, 61, 62) per gradient over best-config trials, x4 minibatches.
+    assert math.isclose(low["b_simple_per_gradient"], 61.0)
+    assert math.isclose(low["b_simple"], 61.0 * NUM_MINIBATCHES)
+    assert math.isclose(low["ratio"], low["b_crit"] / (61.0 * NUM_MINIBATCHES))
+
+
+def test_too_few_batch_sizes_and_failed_trials(analysed):
+    sweep, result = analysed
+    high = _entry(result, 475.0)
+    assert high["status"] == "too_few_batch_sizes"
+    assert high["n_batch_sizes"] == 1
+    assert high["s_min"] is None and high["b_crit"] is None and high["ratio"] is None
+    assert [t["trial_id"] for t in result["failed_trials"]] == ["b256_failed"]
+    assert result["failed_trials"][0]["error"] == "RuntimeError: worker died"
+    # JSON must be strict: no NaN/Infinity tokens.
+    text = (sweep / "analysis.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_diminishing_returns(analysed):
+    sweep, result = analysed
+    (dim,) = [d for d in result["diminishing_returns"] if d["target"] == 100.0]
+    # Steps 100, 60, 40, 30, 25: cuts per doubling 40%, 33%, 25%, then 17% (< 20%) at 512.
+    assert dim["lr_rule"] == "grid"
+    assert dim["median_iterations"] == [100, 60, 40, 30, 25]
+    assert dim["b_diminishing"] == 512
+    (high,) = [d for d in result["diminishing_returns"] if d["target"] == 475.0]
+    assert high["b_diminishing"] is None
+
+
+def test_csv_tables(analysed):
+    sweep, _ = analysed
+    table = pd.read_csv(sweep / "steps_to_target.csv")
+    fits = pd.read_csv(sweep / "pareto_fits.csv")
+    dim = pd.read_csv(sweep / "diminishing_returns.csv")
+    assert len(table) == 2 * (len(SWEEP_SIZES) * 2 * 3 + 2)
+    assert set(fits["status"]) == {"ok", "too_few_batch_sizes"}
+    assert {"b_crit", "b_crit_lo", "b_crit_hi", "b_simple", "ratio"} <= set(fits.columns)
+    assert {"B", "lr_rule", "median_iterations", "b_diminishing"} <= set(dim.columns)
+
+
+def test_figures_and_report(analysed):
+    import matplotlib.image
+
+    sweep, result = analysed
+    pngs = sorted((sweep / "figures").glob("*.png"))
+    assert len(pngs) == 4
+    assert sorted(sweep / f for f in result["figures"]) == pngs
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+        assert matplotlib.image.imread(png).ndim == 3
+
+    parser = _ImgCollector()
+    parser.feed((sweep / "report.html").read_text())
+    parser.close()
+    assert parser.tables >= 3
+    assert len(parser.srcs) == len(pngs)
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in parser.srcs}
+    assert all(s.startswith("data:image/png;base64,") for s in parser.srcs)
+    assert embedded == {p.read_bytes() for p in pngs}
+    assert "b256_failed" in (sweep / "report.html").read_text()
+
+
+def test_wandb_offline_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_env_dir"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    sweep = make_fake_sweep(tmp_path)
+    analyze(sweep, wandb_mode="offline", n_bootstrap=20)
+    runs = list((sweep / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].is_dir()
+    assert list(runs[0].glob("*.wandb"))  # the run's data file
