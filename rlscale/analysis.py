@@ -156,10 +156,6 @@ def load_trials(sweep_dir: str | os.PathLike) -> list[dict]:
     return trials
 
 
-def _none_if_nan(x: Any) -> Any:
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
-
-
 def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per (trial, target): env, batch size B (env steps/iteration), lr config, seed,
     status and the steps to reach the target in every unit the trial recorded.
@@ -328,8 +324,13 @@ def pareto_entries(
             entry["status"] = "too_few_batch_sizes"
             entries.append(entry)
             continue
-        fit = fit_pareto(reached["B"], reached["median_iterations"])
-        boot = _bootstrap_fits(rows, n_bootstrap, rng)
+        try:
+            fit = fit_pareto(reached["B"], reached["median_iterations"])
+            boot = _bootstrap_fits(rows, n_bootstrap, rng)
+        except ValueError as err:  # e.g. a zero iteration count; report it, keep going
+            entry.update(status="fit_failed", error=str(err))
+            entries.append(entry)
+            continue
         entry.update(
             s_min=fit.s_min, e_min=fit.e_min, b_crit=fit.b_crit, residual_rms=fit.residual_rms,
             s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=_ci(boot[:, 2]),

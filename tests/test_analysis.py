@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -276,7 +277,28 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_env_dir"))
     monkeypatch.delenv("WANDB_MODE", raising=False)
     sweep = make_fake_sweep(tmp_path)
-    analyze(sweep, wandb_mode="offline", n_bootstrap=20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analyze(sweep, wandb_mode="offline", n_bootstrap=20)
+    assert not [w for w in caught if "W&B logging failed" in str(w.message)]
     runs = list((sweep / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and runs[0].is_dir()
     assert list(runs[0].glob("*.wandb"))  # the run's data file
+
+
+def test_degenerate_sweep_does_not_crash(tmp_path):
+    # Only a failed trial and an unreadable trial.json: entries say why, nothing crashes.
+    sweep = tmp_path / "bad"
+    (sweep / "trials" / "broken").mkdir(parents=True)
+    (sweep / "trials" / "broken" / "trial.json").write_text("{not json")
+    (sweep / "sweep.json").write_text(json.dumps({"name": "bad", "targets": {"Pong": [1.0]}}))
+    _write_trial(sweep, {
+        "trial_id": "oom", "env_id": "Pong", "seed": 0, "env_steps_per_iteration": 128,
+        "num_minibatches": 4, "lr_rule": "fixed", "lr": 1e-3, "status": "failed",
+        "error": "CUDA out of memory", "targets": {}, "b_simple_mean": None})
+    result = analyze(sweep, wandb_mode="disabled")
+    (entry,) = result["entries"]
+    assert entry["status"] == "too_few_batch_sizes" and entry["n_batch_sizes"] == 0
+    assert {t["trial_id"] for t in result["failed_trials"]} == {"broken", "oom"}
+    assert len(list((sweep / "figures").glob("*.png"))) == 4
+    assert (sweep / "report.html").stat().st_size > 0
