@@ -222,8 +222,12 @@ def merge_into(schema_cls, *sources) -> Any:
         raise _describe(e, schema_cls) from None
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    sources = [load_yaml(path)] if path else []
+def load_train_config(path: str | Path | dict | None, overrides: list[str] = ()) -> TrainConfig:
+    """Schema <- YAML file (or a dict of its content) <- dotted overrides, then validate."""
+    if isinstance(path, dict):
+        sources = [OmegaConf.create(path)]
+    else:
+        sources = [load_yaml(path)] if path else []
     sources.append(parse_overrides(list(overrides)))
     cfg = merge_into(TrainConfig, *sources)
     validate(cfg)

@@ -80,7 +80,7 @@ class Learner:
         self.model = ActorCritic(obs_shape, num_actions, cfg.model.hidden_sizes).to(device)
         self.params = [p for p in self.model.parameters()]
         self.param_names = [n for n, _ in self.model.named_parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps)
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, foreach=True)
         self.rng = np.random.default_rng(cfg.seed)
         self.env_steps_per_iteration = cfg.ppo.env_steps_per_iteration
         self.version = 0  # bumped by every update; actors report the version they acted with

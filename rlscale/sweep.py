@@ -1,0 +1,317 @@
+"""Sweeps: a grid of training trials (env x batch size x lr rule or lr x seed) run on Ray.
+
+Each trial is a Ray task inside its own placement group, which reserves one CPU (and
+``trial_gpus``) for the learner plus one bundle per rollout actor, so trials and their actors
+never oversubscribe the cluster; trials wait for free resources rather than compete. Trial
+state lives in SWEEP_DIR/trials/<id>/trial.json; rerunning the command skips completed
+trials, resumes interrupted ones from their last checkpoint, and reruns failed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from omegaconf import OmegaConf
+
+from rlscale.config import ConfigError, load_train_config, load_yaml, merge_into, parse_overrides
+from rlscale.util import atomic_write_json, atomic_write_text, clean_json
+
+
+@dataclass
+class SweepEnv:
+    id: str = "CartPole-v1"
+    targets: list[float] = field(default_factory=list)
+    """Returns whose first crossing is recorded; a trial stops at the highest."""
+    total_env_steps: int = 0
+    """Env-step budget of each trial on this env (0: the base config's total_env_steps)."""
+    overrides: dict = field(default_factory=dict)
+    """Extra train-config overrides for this env (dotted keys)."""
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    base_config: str = "configs/cartpole.yaml"
+    """Train config every trial starts from (relative paths: to the working directory)."""
+    overrides: dict = field(default_factory=dict)
+    """Train-config overrides for all trials (dotted keys), e.g. workers.backend: local."""
+    envs: list[SweepEnv] = field(default_factory=list)
+    env_steps_per_iteration: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    """Batch sizes B (env steps per PPO iteration); powers of two by default."""
+    lr_rules: list[str] = field(default_factory=lambda: ["fixed"])
+    """Rules scaling lr from the reference batch: fixed, linear, sqrt, noise."""
+    lr: float = 0.0
+    """Learning rate tuned at reference_env_steps (0: the base config's ppo.lr)."""
+    reference_env_steps: int = 0
+    """B0 of the rules (0: the base config's ppo.env_steps_per_iteration)."""
+    lr_grid: list[float] = field(default_factory=list)
+    """Learning rates tried at every batch size (rule 'grid'), beside or instead of lr_rules."""
+    seeds: list[int] = field(default_factory=lambda: [1, 2])
+    microbatches_per_minibatch: int = 0
+    """If > 0, micro-batch size = minibatch / this (keeps the noise estimate's B_small in step)."""
+    max_concurrent: int = 0
+    """Trials at once; 0: as many as the cluster's resources allow."""
+    trial_gpus: float = 0.0
+    """GPUs reserved for each trial's learner."""
+    address: Optional[str] = None
+    """Ray cluster address (None: local cluster)."""
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    env_id: str
+    seed: int
+    env_steps_per_iteration: int
+    lr_rule: str
+    lr: float
+    overrides: list[str]
+
+
+def load_sweep_config(path, overrides=()) -> SweepConfig:
+    cfg = merge_into(SweepConfig, load_yaml(path), parse_overrides(list(overrides)))
+    if not cfg.envs:
+        raise ConfigError(f"sweep '{path}' lists no envs; add an 'envs:' list with ids and targets")
+    if not cfg.env_steps_per_iteration or not cfg.seeds or not (cfg.lr_rules or cfg.lr_grid):
+        raise ConfigError(f"sweep '{path}' has an empty grid; env_steps_per_iteration, seeds and lr_rules (or lr_grid) need at least one value each")
+    for b in cfg.env_steps_per_iteration:
+        if b <= 0:
+            raise ConfigError(f"sweep env_steps_per_iteration entries must be positive, got {b}")
+    for r in cfg.lr_rules:
+        if r not in ("fixed", "linear", "sqrt", "noise"):
+            raise ConfigError(f"sweep lr_rules entry '{r}' is not one of fixed, linear, sqrt, noise")
+    for e in cfg.envs:
+        if not e.targets:
+            raise ConfigError(f"sweep env '{e.id}' has no targets; list the returns to reach, e.g. targets: [100, 200]")
+    return cfg
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}".replace("+", "")
+
+
+def expand_grid(cfg: SweepConfig) -> list[Trial]:
+    base = load_yaml(cfg.base_config)
+    base_lr = cfg.lr or float(OmegaConf.select(base, "ppo.lr", default=2.5e-4))
+    b0 = cfg.reference_env_steps or int(OmegaConf.select(base, "ppo.env_steps_per_iteration", default=512))
+    trials = []
+    for env in cfg.envs:
+        slug = env.id.replace("ALE/", "").replace("/", "-")
+        for B in cfg.env_steps_per_iteration:
+            lr_choices = [(rule, base_lr) for rule in cfg.lr_rules] + [("grid", lr) for lr in cfg.lr_grid]
+            for rule, lr in lr_choices:
+                for seed in cfg.seeds:
+                    ov = [f"{k}={_yaml_value(v)}" for k, v in cfg.overrides.items()]
+                    ov += [f"{k}={_yaml_value(v)}" for k, v in env.overrides.items()]
+                    ov += [
+                        f"env.id={env.id}", f"seed={seed}", f"ppo.env_steps_per_iteration={B}",
+                        f"ppo.lr={lr}", f"ppo.lr_rule={'fixed' if rule == 'grid' else rule}",
+                        f"ppo.lr_reference_env_steps={b0}",
+                        f"targets={_yaml_value(list(env.targets))}", f"stop_return={max(env.targets)}",
+                        f"tracking.group={cfg.name}",
+                    ]
+                    if env.total_env_steps:
+                        ov.append(f"total_env_steps={env.total_env_steps}")
+                    if cfg.microbatches_per_minibatch:
+                        nmb = int(_override_value(ov, "ppo.num_minibatches", OmegaConf.select(base, "ppo.num_minibatches", default=4)))
+                        ov.append(f"ppo.microbatch_size={max(1, B // nmb // cfg.microbatches_per_minibatch)}")
+                    tag = rule if rule != "grid" else f"lr{_fmt(lr)}"
+                    tid = f"{slug}_B{B}_{tag}_s{seed}"
+                    ov.append(f"tracking.name={tid}")
+                    trials.append(Trial(tid, env.id, seed, B, rule, lr, ov))
+    return trials
+
+
+def _yaml_value(v) -> str:
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _override_value(overrides: list[str], key: str, default):
+    for o in reversed(overrides):
+        k, _, v = o.partition("=")
+        if k == key:
+            return v
+    return default
+
+
+def _trial_record(trial: Trial, status: str, error: str | None = None, summary: dict | None = None, nmb: int = 0) -> dict:
+    s = summary or {}
+    return clean_json({
+        "trial_id": trial.trial_id, "env_id": trial.env_id, "seed": trial.seed,
+        "env_steps_per_iteration": trial.env_steps_per_iteration, "num_minibatches": s.get("num_minibatches", nmb),
+        "lr_rule": trial.lr_rule, "lr": trial.lr, "status": status, "error": error,
+        "targets": s.get("targets", {}), "b_simple_mean": s.get("b_simple_mean"),
+        "env_steps": s.get("env_steps"), "iterations": s.get("iterations"), "wall_time_s": s.get("wall_time_s"),
+        "overrides": trial.overrides,
+    })
+
+
+def run_trial(trial: Trial, base_config: dict, trial_dir: str) -> dict:
+    """Train one trial (in a Ray task or in-process); never raises: failures are recorded."""
+    from rlscale.train import train
+
+    trial_dir = Path(trial_dir)
+    nmb = 0
+    try:
+        cfg = load_train_config(base_config, trial.overrides)
+        nmb = cfg.ppo.num_minibatches
+        resume = (trial_dir / "checkpoints").is_dir() and any((trial_dir / "checkpoints").glob("ckpt_*.pt"))
+        if resume:
+            cfg = load_train_config(trial_dir / "config.yaml", [])
+        summary = train(cfg, trial_dir, resume=resume, overwrite=not resume, quiet=True, init_ray=False)
+        rec = _trial_record(trial, "completed", summary=summary, nmb=nmb)
+        # A copy of the per-iteration table under the name the analysis reads.
+    except Exception as e:  # recorded, so that analysis reports the failure
+        err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        (trial_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(trial_dir / "error.txt", traceback.format_exc())
+        rec = _trial_record(trial, "failed", error=err, nmb=nmb)
+    atomic_write_json(trial_dir / "trial.json", rec)
+    return rec
+
+
+def _bundles(trial_cfg, trial_gpus: float) -> list[dict]:
+    from rlscale.actors import plan_envs
+
+    learner = {"CPU": 1.0}
+    if trial_gpus:
+        learner["GPU"] = trial_gpus
+    if trial_cfg.workers.backend == "local":
+        return [learner]
+    return [learner] + [{"CPU": trial_cfg.workers.num_cpus_per_worker} for _ in plan_envs(trial_cfg)]
+
+
+def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
+    """W&B sweep files (one per env, since each env has its own targets) for `wandb sweep`.
+
+    W&B's ${args_no_hyphens} expands to key=value pairs, which is exactly rlscale's override
+    syntax, so a user with a W&B server runs `wandb sweep FILE` then `wandb agent ID`.
+    """
+    paths = []
+    lrs = sorted(set(cfg.lr_grid) | ({cfg.lr} if cfg.lr else set()))
+    for env in cfg.envs:
+        slug = env.id.replace("ALE/", "").replace("/", "-")
+        params = {
+            "env.id": {"value": env.id},
+            "ppo.env_steps_per_iteration": {"values": list(cfg.env_steps_per_iteration)},
+            "ppo.lr_rule": {"values": [r for r in cfg.lr_rules] or ["fixed"]},
+            "seed": {"values": list(cfg.seeds)},
+            "targets": {"value": json.dumps(list(env.targets))},
+            "stop_return": {"value": max(env.targets)},
+            "tracking.group": {"value": cfg.name},
+        }
+        if lrs:
+            params["ppo.lr"] = {"values": lrs}
+        if env.total_env_steps:
+            params["total_env_steps"] = {"value": env.total_env_steps}
+        for k, v in {**cfg.overrides, **env.overrides}.items():
+            params[k] = {"value": v}
+        doc = {
+            "name": f"{cfg.name}-{slug}",
+            "program": "rlscale",
+            "method": "grid",
+            "metric": {"name": "charts/episode_return_smoothed", "goal": "maximize"},
+            "parameters": params,
+            "command": ["rlscale", "train", cfg.base_config, "tracking.wandb_mode=online", "${args_no_hyphens}"],
+        }
+        p = sweep_dir / f"wandb_sweep_{slug}.yaml"
+        atomic_write_text(p, yaml.safe_dump(doc, sort_keys=False))
+        paths.append(p)
+    return paths
+
+
+def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: bool = False) -> dict:
+    cfg = load_sweep_config(config_path, overrides)
+    trials = expand_grid(cfg)
+    # Validate every trial's train config before anything starts (and before any file is written).
+    trial_cfgs = {t.trial_id: load_train_config(cfg.base_config, t.overrides) for t in trials}
+    sweep_dir = Path(sweep_dir) if sweep_dir else Path("sweeps") / cfg.name
+    (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
+    meta = {
+        "name": cfg.name,
+        "targets": {e.id: [float(x) for x in e.targets] for e in cfg.envs},
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+        "trials": [t.trial_id for t in trials],
+    }
+    atomic_write_json(sweep_dir / "sweep.json", meta)
+    write_wandb_sweep_files(cfg, sweep_dir)
+
+    todo, done = [], 0
+    for t in trials:
+        rec_path = sweep_dir / "trials" / t.trial_id / "trial.json"
+        if rec_path.is_file():
+            try:
+                if json.loads(rec_path.read_text()).get("status") == "completed":
+                    done += 1
+                    continue
+            except json.JSONDecodeError:
+                pass
+        d = rec_path.parent
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(rec_path, _trial_record(t, "pending", nmb=trial_cfgs[t.trial_id].ppo.num_minibatches))
+        todo.append(t)
+    if not quiet:
+        print(f"sweep {cfg.name}: {len(trials)} trials, {done} already completed, {len(todo)} to run -> {sweep_dir}", file=sys.stderr)
+
+    results = _run_on_ray(cfg, todo, trial_cfgs, sweep_dir, quiet) if todo else []
+    statuses = [r["status"] for r in results]
+    out = {"sweep_dir": str(sweep_dir), "trials": len(trials), "skipped_completed": done,
+           "ran": len(results), "completed": statuses.count("completed"), "failed": statuses.count("failed")}
+    return out
+
+
+def _run_on_ray(cfg: SweepConfig, todo: list[Trial], trial_cfgs: dict, sweep_dir: Path, quiet: bool) -> list[dict]:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from tqdm import tqdm
+
+    from rlscale.cluster import ensure_ray
+
+    ensure_ray(cfg.address)
+    remote_trial = ray.remote(run_trial)
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    need = max(sum(b.get("CPU", 0) for b in _bundles(trial_cfgs[t.trial_id], cfg.trial_gpus)) for t in todo)
+    if need > cluster_cpus:
+        raise ConfigError(f"one trial needs {need:g} CPUs (learner + rollout actors) but the cluster has {cluster_cpus:g}; lower workers.num_workers or use workers.backend=local in the sweep overrides")
+    limit = cfg.max_concurrent or len(todo)
+    base = OmegaConf.to_container(load_yaml(cfg.base_config))  # travels with the task, no path needed
+    queue = list(todo)
+    running: dict = {}
+    results = []
+    bar = tqdm(total=len(todo), desc="trials", unit="trial", file=sys.stderr, disable=quiet)
+    try:
+        while queue or running:
+            while queue and len(running) < limit:
+                t = queue.pop(0)
+                pg = placement_group(_bundles(trial_cfgs[t.trial_id], cfg.trial_gpus), strategy="PACK")
+                strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+                ref = remote_trial.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(
+                    t, base, str((sweep_dir / "trials" / t.trial_id).resolve())
+                )
+                running[ref] = (t, pg)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                t, pg = running.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except Exception as e:  # the task's process died: record it as failed
+                    rec = _trial_record(t, "failed", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                    atomic_write_json(sweep_dir / "trials" / t.trial_id / "trial.json", rec)
+                remove_placement_group(pg)
+                results.append(rec)
+                bar.update(1)
+                bar.set_postfix(last=f"{t.trial_id}:{rec['status']}", refresh=False)
+    finally:
+        bar.close()
+    return results
