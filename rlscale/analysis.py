@@ -282,6 +282,9 @@ def _ci(samples: np.ndarray, n_min: int = 2) -> list[float] | None:
     return [float(v) for v in np.percentile(samples, [2.5, 97.5])]
 
 
+BEYOND_RANGE_FACTOR = 8.0  # B_crit above 8x the largest swept batch is extrapolation
+
+
 def pareto_entries(
     table: pd.DataFrame,
     targets: dict[str, list[float]] | None = None,
@@ -331,6 +334,11 @@ def pareto_entries(
             entry.update(status="fit_failed", error=str(err))
             entries.append(entry)
             continue
+        # B_crit far beyond the largest batch swept means steps kept halving with B over the
+        # whole range (S_min pinned near 0): the data only bound B_crit from below. Flag it.
+        if fit.b_crit > BEYOND_RANGE_FACTOR * float(reached["B"].max()):
+            entry["status"] = "b_crit_above_range"
+            entry["b_crit_lower_bound"] = float(reached["B"].max())
         entry.update(
             s_min=fit.s_min, e_min=fit.e_min, b_crit=fit.b_crit, residual_rms=fit.residual_rms,
             s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=_ci(boot[:, 2]),

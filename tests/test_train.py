@@ -1,0 +1,117 @@
+"""End to end: real local Ray with 2 actors, local-mode reproducibility, does-it-learn, Atari."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rlscale.train import train
+from tests.conftest import cfg_for
+
+SUMMARY_KEYS = {"env_id", "seed", "env_steps", "frames", "iterations", "optimizer_steps", "episodes",
+                "wall_time_s", "env_steps_per_s", "episode_return_mean_last20", "git_sha"}
+
+
+def test_ray_two_actors_full_run_dir(ray_local, tmp_path):
+    cfg = cfg_for("workers.backend=ray", "workers.num_workers=2", "workers.num_envs_per_worker=2",
+                  "total_env_steps=2048", "checkpoint_interval=4", "tracking.wandb_mode=offline")
+    s = train(cfg, tmp_path / "run", init_ray=False, quiet=True)
+    assert SUMMARY_KEYS <= set(s)
+    assert s["env_steps"] == s["env_steps_used"] == 2048 and s["iterations"] == 8
+    assert s["optimizer_steps"] == 8 * cfg.ppo.epochs * cfg.ppo.num_minibatches
+    assert s["frames"] == s["env_steps"]  # classic control: one frame per env step
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert m["iteration"].tolist() == list(range(1, 9))
+    assert (m["charts/policy_lag_max"] == 0).all()  # strict on-policy by default
+    assert (m["noise/b_simple_ema"].dropna() > 0).all() and m["noise/b_simple_ema"].notna().sum() >= 6
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts[-1] == "ckpt_00000008.pt" and "ckpt_00000004.pt" in ckpts
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    json.loads((tmp_path / "run" / "summary.json").read_text())
+
+
+def test_uneven_workers_and_fragments_keep_exact_batches(tmp_path):
+    # Workers with 3 and 2 envs, fragments of 7 steps: 35 steps per round never divide B = 64,
+    # so fragments are split and leftovers carried to the next batch with measured lag.
+    cfg = cfg_for("workers.backend=local", "workers.num_envs_per_worker_list=[3,2]", "workers.fragment_length=7",
+                  "ppo.env_steps_per_iteration=64", "ppo.num_minibatches=2", "ppo.microbatch_size=16",
+                  "total_env_steps=640")
+    s = train(cfg, tmp_path / "run", quiet=True)
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert s["env_steps_used"] == 640 and (m["env_steps_per_iteration"] == 64).all()
+    # collected = used + still buffered (none lost): 19 rounds of 35 = 665
+    assert s["env_steps"] == 665
+    assert m["charts/policy_lag_max"].max() == 1
+
+
+def _strip_times(m: pd.DataFrame) -> pd.DataFrame:
+    return m[[c for c in m.columns if not c.startswith("time/") and c not in ("wall_time_s", "charts/SPS")]]
+
+
+def test_local_mode_is_exactly_reproducible(tmp_path):
+    args = ("workers.backend=local", "total_env_steps=1536", "noise.per_example_interval=2")
+    train(cfg_for(*args), tmp_path / "a", quiet=True)
+    train(cfg_for(*args), tmp_path / "b", quiet=True)
+    a, b = (_strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in "ab")
+    pd.testing.assert_frame_equal(a, b)
+    c = _strip_times(pd.read_csv(train(cfg_for(*args, "seed=2"), tmp_path / "c", quiet=True)["run_dir"] + "/metrics.csv"))
+    assert not np.allclose(a["losses/value_loss"], c["losses/value_loss"])
+
+
+def test_cartpole_learns(tmp_path):
+    cfg = cfg_for("workers.backend=local", "total_env_steps=30000", "stop_return=195", "targets=[100,195]")
+    s = train(cfg, tmp_path / "run", quiet=True)
+    assert s["targets"]["195.0"]["reached"], s
+    assert s["targets"]["100.0"]["env_steps"] <= s["targets"]["195.0"]["env_steps"]
+    assert s["b_simple_mean"] is not None and s["b_simple_mean"] > 0
+
+
+def test_atari_preprocessing_and_raw_scores():
+    from rlscale.config import EnvConfig
+    from rlscale.envs import make_vector_env
+
+    kw = dict(id="ALE/Breakout-v5", max_episode_frames=3000)
+    raw = make_vector_env(EnvConfig(**kw, clip_rewards=False), 2, seed=3)
+    clipped = make_vector_env(EnvConfig(**kw, clip_rewards=True), 2, seed=3)
+    o1, o2 = raw.reset(), clipped.reset()
+    assert o1.shape == (2, 4, 84, 84) and o1.dtype == np.uint8 and raw.frames_per_env_step == 4
+    np.testing.assert_array_equal(o1, o2)
+    rng = np.random.default_rng(0)
+    raw_sum, clip_sum, returns_raw, returns_clip = np.zeros(2), np.zeros(2), [], []
+    for _ in range(900):  # 3000 frames / 4 = 750 steps: every game ends by truncation at least
+        a = rng.integers(0, raw.num_actions, 2)
+        s1, s2 = raw.step(a), clipped.step(a)
+        np.testing.assert_array_equal(s2.reward, np.sign(s1.reward))
+        raw_sum += s1.reward
+        returns_raw += s1.episode_returns
+        returns_clip += s2.episode_returns
+    assert returns_raw and returns_raw == returns_clip  # scores reported raw, whatever the training reward
+    assert max(returns_raw) >= 0
+
+
+def test_atari_episodic_life_ends_training_episodes_not_games():
+    from rlscale.config import EnvConfig
+    from rlscale.envs import make_vector_env
+
+    env = make_vector_env(EnvConfig(id="ALE/Breakout-v5", episodic_life=True, max_episode_frames=20000), 1, seed=1)
+    env.reset()
+    terms, games = 0, 0
+    rng = np.random.default_rng(1)
+    while games == 0:
+        s = env.step(rng.integers(0, env.num_actions, 1))
+        terms += int(s.terminated[0])
+        games += len(s.episode_returns)
+    assert terms >= 5  # Breakout has 5 lives: each lost life is a training terminal
+
+
+def test_atari_training_smoke(tmp_path):
+    cfg = cfg_for("env.id=ALE/Pong-v5", "workers.backend=local", "workers.num_workers=1", "workers.num_envs_per_worker=4",
+                  "ppo.env_steps_per_iteration=128", "ppo.num_minibatches=2", "ppo.microbatch_size=32", "ppo.epochs=1",
+                  "total_env_steps=256", config="configs/atari.yaml")
+    s = train(cfg, tmp_path / "run", quiet=True)
+    assert s["frames"] == 4 * s["env_steps"] == 1024 and s["atari"]
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert math.isfinite(m["losses/policy_loss"].iloc[-1])
