@@ -38,8 +38,9 @@ def worker_seed(seed: int, worker_index: int, restarts: int = 0) -> int:
 class RolloutWorker:
     """Steps E environments with a CPU copy of the policy; returns fragments [T, E]."""
 
-    def __init__(self, env_cfg, hidden_sizes, num_envs: int, seed: int, env_offset: int, torch_threads: int = 1):
-        torch.set_num_threads(torch_threads)
+    def __init__(self, env_cfg, hidden_sizes, num_envs: int, seed: int, env_offset: int, torch_threads: int | None = 1):
+        if torch_threads:  # in its own (Ray) process; in-process workers leave the learner's threads alone
+            torch.set_num_threads(torch_threads)
         self.env = make_vector_env(env_cfg, num_envs, seed)
         self.policy = ActorCritic(self.env.obs_shape, self.env.num_actions, hidden_sizes)
         self.policy.eval()
@@ -146,7 +147,7 @@ class LocalPool:
         offsets = np.cumsum([0] + envs_per_worker[:-1])
         self.envs_per_worker = envs_per_worker
         self.workers = [
-            RolloutWorker(cfg.env, cfg.model.hidden_sizes, e, worker_seed(cfg.seed, i), int(offsets[i]))
+            RolloutWorker(cfg.env, cfg.model.hidden_sizes, e, worker_seed(cfg.seed, i), int(offsets[i]), torch_threads=None)
             for i, e in enumerate(envs_per_worker)
         ]
         self.failures = 0

@@ -14,14 +14,14 @@ def _train(args) -> int:
     from rlscale.train import train
 
     if args.resume:
-        if args.config or args.overrides:
-            pass
+        # With --resume there is no CONFIG: every positional argument is an override.
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             from rlscale.config import ConfigError
 
             raise ConfigError(f"cannot resume: '{run_dir}' holds no rlscale run (config.yaml missing); check the path")
-        cfg = load_train_config(run_dir / "config.yaml", args.overrides)
+        cfg = load_train_config(run_dir / "config.yaml", overrides)
         summary = train(cfg, run_dir, resume=True)
     else:
         if not args.config:

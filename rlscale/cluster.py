@@ -16,6 +16,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(ignore_reinit_error=True, log_to_driver=True, configure_logging=False)
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address not in ("auto", "local") and not address.startswith("ray://"):
+        _probe(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -24,3 +26,16 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"cannot reach a Ray cluster at '{address}' ({str(e).splitlines()[0][:160]}); check the address or leave workers.address unset for a local cluster") from None
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an address nobody listens on (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"cannot reach a Ray cluster at '{address}' ({reason}); check the address (HOST:6379) or leave workers.address unset for a local cluster") from None

@@ -83,6 +83,8 @@ class PPOConfig:
     gae_lambda: float = 0.95
     clip_coef: float = 0.2
     """PPO ratio clip epsilon."""
+    anneal_clip: bool = False
+    """Anneal clip_coef linearly to 0 over total_env_steps, like the learning rate."""
     clip_vloss: bool = True
     """Value loss clipping as in PPO2 / CleanRL: max of the clipped and unclipped squared errors."""
     vf_coef: float = 0.5

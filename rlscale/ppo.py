@@ -103,7 +103,7 @@ class Learner:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     # -- one PPO iteration ------------------------------------------------------------------
-    def update(self, batch: dict[str, np.ndarray], lr: float, iteration: int = 0) -> dict[str, float]:
+    def update(self, batch: dict[str, np.ndarray], lr: float, iteration: int = 0, clip_coef: float | None = None) -> dict[str, float]:
         cfg, p, ncfg = self.cfg, self.cfg.ppo, self.cfg.noise
         dev = self.device
         n = len(batch["actions"])
@@ -112,7 +112,8 @@ class Learner:
             g["lr"] = lr
         # uint8 frames go to the device as bytes; the model scales them there.
         t = {k: torch.from_numpy(np.asarray(batch[k])).to(dev) for k in ("obs", "actions", "logp", "values", "advantages", "returns")}
-        loss_kw = dict(clip_coef=p.clip_coef, clip_vloss=p.clip_vloss, vf_coef=p.vf_coef, ent_coef=p.ent_coef)
+        clip_coef = p.clip_coef if clip_coef is None else clip_coef
+        loss_kw = dict(clip_coef=clip_coef, clip_vloss=p.clip_vloss, vf_coef=p.vf_coef, ent_coef=p.ent_coef)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
@@ -197,6 +198,7 @@ class Learner:
             var_y = y.var()
             out["losses/explained_variance"] = float("nan") if var_y == 0 else float(1 - (y - v).var() / var_y)
         out["charts/learning_rate"] = lr
+        out["charts/clip_coef"] = clip_coef
         out["losses/early_stop"] = float(stop)
         self.b_simple_history.append(self.ema["combined"].ratio)
         if ncfg.enabled:
@@ -288,6 +290,7 @@ class Learner:
             "optimizer_steps": self.optimizer_steps,
             "env_steps_per_iteration": self.env_steps_per_iteration,
             "ema": {k: e.state_dict() for k, e in self.ema.items()},
+            "b_simple_history": list(self.b_simple_history),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         }
@@ -300,5 +303,6 @@ class Learner:
         self.env_steps_per_iteration = s["env_steps_per_iteration"]
         for k, e in self.ema.items():
             e.load_state_dict(s["ema"][k])
+        self.b_simple_history = [float(x) for x in s["b_simple_history"]]
         self.rng.bit_generator.state = s["rng"]
         torch.set_rng_state(s["torch_rng"])

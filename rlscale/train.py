@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import time
@@ -74,20 +75,30 @@ def fragment_lengths(cfg: TrainConfig, envs_per_worker: list[int], need: int) ->
     return [T] * len(envs_per_worker)
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a run directory we must not touch, before anything is started or written."""
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"cannot resume: '{run_dir}' holds no rlscale run (config.yaml missing); check the path")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"run directory '{run_dir}' already exists; pass --resume to continue it or --overwrite to replace it")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory '{run_dir}' is a file; choose a writable --out")
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"run directory '{run_dir}' already exists; pass --resume to continue it or --overwrite to replace it")
+    parent = run_dir.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to run directory '{run_dir}' ('{parent}' is not a writable directory); choose a writable --out")
+
+
+def create_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        return
+    if run_dir.exists() and overwrite:
         shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
     except OSError as e:
         raise ConfigError(f"cannot write to run directory '{run_dir}' ({e.strerror}); choose a writable --out") from None
 
@@ -100,18 +111,23 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, init_ray: bool = True) -> dict:
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    prepare_run_dir(run_dir, resume, overwrite)
+    check_run_dir(run_dir, resume, overwrite)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    if not resume:
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-
+    # Ray and the workers start before the run directory exists, so a failure here leaves nothing behind.
     if cfg.workers.backend == "ray" and init_ray:
         from rlscale.cluster import ensure_ray
 
         ensure_ray(cfg.workers.address)
     pool = make_pool(cfg)
     spec = pool.spec()
+    try:
+        create_run_dir(run_dir, resume, overwrite)
+    except BaseException:
+        pool.close()
+        raise
+    if not resume:
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     device = resolve_device(cfg.device)
     learner = Learner(cfg, spec.obs_shape, spec.num_actions, device)
     buffer = FragmentBuffer(cfg.ppo.gamma, cfg.ppo.gae_lambda)
@@ -180,7 +196,9 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
             b_simple = learner.ema["combined"].ratio
             lr = learning_rate(cfg, B, b_simple, c.env_steps_used / cfg.total_env_steps)
             lag = learner.version - batch["versions"]
-            metrics = learner.update(batch, lr, iteration=c.iteration)
+            progress = c.env_steps_used / cfg.total_env_steps
+            clip = cfg.ppo.clip_coef * (1.0 - progress if cfg.ppo.anneal_clip else 1.0)
+            metrics = learner.update(batch, lr, iteration=c.iteration, clip_coef=max(clip, 1e-8))
             c.iteration += 1
             c.env_steps_used += B
             t2 = time.perf_counter()

@@ -1,0 +1,171 @@
+"""Shared helpers of the benchmark scripts: machine record, timing statistics, synthetic batches.
+
+Every script prints exactly one JSON object to stdout; progress goes to stderr via ``log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python scripts/bench_x.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+CARTPOLE_YAML = ROOT / "configs" / "cartpole.yaml"
+ATARI_YAML = ROOT / "configs" / "atari.yaml"
+# Quiet, side-effect-free runs: no wandb, no progress bar.
+BASE_OVERRIDES = ["tracking.wandb_mode=disabled", "tracking.progress_bar=false"]
+ATARI_OBS_SHAPE = (4, 84, 84)
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (affinity-aware), the figure 'cores' refers to."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def machine_info(device: str | None = None) -> dict:
+    import torch
+
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": cpu_count(),
+        "cpu_count_os": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "numpy_version": np.__version__,
+    }
+    try:
+        info["loadavg_1m_at_start"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["cuda_device_name"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def stats(xs: list[float]) -> dict:
+    """Median, min, mean, max and count of a list of timings (seconds)."""
+    xs = list(xs)
+    if not xs:
+        return {"n": 0}
+    return {
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "mean": statistics.fmean(xs),
+        "max": max(xs),
+        "n": len(xs),
+    }
+
+
+def emit(obj: dict) -> None:
+    """The one JSON object on stdout (NaN/inf become null so it stays valid JSON)."""
+
+    def clean(x):
+        if isinstance(x, float) and not np.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, np.generic):
+            return clean(x.item())
+        return x
+
+    sys.stdout.write(json.dumps(clean(obj), indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    if n and n > 0:
+        torch.set_num_threads(n)
+
+
+def load_cfg(kind: str, overrides: list[str]):
+    """TrainConfig from configs/{cartpole,atari}.yaml plus dotted overrides."""
+    from rlscale.config import load_train_config
+
+    path = {"cartpole": CARTPOLE_YAML, "atari": ATARI_YAML}[kind]
+    return load_train_config(path, BASE_OVERRIDES + list(overrides))
+
+
+def synthetic_batch(n: int, obs_shape: tuple[int, ...], obs_dtype, num_actions: int, seed: int = 0,
+                    num_envs: int = 8, frame_pool: int = 256) -> dict[str, np.ndarray]:
+    """A flat batch in rlscale.rollout's format (BATCH_KEYS + 'fragment'), built with numpy.
+
+    uint8 observations are filled by tiling a pool of `frame_pool` random frames (a small, fixed
+    transient, so it does not distort peak-memory figures across batch sizes): every byte of
+    the [n, *obs_shape] array is written (so it is resident memory), without the seconds a
+    fresh random draw of gigabytes would take. The content does not change dense CNN compute.
+    """
+    rng = np.random.default_rng(seed)
+    obs_dtype = np.dtype(obs_dtype)
+    if obs_dtype == np.uint8:
+        pool = rng.integers(0, 256, size=(min(n, frame_pool), *obs_shape), dtype=np.uint8)
+        obs = np.empty((n, *obs_shape), dtype=np.uint8)
+        for s in range(0, n, len(pool)):
+            m = min(len(pool), n - s)
+            obs[s:s + m] = pool[:m]
+    else:
+        obs = rng.normal(size=(n, *obs_shape)).astype(obs_dtype)
+    E = max(1, min(num_envs, n))
+    idx = np.arange(n)
+    return {
+        "obs": obs,
+        "actions": rng.integers(0, num_actions, size=n).astype(np.int64),
+        "logp": np.log(rng.uniform(0.2, 0.8, size=n)).astype(np.float32),
+        "values": rng.normal(size=n).astype(np.float32),
+        "advantages": rng.normal(size=n).astype(np.float32),
+        "returns": rng.normal(size=n).astype(np.float32),
+        # time-major [T, E] flattened, as flatten_fragment lays it out
+        "env_ids": (idx % E).astype(np.int64),
+        "time": (idx // E).astype(np.int64),
+        "versions": np.zeros(n, dtype=np.int64),
+        "fragment": np.zeros(n, dtype=np.int64),
+    }
+
+
+def batch_nbytes(batch: dict[str, np.ndarray], keys=None) -> int:
+    keys = batch.keys() if keys is None else keys
+    return int(sum(batch[k].nbytes for k in keys))
+
+
+# Keys Learner.update moves to the device (the rest stay on the host).
+DEVICE_KEYS = ("obs", "actions", "logp", "values", "advantages", "returns")
+
+
+def sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        torch.cuda.synchronize(device)

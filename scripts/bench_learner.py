@@ -1,0 +1,241 @@
+"""Learner throughput and memory vs. batch size: one PPO iteration on Atari-shaped data.
+
+For B = env_steps_per_iteration = 2^10 .. 2^max_log2 (Nature CNN, uint8 obs (4, 84, 84),
+configs/atari.yaml otherwise, num_minibatches fixed (4), microbatch_size fixed (256), 1 epoch)
+each size runs in a fresh child process (this script with --child) that builds a synthetic
+batch in rlscale.rollout's dict format, builds the Learner, warms up on a 1024-step slice of
+the batch, then times --repeats full iterations (Learner.update).
+
+Memory, CPU: the child's peak RSS (ru_maxrss, taken by the parent with os.wait4 for exactly
+that child; the child's own getrusage(RUSAGE_SELF) is recorded too). A baseline child builds the
+model and does one tiny update (B=64). Then
+    working_bytes = peak_rss - batch_storage - baseline_rss,
+the memory the update needs beyond its input and the fixed cost of torch + model + Adam;
+micro-batching should keep it flat in B, which working_growth_pct (smallest -> largest B) checks.
+Memory, CUDA: torch.cuda.max_memory_allocated in the child, and batch_storage counts the part
+Learner.update copies to the device (obs, actions, logp, values, advantages, returns).
+
+    python scripts/bench_learner.py                    # 2^10 .. 2^18 (2^18 needs ~7.5 GB for obs)
+    python scripts/bench_learner.py --max-log2 16 --repeats 5
+    python scripts/bench_learner.py --quick            # smoke test: 2^10 .. 2^12, 1 repeat
+
+Prints one JSON object to stdout; progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import _common as C
+
+NUM_ACTIONS = 4  # Breakout's minimal action set
+
+
+def rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# child: one size
+
+
+def child(args) -> None:
+    C.set_threads(args.threads)
+    import torch
+
+    from rlscale.ppo import Learner, resolve_device
+
+    n = args.n
+    cfg = C.load_cfg("atari", [
+        f"ppo.env_steps_per_iteration={n}", f"ppo.num_minibatches={args.num_minibatches}",
+        f"ppo.microbatch_size={args.microbatch_size}", f"ppo.epochs={args.epochs}",
+        f"noise.enabled={str(args.noise).lower()}", f"device={args.device}",
+    ])
+    device = resolve_device(cfg.device)
+    cuda = device.type == "cuda"
+    rss0 = rss_now()
+    batch = C.synthetic_batch(n, C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS, seed=args.seed)
+    rss_batch = rss_now()
+    learner = Learner(cfg, C.ATARI_OBS_SHAPE, NUM_ACTIONS, device)
+    lr = cfg.ppo.lr
+    times = []
+    if not args.baseline:
+        # warm-up on a slice (views: no extra memory), then timed full iterations
+        w = min(n, 1024)
+        warm = {k: v[:w] for k, v in batch.items()}
+        for _ in range(args.warmup):
+            learner.update(warm, lr=lr)
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        for r in range(args.repeats):
+            C.sync(device)
+            t0 = time.perf_counter()
+            learner.update(batch, lr=lr, iteration=r)
+            C.sync(device)
+            times.append(time.perf_counter() - t0)
+            print(f"    B={n}: repeat {r + 1}/{args.repeats}: {times[-1]:.2f}s", file=sys.stderr, flush=True)
+    else:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        learner.update(batch, lr=lr)
+        C.sync(device)
+    out = {
+        "n": n,
+        "times_s": times,
+        "rss_before_batch_bytes": rss0,
+        "rss_after_batch_bytes": rss_batch,
+        "rss_end_bytes": rss_now(),
+        "self_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+        "batch_storage_bytes": C.batch_nbytes(batch),
+        "obs_bytes": int(batch["obs"].nbytes),
+        "device_batch_bytes": C.batch_nbytes(batch, C.DEVICE_KEYS),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "optimizer_steps": learner.optimizer_steps,
+    }
+    if cuda:
+        out["cuda_max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        out["cuda_max_memory_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
+    print("CHILD_JSON " + json.dumps(out), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# parent
+
+
+def run_child(args, n: int, baseline: bool) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--n", str(n),
+           "--num-minibatches", str(args.num_minibatches), "--microbatch-size", str(args.microbatch_size),
+           "--epochs", str(args.epochs), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--threads", str(args.threads), "--device", args.device, "--seed", str(args.seed),
+           "--noise", "true" if args.noise else "false"]
+    if baseline:
+        cmd.append("--baseline")
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)  # stderr: inherited (progress)
+    stdout = p.stdout.read()
+    p.stdout.close()
+    _, status, ru = os.wait4(p.pid, 0)  # this child's own rusage, not the max over all children
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise RuntimeError(f"child for B={n} failed with exit code {p.returncode}")
+    line = [ln for ln in stdout.splitlines() if ln.startswith("CHILD_JSON ")][-1]
+    out = json.loads(line[len("CHILD_JSON "):])
+    out["peak_rss_bytes"] = int(ru.ru_maxrss) * 1024
+    out["child_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--min-log2", type=int, default=10)
+    ap.add_argument("--max-log2", type=int, default=18)
+    ap.add_argument("--microbatch-size", type=int, default=256)
+    ap.add_argument("--num-minibatches", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="timed iterations per size")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed iterations on a 1024-step slice first")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads in the children (0: default)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    ap.add_argument("--noise", type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=True,
+                    help="noise.enabled (true/false, default true as in training)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="smoke test: up to 2^12, 1 repeat")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.quick:
+        args.max_log2 = min(args.max_log2, 12)
+        args.repeats = 1
+    C.set_threads(args.threads)
+    from rlscale.ppo import resolve_device
+
+    device = str(resolve_device(args.device))
+    cuda = device.startswith("cuda")
+    result = {
+        "benchmark": "bench_learner",
+        "quick": args.quick,
+        "machine": {**C.machine_info(device), "mem_available_bytes_at_start": mem_available()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("child", "baseline", "n")}
+                    | {"obs_shape": list(C.ATARI_OBS_SHAPE), "obs_dtype": "uint8", "num_actions": NUM_ACTIONS,
+                       "memory_measure": "cuda.max_memory_allocated" if cuda else "child ru_maxrss (os.wait4)"},
+    }
+    C.log(f"baseline child (model + one tiny update, B=64) on {device}")
+    base = run_child(args, 64, baseline=True)
+    peak_key = "cuda_max_memory_allocated_bytes" if cuda else "peak_rss_bytes"
+    storage_key = "device_batch_bytes" if cuda else "batch_storage_bytes"
+    # the tiny batch is part of the baseline; subtract it so baseline = torch + model + optimizer
+    baseline = base[peak_key] - base[storage_key]
+    result["baseline_bytes"] = baseline
+    result["baseline_rss_bytes"] = base["peak_rss_bytes"]
+    result["baseline_child"] = base
+    sizes = []
+    for k in range(args.min_log2, args.max_log2 + 1):
+        n = 2 ** k
+        need = C.batch_nbytes(C.synthetic_batch(1, C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS)) * n
+        avail = mem_available()
+        if avail is not None and need > 0.85 * avail:
+            C.log(f"B=2^{k}: skipped, batch needs {need / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available")
+            sizes.append({"log2": k, "env_steps_per_iteration": n, "skipped": f"batch {need} bytes > 85% of MemAvailable {avail}"})
+            continue
+        C.log(f"B=2^{k}={n}: child with {args.repeats} repeat(s), batch {need / 2**20:.0f} MiB")
+        r = run_child(args, n, baseline=False)
+        st = C.stats(r["times_s"])
+        peak = r[peak_key]
+        row = {
+            "log2": k,
+            "env_steps_per_iteration": n,
+            "batch_storage_bytes": r[storage_key],
+            "host_batch_storage_bytes": r["batch_storage_bytes"],
+            "obs_bytes": r["obs_bytes"],
+            "peak_rss_bytes": r["peak_rss_bytes"],
+            "peak_bytes": peak,
+            "working_bytes": peak - r[storage_key] - baseline,
+            "iteration_s": st,
+            "samples_per_s": n * args.epochs / st["median"],
+            "samples_per_s_best": n * args.epochs / st["min"],
+            "child": r,
+        }
+        if cuda:
+            row["cuda_max_memory_allocated_bytes"] = peak
+        sizes.append(row)
+        C.log(f"B=2^{k}: {row['samples_per_s']:.0f} samples/s, peak {peak / 2**20:.0f} MiB, "
+              f"batch {row['batch_storage_bytes'] / 2**20:.0f} MiB, working {row['working_bytes'] / 2**20:.1f} MiB")
+    done = [s for s in sizes if "skipped" not in s]
+    result["sizes"] = sizes
+    result["samples_per_s_by_log2"] = {str(s["log2"]): s["samples_per_s"] for s in done}
+    result["working_bytes_by_log2"] = {str(s["log2"]): s["working_bytes"] for s in done}
+    if len(done) >= 2:
+        w0, w1 = done[0]["working_bytes"], done[-1]["working_bytes"]
+        result["working_growth_pct"] = 100.0 * (w1 / w0 - 1.0) if w0 > 0 else None
+        result["working_growth_bytes"] = w1 - w0
+        result["working_growth_from_log2"] = done[0]["log2"]
+        result["working_growth_to_log2"] = done[-1]["log2"]
+    C.emit(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Rollout throughput: ale-py's C++ vector env alone vs. rlscale's rollout actors.
+
+(a) limit: ale-py's ``AtariVectorEnv`` with num_threads = cores, pre-generated random actions,
+    rlscale's env settings (sticky 0.25, noop 30, frameskip 4, stack 4, same-step autoreset),
+    num_envs in --limit-envs-mult x cores; env steps/s per game, best over num_envs.
+(b) rlscale's pool (rlscale.actors.make_pool) with workers.backend=ray, num_workers = cores,
+    num_envs_per_worker E, fragments of T steps, one ``pool.sample`` round = W*E*T env steps,
+    a new weights version every round (as in training):
+      - cnn:     the real RolloutWorker with the Nature-CNN ActorCritic;
+      - trivial: ``TrivialRolloutWorker`` (below), the same RolloutWorker whose policy is
+        replaced by a uniform-random sampler returning zeros for log-probs and values.
+    The same two with workers.backend=local (in-process, workers called in turn).
+
+How the trivial policy gets in without touching rlscale: RayPool/LocalPool build workers
+from the module-level name ``rlscale.actors.RolloutWorker``; while the pool is constructed,
+that name is pointed at ``TrivialRolloutWorker`` (a subclass defined here) and restored
+right after. Ray then wraps it with ``ray.remote`` exactly as it wraps the real class (the
+subclass, living in ``__main__``, is shipped to the actors by value by cloudpickle), so the
+trivial figure goes through the same code path - RayPool.sample, ray.put of the weights,
+RolloutWorker.sample's loop, Fragment transfer - and differs only in the policy's forward
+pass. A subclass (rather than patching ActorCritic.act globally) keeps the change local to
+the pools built for the trivial runs.
+
+    python scripts/bench_rollout.py               # full
+    python scripts/bench_rollout.py --quick       # smoke test
+
+Prints one JSON object to stdout; progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+import _common as C
+
+import rlscale.actors as actors_mod
+from rlscale.actors import RolloutWorker
+
+
+# ---------------------------------------------------------------------------------------------
+# the trivial policy
+
+
+class RandomPolicy(torch.nn.Module):
+    """ActorCritic's rollout interface (act, value, load_state_dict) with no network."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.num_actions = num_actions
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None):
+        n = obs.shape[0]
+        actions = torch.randint(0, self.num_actions, (n,), generator=generator, dtype=torch.int64)
+        return actions, torch.zeros(n), torch.zeros(n)
+
+    @torch.no_grad()
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(obs.shape[0])
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # weights are ignored
+        return None
+
+
+class TrivialRolloutWorker(RolloutWorker):
+    """RolloutWorker with the Nature CNN replaced by a uniform-random action sampler."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.policy = RandomPolicy(self.env.num_actions)
+
+
+@contextlib.contextmanager
+def worker_class(cls):
+    """Point rlscale.actors.RolloutWorker at `cls` while a pool is built."""
+    saved = actors_mod.RolloutWorker
+    actors_mod.RolloutWorker = cls
+    try:
+        yield
+    finally:
+        actors_mod.RolloutWorker = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the C++ vector env alone
+
+
+def game_ids(game: str) -> tuple[str, str]:
+    """'Pong' -> ('ALE/Pong-v5', 'pong')."""
+    from rlscale.envs import atari_game
+
+    env_id = f"ALE/{game}-v5"
+    return env_id, atari_game(env_id)
+
+
+def bench_limit(game: str, num_envs: int, num_threads: int, steps: int, warmup: int, repeats: int, seed: int) -> dict:
+    from ale_py.vector_env import AtariVectorEnv
+
+    from rlscale.config import EnvConfig
+
+    env_id, rom = game_ids(game)
+    e = EnvConfig(id=env_id)  # rlscale's defaults for the env settings
+    env = AtariVectorEnv(
+        rom, num_envs, num_threads=num_threads,
+        repeat_action_probability=e.repeat_action_probability, noop_max=e.noop_max, frameskip=e.frame_skip,
+        stack_num=e.frame_stack, max_num_frames_per_episode=e.max_episode_frames, autoreset_mode="SameStep",
+        reward_clipping=False, episodic_life=False,
+    )
+    try:
+        n_actions = int(env.single_action_space.n)
+        rng = np.random.default_rng(seed)
+        actions = rng.integers(0, n_actions, size=(warmup + steps, num_envs), dtype=np.int64)
+        env.reset(seed=seed)
+        for t in range(warmup):
+            env.step(actions[t])
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for t in range(warmup, warmup + steps):
+                env.step(actions[t])
+            times.append(time.perf_counter() - t0)
+    finally:
+        env.close()
+    st = C.stats(times)
+    n = steps * num_envs
+    return {"num_envs": num_envs, "num_threads": num_threads, "steps_per_repeat": n, "time_s": st,
+            "env_steps_per_s": n / st["median"], "env_steps_per_s_best": n / st["min"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) rlscale's pools
+
+
+def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> dict:
+    from rlscale.model import ActorCritic
+
+    env_id, _ = game_ids(game)
+    cfg = C.load_cfg("atari", [
+        f"env.id={env_id}", f"workers.backend={backend}", f"workers.num_workers={num_workers}",
+        f"workers.num_envs_per_worker={args.envs_per_worker}", f"seed={args.seed}",
+    ])
+    cls = TrivialRolloutWorker if policy == "trivial" else RolloutWorker
+    t0 = time.perf_counter()
+    with worker_class(cls):
+        pool = actors_mod.make_pool(cfg)
+    try:
+        spec = pool.spec()
+        startup = time.perf_counter() - t0
+        model = ActorCritic(spec.obs_shape, spec.num_actions, cfg.model.hidden_sizes)
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        W, E, T = len(pool.envs_per_worker), args.envs_per_worker, args.fragment_length
+        lengths = [T] * W
+        version = 0
+        for _ in range(args.pool_warmup):
+            pool.sample(lengths, weights, version)
+            version += 1
+        times = []
+        for r in range(args.pool_repeats):
+            t0 = time.perf_counter()
+            res = pool.sample(lengths, weights, version)
+            times.append(time.perf_counter() - t0)
+            version += 1
+            got = sum(f.size for f in res.fragments)
+            if got != W * E * T or res.failures:
+                raise RuntimeError(f"pool returned {got} steps (expected {W * E * T}), failures={res.failures}")
+    finally:
+        pool.close()
+    st = C.stats(times)
+    n = W * E * T
+    out = {"backend": backend, "policy": policy, "num_workers": W, "envs_per_worker": E, "fragment_length": T,
+           "env_steps_per_round": n, "startup_s": startup, "round_s": st,
+           "env_steps_per_s": n / st["median"], "env_steps_per_s_best": n / st["min"]}
+    C.log(f"{game} {backend}/{policy}: W={W} E={E} T={T}: {out['env_steps_per_s']:.0f} env steps/s (median)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--games", nargs="+", default=["Pong", "Breakout"], help="ALE game names (ALE/<Game>-v5)")
+    ap.add_argument("--cores", type=int, default=0, help="cores to use (0: the CPUs this process may run on)")
+    ap.add_argument("--limit-envs-mult", type=int, nargs="+", default=[2, 4, 8], help="num_envs = mult x cores for the limit")
+    ap.add_argument("--limit-steps", type=int, default=500, help="vector steps per timed limit repeat")
+    ap.add_argument("--limit-warmup", type=int, default=100, help="untimed vector steps first")
+    ap.add_argument("--limit-repeats", type=int, default=5)
+    ap.add_argument("--envs-per-worker", type=int, default=4, help="E per rollout worker (configs/atari.yaml: 4)")
+    ap.add_argument("--fragment-length", type=int, default=128, help="T steps per fragment (configs/atari.yaml: 128)")
+    ap.add_argument("--pool-warmup", type=int, default=1, help="untimed pool.sample rounds first")
+    ap.add_argument("--pool-repeats", type=int, default=5, help="timed pool.sample rounds")
+    ap.add_argument("--num-workers", type=int, default=0, help="Ray rollout workers (0: cores)")
+    ap.add_argument("--local-workers", type=int, default=1, help="LocalPool workers (called in turn in-process)")
+    ap.add_argument("--skip-limit", action="store_true")
+    ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-local", action="store_true")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="smoke test: one game, tiny sizes")
+    args = ap.parse_args()
+    if args.quick:
+        args.games = args.games[:1]
+        args.limit_envs_mult = [2]
+        args.limit_steps, args.limit_warmup, args.limit_repeats = 50, 10, 2
+        args.fragment_length, args.pool_warmup, args.pool_repeats = 16, 1, 2
+    cores = args.cores or C.cpu_count()
+    num_workers = args.num_workers or cores
+    import ale_py
+    import ray
+
+    result = {
+        "benchmark": "bench_rollout",
+        "quick": args.quick,
+        "machine": {**C.machine_info("cpu"), "ale_py_version": ale_py.__version__, "ray_version": ray.__version__},
+        "settings": {k: v for k, v in vars(args).items()} | {"cores": cores, "ray_num_workers": num_workers},
+        "per_game": {g: {} for g in args.games},
+    }
+    # (a) the limit
+    if not args.skip_limit:
+        for g in args.games:
+            runs = []
+            for mult in args.limit_envs_mult:
+                r = bench_limit(g, mult * cores, cores, args.limit_steps, args.limit_warmup, args.limit_repeats, args.seed)
+                C.log(f"{g} limit: num_envs={r['num_envs']} threads={cores}: {r['env_steps_per_s']:.0f} env steps/s")
+                runs.append(r)
+            best = max(runs, key=lambda r: r["env_steps_per_s"])
+            result["per_game"][g]["limit_runs"] = runs
+            result["per_game"][g]["limit_env_steps_per_s"] = best["env_steps_per_s"]
+            result["per_game"][g]["limit_best_num_envs"] = best["num_envs"]
+    # (b) Ray actors
+    if not args.skip_ray:
+        from rlscale.cluster import ensure_ray
+
+        ensure_ray()
+        try:
+            result["machine"]["ray_cluster_cpus"] = ray.cluster_resources().get("CPU")
+            for g in args.games:
+                for policy in ("trivial", "cnn"):
+                    r = bench_pool(g, "ray", policy, args, num_workers)
+                    result["per_game"][g][f"ray_{policy}"] = r
+                    result["per_game"][g][f"{policy}_policy_env_steps_per_s"] = r["env_steps_per_s"]
+        finally:
+            ray.shutdown()
+    # in-process backend (last: RolloutWorker sets this process's torch threads to 1)
+    if not args.skip_local:
+        for g in args.games:
+            for policy in ("trivial", "cnn"):
+                r = bench_pool(g, "local", policy, args, args.local_workers)
+                result["per_game"][g][f"local_{policy}"] = r
+                result["per_game"][g][f"local_{policy}_policy_env_steps_per_s"] = r["env_steps_per_s"]
+
+    # overall keys: best over the games; ratios per game and for the overall figures
+    def best(key):
+        xs = [d[key] for d in result["per_game"].values() if key in d]
+        return max(xs) if xs else None
+
+    for key in ("limit_env_steps_per_s", "trivial_policy_env_steps_per_s", "cnn_policy_env_steps_per_s",
+                "local_trivial_policy_env_steps_per_s", "local_cnn_policy_env_steps_per_s"):
+        result[key] = best(key)
+    for d in result["per_game"].values():
+        if "limit_env_steps_per_s" in d and "trivial_policy_env_steps_per_s" in d:
+            d["trivial_to_limit_ratio"] = d["trivial_policy_env_steps_per_s"] / d["limit_env_steps_per_s"]
+            d["cnn_to_limit_ratio"] = d["cnn_policy_env_steps_per_s"] / d["limit_env_steps_per_s"]
+    lim = result["limit_env_steps_per_s"]
+    result["trivial_to_limit_ratio"] = result["trivial_policy_env_steps_per_s"] / lim if lim and result["trivial_policy_env_steps_per_s"] else None
+    result["cnn_to_limit_ratio"] = result["cnn_policy_env_steps_per_s"] / lim if lim and result["cnn_policy_env_steps_per_s"] else None
+    result["cnn_to_trivial_ratio"] = (result["cnn_policy_env_steps_per_s"] / result["trivial_policy_env_steps_per_s"]
+                                      if result["cnn_policy_env_steps_per_s"] and result["trivial_policy_env_steps_per_s"] else None)
+    result["frames_per_env_step"] = 4
+    result["machine"]["torch_threads_at_end"] = torch.get_num_threads()
+    C.emit(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Bad input: each case gives one clear line on stderr, exit code 2, and nothing half-written."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rlscale.cli import main
+from tests.conftest import ROOT
+
+CP = str(ROOT / "configs" / "cartpole.yaml")
+FAST = ["tracking.wandb_mode=disabled", "tracking.progress_bar=false", "workers.backend=local", "total_env_steps=256"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+CASES = [
+    # (id, argv after 'train', expected fragment of the message)
+    ("unknown key with suggestion", [CP, "ppo.lrr=0.1"], "unknown config key 'ppo.lrr'; did you mean 'ppo.lr'?"),
+    ("unknown top-level key", [CP, "sed=3"], "did you mean 'seed'?"),
+    ("unknown section", [CP, "enviroment.id=CartPole-v1"], "unknown config key"),
+    ("wrong type", [CP, "ppo.epochs=many"], "invalid value for 'ppo.epochs'"),
+    ("wrong type bool", [CP, "ppo.anneal_lr=perhaps"], "invalid value for 'ppo.anneal_lr'"),
+    ("zero batch", [CP, "ppo.env_steps_per_iteration=0"], "ppo.env_steps_per_iteration must be positive"),
+    ("negative total", [CP, "total_env_steps=-5"], "total_env_steps must be positive"),
+    ("zero microbatch", [CP, "ppo.microbatch_size=0"], "ppo.microbatch_size must be positive"),
+    ("negative workers", [CP, "workers.num_workers=-1"], "workers.num_workers must be >= 0"),
+    ("zero envs", [CP, "workers.num_envs_per_worker=0"], "workers.num_envs_per_worker must be positive"),
+    ("minibatch does not divide", [CP, "ppo.env_steps_per_iteration=100", "ppo.num_minibatches=3"], "does not divide"),
+    ("unknown env with suggestion", [CP, "env.id=CartPol-v1"], "did you mean CartPole-v1"),
+    ("unknown atari game", [CP, "env.id=ALE/Breakot-v5"], "did you mean ALE/Breakout-v5"),
+    ("continuous actions", [CP, "env.id=Pendulum-v1"], "continuous actions"),
+    ("cuda absent", [CP, "device=cuda"], "CUDA is not available"),
+    ("bad device", [CP, "device=tpu"], "device must be"),
+    ("bad backend", [CP, "workers.backend=spark"], "workers.backend must be 'ray' or 'local'"),
+    ("bad lr rule", [CP, "ppo.lr_rule=cubic"], "ppo.lr_rule must be"),
+    ("bad noise epochs", [CP, "noise.epochs=last"], "noise.epochs must be"),
+    ("bad microbatch mode", [CP, "noise.microbatch_mode=time"], "noise.microbatch_mode must be"),
+    ("bad wandb mode", [CP, "tracking.wandb_mode=cloud"], "tracking.wandb_mode must be"),
+    ("gamma out of range", [CP, "ppo.gamma=1.5"], "ppo.gamma and ppo.gae_lambda must lie in [0, 1]"),
+    ("override without equals", [CP, "seed"], "is not KEY=VALUE"),
+    ("missing config file", ["configs/nope.yaml"], "config file 'configs/nope.yaml' not found"),
+    ("no config", [], "no config given"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_train_input(capsys, tmp_path, argv, fragment):
+    out = tmp_path / "run"
+    args = [argv[0], *FAST, *argv[1:]] if argv else []  # the case's own overrides come last and win
+    code, err = run_cli(capsys, "train", *args, "--out", str(out))
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("rlscale: error: ") and fragment in err[0], err
+    assert not out.exists()  # nothing half-written
+
+
+def test_invalid_yaml(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo: [unclosed\n")
+    code, err = run_cli(capsys, "train", str(bad), "--out", str(tmp_path / "run"))
+    assert code == 2 and "is not valid YAML" in err[0] and len(err) == 1
+
+
+def test_yaml_not_a_mapping(capsys, tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    code, err = run_cli(capsys, "train", str(bad))
+    assert code == 2 and "must hold a mapping" in err[0]
+
+
+def test_existing_run_dir_needs_resume_or_overwrite(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, err = run_cli(capsys, "train", CP, *FAST, "--out", str(out))
+    assert code == 2 and "pass --resume to continue it or --overwrite" in err[0]
+    assert (out / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out_dir(capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    code, err = run_cli(capsys, "train", CP, *FAST, "--out", str(ro / "run"))
+    assert code == 2 and "choose a writable --out" in err[0]
+
+
+def test_out_dir_under_a_file(capsys, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    code, err = run_cli(capsys, "train", CP, *FAST, "--out", str(f / "run"))
+    assert code == 2 and "choose a writable --out" in err[0]
+
+
+def test_resume_of_a_non_run(capsys, tmp_path):
+    code, err = run_cli(capsys, "train", "--resume", str(tmp_path))
+    assert code == 2 and "holds no rlscale run" in err[0]
+
+
+def _short_run(tmp_path, *extra):
+    out = tmp_path / "run"
+    assert main(["train", CP, *FAST, "total_env_steps=1024", "checkpoint_interval=2", *extra, "--out", str(out)]) == 0
+    return out
+
+
+def test_corrupt_checkpoint_falls_back_and_all_corrupt_is_an_error(capsys, tmp_path):
+    out = _short_run(tmp_path)
+    ckpts = sorted((out / "checkpoints").glob("ckpt_*.pt"))
+    assert len(ckpts) == 2  # iterations 2 and 4 (keep 3)
+    data = ckpts[-1].read_bytes()
+    ckpts[-1].write_bytes(data[: len(data) // 2])  # truncated
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "total_env_steps=1280"]) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint '{ckpts[-1]}' is corrupt or truncated" in err and "resumed from" in err
+    for p in (out / "checkpoints").glob("ckpt_*.pt"):
+        p.write_bytes(b"garbage")
+    code, err = run_cli(capsys, "train", "--resume", str(out))
+    assert code == 2 and "no valid checkpoint" in err[-1]
+
+
+def test_checkpoint_of_another_model(capsys, tmp_path):
+    out = _short_run(tmp_path)
+    capsys.readouterr()
+    code, err = run_cli(capsys, "train", "--resume", str(out), "model.hidden_sizes=[32]")
+    assert code == 2 and "resume with the run's own config" in err[-1]
+
+
+def test_checkpoint_of_another_env(capsys, tmp_path):
+    out = _short_run(tmp_path)
+    capsys.readouterr()
+    code, err = run_cli(capsys, "train", "--resume", str(out), "env.id=Acrobot-v1")
+    assert code == 2 and "checkpoint is for CartPole-v1" in err[-1]
+
+
+def test_malformed_sweep_file(capsys, tmp_path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("name: x\nenvs: 3\n")
+    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
+    assert code == 2 and len(err) == 1 and "invalid value" in err[0]
+    assert not (tmp_path / "sw").exists()
+
+
+def test_sweep_unknown_key(capsys, tmp_path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("name: x\nseedz: [1]\nenvs: [{id: CartPole-v1, targets: [100]}]\n")
+    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
+    assert code == 2 and "did you mean 'seeds'?" in err[0]
+
+
+def test_empty_grid(capsys, tmp_path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text(f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1, targets: [100]}}]\nseeds: []\n")
+    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
+    assert code == 2 and "empty grid" in err[0]
+    assert not (tmp_path / "sw").exists()
+
+
+def test_sweep_env_without_targets(capsys, tmp_path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text(f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1}}]\n")
+    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
+    assert code == 2 and "has no targets" in err[0]
+
+
+def test_sweep_with_a_bad_trial_override_writes_nothing(capsys, tmp_path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text(f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPol-v1, targets: [100]}}]\n")
+    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
+    assert code == 2 and "did you mean CartPole-v1" in err[0]
+    assert not (tmp_path / "sw").exists()
+
+
+def test_unreachable_ray_address(tmp_path):
+    # A fresh process: this test session's own local Ray must not answer for the address.
+    import subprocess
+    import sys
+    import time
+
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "rlscale", "train", CP, "tracking.wandb_mode=disabled", "workers.backend=ray",
+                        "workers.address=127.0.0.1:1", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert p.returncode == 2, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert "cannot reach a Ray cluster at '127.0.0.1:1'" in last
+    assert time.monotonic() - t < 120
+    assert not (tmp_path / "run").exists()
