@@ -48,9 +48,24 @@ class RolloutWorker:
         self.obs = self.env.reset()
         self.version = -1
         self.env_ids = np.arange(env_offset, env_offset + num_envs, dtype=np.int64)
-        # A failure injected on purpose by tests (RLSCALE_FAIL_AFTER_SAMPLES), never in normal use.
+        # Failures injected on purpose by the fault tests (RLSCALE_FAIL_AFTER_SAMPLES=N: the
+        # process dies, or with RLSCALE_FAIL_MODE=raise the env raises, at the N+1-th sample).
         self._fail_after = int(os.environ.get("RLSCALE_FAIL_AFTER_SAMPLES", "0"))
+        self._fail_mode = os.environ.get("RLSCALE_FAIL_MODE", "exit")
         self._samples = 0
+
+    def get_state(self) -> bytes:
+        """Environments, current observations and sampling RNG, for exact resumption."""
+        import cloudpickle
+
+        return cloudpickle.dumps({"env": self.env, "obs": self.obs, "gen": self.generator.get_state(), "version": self.version})
+
+    def set_state(self, blob: bytes) -> None:
+        import cloudpickle
+
+        s = cloudpickle.loads(blob)
+        self.env, self.obs, self.version = s["env"], s["obs"], s["version"]
+        self.generator.set_state(s["gen"])
 
     def spec(self) -> EnvSpec:
         e = self.env
@@ -67,7 +82,9 @@ class RolloutWorker:
             self.set_weights(weights, version)
         self._samples += 1
         if self._fail_after and self._samples > self._fail_after:
-            os._exit(1)  # simulate a crashed actor process
+            if self._fail_mode == "raise":
+                raise RuntimeError("injected environment failure")
+            os._exit(1)  # a crashed actor process
         T, E = num_steps, self.env.num_envs
         obs = np.empty((T, E, *self.env.obs_shape), dtype=self.env.obs_dtype)
         actions = np.empty((T, E), dtype=np.int64)
@@ -162,6 +179,17 @@ class LocalPool:
     def worker_nodes(self) -> list[str]:
         return ["local"] * len(self.workers)
 
+    def get_state(self) -> list[bytes] | None:
+        """Picklable worker state (classic control); None where the envs cannot be saved (ALE)."""
+        try:
+            return [w.get_state() for w in self.workers]
+        except Exception:
+            return None
+
+    def set_state(self, blobs: list[bytes]) -> None:
+        for w, b in zip(self.workers, blobs):
+            w.set_state(b)
+
     def close(self) -> None:
         for w in self.workers:
             w.env.close()
@@ -186,6 +214,9 @@ class RayPool:
     def _make(self, i: int):
         c = self.cfg
         opts = dict(num_cpus=c.workers.num_cpus_per_worker, max_restarts=0, max_task_retries=0)
+        inject = {k: os.environ[k] for k in ("RLSCALE_FAIL_AFTER_SAMPLES", "RLSCALE_FAIL_MODE") if k in os.environ}
+        if inject:
+            opts["runtime_env"] = {"env_vars": inject}
         # SPREAD places actors across nodes of a multi-node cluster.
         return self.remote_cls.options(scheduling_strategy="SPREAD", **opts).remote(
             c.env, c.model.hidden_sizes, self.envs_per_worker[i], worker_seed(c.seed, i, self.restarts[i]), self.offsets[i]

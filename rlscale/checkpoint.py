@@ -42,6 +42,7 @@ def save(run_dir: Path, iteration: int, state: dict, keep: int = 3) -> Path:
     atomic_write_bytes(path, buf.getvalue())
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+        workers_path(old).unlink(missing_ok=True)
     return path
 
 
@@ -73,3 +74,32 @@ def load_latest(run_dir: Path, warn=print) -> tuple[Path, dict]:
             errors.append(str(e))
             warn(f"warning: {e}; trying the previous checkpoint")
     raise CheckpointError(f"no valid checkpoint in '{Path(run_dir) / 'checkpoints'}': {errors[0]}")
+
+
+def workers_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name.replace("ckpt_", "workers_").replace(".pt", ".pkl"))
+
+
+def save_workers(ckpt: Path, blobs: list[bytes]) -> None:
+    """In-process workers' environments, beside their checkpoint (local backend only).
+
+    Environment state is arbitrary Python, so this file is a pickle: it is the run's own
+    output, read back only by --resume of the same run directory.
+    """
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    import pickle
+
+    atomic_write_bytes(workers_path(ckpt), pickle.dumps(blobs))
+
+
+def load_workers(ckpt: Path) -> list[bytes] | None:
+    import pickle
+
+    p = workers_path(ckpt)
+    if not p.is_file():
+        return None
+    try:
+        blobs = pickle.loads(p.read_bytes())
+        return blobs if isinstance(blobs, list) else None
+    except Exception:
+        return None

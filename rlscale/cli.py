@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlscale.actors import WorkerFailure
     from rlscale.checkpoint import CheckpointError
     from rlscale.config import ConfigError
 
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as e:
         print(f"rlscale: error: {e}", file=sys.stderr)
         return 2
+    except WorkerFailure as e:
+        print(f"rlscale: error: {e}; a checkpoint was written, resume with --resume RUN_DIR", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rlscale: interrupted; the last checkpoint is in the run directory (resume with --resume)", file=sys.stderr)
         return 130

@@ -145,6 +145,11 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
         last20.extend(state["returns_last20"])
         buffer.load_state([{k: v.numpy() for k, v in p.items()} for p in state["buffer"]], state.get("next_fragment", 0))
         wandb_id = state.get("wandb_id")
+        blobs = checkpoint.load_workers(path) if hasattr(pool, "set_state") else None
+        if blobs is not None and len(blobs) == len(pool.envs_per_worker):
+            pool.set_state(blobs)  # environments continue exactly where they were
+        elif not quiet:
+            print("note: environments restart from new episodes (their state is not in the checkpoint)", file=sys.stderr)
         table.truncate_after(c.iteration)
         if not quiet:
             print(f"resumed from {path} at iteration {c.iteration}, {c.env_steps} env steps", file=sys.stderr)
@@ -234,19 +239,22 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
                 bar.update(min(c.env_steps_used, cfg.total_env_steps) - bar.n)
                 bar.set_postfix(ret=f"{mean_ret:.1f}", sps=f"{c.env_steps / max(c.wall_time_s, 1e-9):.0f}", refresh=False)
             if c.iteration % cfg.checkpoint_interval == 0:
-                _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id)
+                _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id, pool)
         exit_code = 0
     except BaseException:
         # Keep what was learned: a checkpoint at the last finished iteration, then re-raise.
-        if c.iteration:
-            _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id)
+        try:
+            if c.iteration:
+                _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id, pool)
+        finally:
+            pool.close()
         raise
     finally:
         if bar:
             bar.close()
-        pool.close()
         wb.finish(exit_code)
-    _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id)
+    _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id, pool)
+    pool.close()
     summary = make_summary(cfg, c, learner, last20, frames, run_dir, env_total)
     atomic_write_json(run_dir / "summary.json", clean_json(summary))
     return summary
@@ -282,7 +290,7 @@ def learner_b_simple_mean(learner: Learner) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def _save(run_dir, c: Counters, learner, buffer, returns, last20, cfg, spec, wandb_id) -> None:
+def _save(run_dir, c: Counters, learner, buffer, returns, last20, cfg, spec, wandb_id, pool=None) -> None:
     state = {
         "env_id": cfg.env.id,
         "obs_shape": list(spec.obs_shape),
@@ -296,6 +304,10 @@ def _save(run_dir, c: Counters, learner, buffer, returns, last20, cfg, spec, wan
         "next_fragment": buffer._next_fragment,
         "wandb_id": wandb_id,
     }
+    # Worker state first: a checkpoint file that exists always has its workers file complete.
+    blobs = pool.get_state() if pool is not None and hasattr(pool, "get_state") else None
+    if blobs is not None:
+        checkpoint.save_workers(checkpoint.checkpoint_path(run_dir, c.iteration), blobs)
     checkpoint.save(run_dir, c.iteration, state)
 
 
@@ -322,6 +334,8 @@ def make_summary(cfg, c: Counters, learner: Learner, last20, frames: int, run_di
         "env_steps": c.env_steps,
         "env_steps_used": c.env_steps_used,
         "env_steps_discarded": c.env_steps_discarded,
+        # collected = used + discarded (lost with failed workers) + still buffered
+        "env_steps_collected": c.env_steps + c.env_steps_discarded,
         "frames": c.env_steps * frames,
         "iterations": c.iteration,
         "optimizer_steps": learner.optimizer_steps,

@@ -1,0 +1,85 @@
+"""The reduced CartPole study of CI: sweep on a real local Ray, analysis, report, resumption."""
+
+import json
+import math
+from html.parser import HTMLParser
+
+import pytest
+
+from rlscale.analysis import analyze
+from rlscale.sweep import expand_grid, load_sweep_config, run_sweep
+from tests.conftest import ROOT
+
+CI_SWEEP = ROOT / "configs" / "sweeps" / "cartpole_ci.yaml"
+
+
+def test_grid_expansion_and_lr_rules():
+    cfg = load_sweep_config(CI_SWEEP, ["lr_rules=[fixed,linear,sqrt,noise]", "lr_grid=[0.001]"])
+    trials = expand_grid(cfg)
+    assert len(trials) == 4 * (4 + 1) * 2
+    assert len({t.trial_id for t in trials}) == len(trials)
+    t = next(t for t in trials if t.env_steps_per_iteration == 64 and t.lr_rule == "linear")
+    assert "ppo.lr_rule=linear" in t.overrides and "ppo.lr_reference_env_steps=256" in t.overrides
+    assert "ppo.microbatch_size=32" in t.overrides  # 64 env steps / 1 minibatch / 2 micro-batches
+
+
+def test_learning_rate_rules():
+    from rlscale.train import learning_rate
+    from tests.conftest import cfg_for
+
+    def lr(rule, B, b_simple=float("nan")):
+        cfg = cfg_for(f"ppo.lr_rule={rule}", "ppo.lr=0.001", "ppo.lr_reference_env_steps=256", "ppo.anneal_lr=false",
+                      "ppo.num_minibatches=1")
+        return learning_rate(cfg, B, b_simple, 0.0)
+
+    assert lr("fixed", 1024) == pytest.approx(1e-3)
+    assert lr("linear", 1024) == pytest.approx(4e-3)
+    assert lr("sqrt", 1024) == pytest.approx(2e-3)
+    # eps_opt(B) ratio with B_noise = 256: (1 + 256/256) / (1 + 256/1024) = 2 / 1.25 = 1.6
+    assert lr("noise", 1024, 256.0) == pytest.approx(1.6e-3)
+    assert lr("noise", 1024, float("nan")) == pytest.approx(1e-3)  # no estimate yet
+
+
+class _Html(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs).get("src", ""))
+
+
+@pytest.mark.slow
+def test_ci_study_end_to_end(ray_local, tmp_path):
+    out = tmp_path / "sweep"
+    r = run_sweep(CI_SWEEP, [], out, quiet=True)
+    assert r["trials"] == r["ran"] == r["completed"] == 8 and r["failed"] == 0
+    rec = json.loads((out / "trials" / "CartPole-v1_B128_sqrt_s1" / "trial.json").read_text())
+    assert rec["status"] == "completed" and rec["targets"]["100.0"]["reached"]
+    t100 = rec["targets"]["100.0"]
+    assert t100["env_steps"] == 128 * t100["iterations"] and t100["b_simple_mean"] > 0
+    assert (out / "wandb_sweep_CartPole-v1.yaml").is_file()
+
+    result = analyze(out, wandb_mode="offline")
+    good = [e for e in result["entries"] if e["b_crit"] and e["b_simple"]]
+    assert good, result["entries"]
+    assert all(math.isfinite(e["b_crit"]) and e["b_crit"] > 0 and e["b_simple"] > 0 for e in good)
+    html = (out / "report.html").read_text()
+    p = _Html()
+    p.feed(html)
+    assert len(p.imgs) >= 4 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
+    for png in (out / "figures").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Rerunning the same command keeps the finished trials.
+    again = run_sweep(CI_SWEEP, [], out, quiet=True)
+    assert again["ran"] == 0 and again["skipped_completed"] == 8
+
+    # An interrupted trial (pending with a checkpoint) is resumed, not restarted.
+    tdir = out / "trials" / "CartPole-v1_B512_sqrt_s2"
+    rec = json.loads((tdir / "trial.json").read_text())
+    rec["status"] = "pending"
+    (tdir / "trial.json").write_text(json.dumps(rec))
+    again = run_sweep(CI_SWEEP, [], out, quiet=True)
+    assert again["ran"] == 1 and again["completed"] == 1
