@@ -172,9 +172,18 @@ class LocalPool:
     def spec(self) -> EnvSpec:
         return self.workers[0].spec()
 
-    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
+    def submit(self, lengths: list[int], weights: dict, version: int):
+        # In-process workers cannot run beside the learner: the request runs at collect time,
+        # with the weights given here, so results equal the Ray backend's.
+        return (lengths, weights, version)
+
+    def collect(self, request) -> SampleResult:
+        lengths, weights, version = request
         frags = [w.sample(T, weights, version) for w, T in zip(self.workers, lengths) if T > 0]
         return SampleResult(frags, 0, 0)
+
+    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
+        return self.collect(self.submit(lengths, weights, version))
 
     def worker_nodes(self) -> list[str]:
         return ["local"] * len(self.workers)
@@ -225,10 +234,18 @@ class RayPool:
     def spec(self) -> EnvSpec:
         return self._spec
 
-    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
-        ray = self.ray
-        weights_ref = ray.put(weights)  # one copy in the object store, shared by all actors
+    def submit(self, lengths: list[int], weights: dict, version: int):
+        """Start sampling on every actor and return at once (the learner may work meanwhile)."""
+        weights_ref = self.ray.put(weights)  # one copy in the object store, shared by all actors
         pending = {i: self.actors[i].sample.remote(T, weights_ref, version) for i, T in enumerate(lengths) if T > 0}
+        return lengths, pending
+
+    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
+        return self.collect(self.submit(lengths, weights, version))
+
+    def collect(self, request) -> SampleResult:
+        ray = self.ray
+        lengths, pending = request
         frags: dict[int, Fragment] = {}
         discarded = failures = 0
         for i, ref in pending.items():  # in worker order, so results do not depend on timing

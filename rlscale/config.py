@@ -55,6 +55,9 @@ class WorkersConfig:
     """Steps T per fragment; 0 sizes fragments so one round of all workers fills the batch."""
     num_cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each rollout actor."""
+    overlap: bool = False
+    """Collect the next batch while the learner updates (policy lag 1, corrected by the
+    behaviour log-probabilities in the PPO ratio); False keeps PPO strictly on-policy."""
     max_restarts: int = 3
     """Rollout-actor failures tolerated in a run before it stops with a checkpoint."""
     address: Optional[str] = None

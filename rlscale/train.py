@@ -176,16 +176,18 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
     start = time.perf_counter() - c.wall_time_s
     targets = sorted(float(x) for x in cfg.targets)
     weights = learner.get_weights()
+    inflight = None  # a sampling request in flight (overlap mode)
     exit_code = 1
     try:
         while c.env_steps_used < cfg.total_env_steps and not _reached_stop(cfg, returns):
             B = learner.env_steps_per_iteration
             t0 = time.perf_counter()
             # -- sample: fragments of any size until the buffer holds one batch -----------
-            sample_failures = 0
             while len(buffer) < B:
-                need = B - len(buffer)
-                res = pool.sample(fragment_lengths(cfg, pool.envs_per_worker, need), weights, learner.version)
+                if inflight is None:
+                    inflight = pool.submit(fragment_lengths(cfg, pool.envs_per_worker, B - len(buffer)), weights, learner.version)
+                res = pool.collect(inflight)
+                inflight = None
                 for frag in res.fragments:
                     buffer.add(frag)
                     c.env_steps += frag.size
@@ -194,8 +196,11 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
                     c.episodes += len(frag.episode_returns)
                 c.env_steps_discarded += res.discarded_env_steps
                 c.worker_failures += res.failures
-                sample_failures += res.failures
             batch = buffer.take(B)
+            if cfg.workers.overlap and c.env_steps_used + B < cfg.total_env_steps:
+                # Actors collect the next batch with the current weights while we update.
+                need = max(1, learner.env_steps_per_iteration - len(buffer))
+                inflight = pool.submit(fragment_lengths(cfg, pool.envs_per_worker, need), weights, learner.version)
             t1 = time.perf_counter()
             # -- update -----------------------------------------------------------------
             b_simple = learner.ema["combined"].ratio

@@ -115,3 +115,11 @@ def test_atari_training_smoke(tmp_path):
     assert s["frames"] == 4 * s["env_steps"] == 1024 and s["atari"]
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert math.isfinite(m["losses/policy_loss"].iloc[-1])
+
+
+def test_overlap_collects_next_batch_with_lag_one(tmp_path):
+    cfg = cfg_for("workers.backend=local", "workers.overlap=true", "total_env_steps=2560")
+    s = train(cfg, tmp_path / "run", quiet=True)
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert s["env_steps_used"] == 2560
+    assert m["charts/policy_lag_max"].tolist() == [0] + [1] * 9  # the first batch has nothing to overlap with
