@@ -19,15 +19,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+
 import numpy as np
 import pandas as pd
+
 from scipy.optimize import least_squares
+
+from rlscale.util import atomic_write_bytes, atomic_write_text
 
 # A config must beat the next doubling by this fraction of steps, else returns diminish.
 DIMINISHING_REDUCTION = 0.2
@@ -436,27 +439,6 @@ def to_jsonable(obj: Any) -> Any:
     if obj is pd.NA or obj is pd.NaT:
         return None
     return obj
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same directory and os.replace, so readers never see a
-    half-written file (the sweep runner or a dashboard may read while we write)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def pareto_table(entries: list[dict]) -> pd.DataFrame:

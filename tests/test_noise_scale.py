@@ -342,3 +342,18 @@ def test_per_example_estimates_linear_known_answer():
     print(f"per-example: grad_sq {g2:.4f}/{truth['grad_sq']:.4f}, "
           f"trace_cov {tr:.4f}/{truth['trace_cov']:.4f}, rel errs {rel}")
     assert max(rel) < 0.05
+
+
+def test_b_simple_stays_correct_when_the_batch_size_changes():
+    # The learner's batch (hence B_big and the micro-batch count) may change between
+    # iterations; |G|^2 and tr(Sigma) do not depend on it, so one EMA fed with estimates from
+    # alternating (B_small, B_big) pairs still recovers the analytic B_simple.
+    gen = torch.Generator().manual_seed(7)
+    truth = analytic()
+    ema = NoiseScaleEMA(beta=0.999)
+    pairs = [(16, 256), (32, 128), (16, 512), (64, 256)]
+    chunks = [two_batch_estimates(*two_batch_trials(gen, 500, bs, bb), bs, bb) for bs, bb in pairs]
+    for i in range(500):  # interleave: a different batch size at every update
+        for g2, tr in chunks:
+            ema.update(float(g2[i]), float(tr[i]))
+    assert abs(ema.b_simple / truth["b_simple"] - 1.0) < 0.05
