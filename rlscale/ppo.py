@@ -118,7 +118,8 @@ class Learner:
         counts: dict[str, int] = {}
 
         def add(key: str, value) -> None:
-            sums[key] = sums.get(key, 0.0) + float(value)
+            # Tensors stay on the device until the end of the update: no sync per micro-batch.
+            sums[key] = sums.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value)
             counts[key] = counts.get(key, 0) + 1
 
         split = ncfg.enabled and ncfg.split_policy_value
@@ -181,18 +182,18 @@ class Learner:
                 self.optimizer.step()
                 self.optimizer_steps += 1
                 add("counts/minibatches", 1)
-            if p.target_kl is not None and sums.get("losses/approx_kl", 0.0) / max(1, counts.get("counts/minibatches", 1)) > p.target_kl:
+            if p.target_kl is not None and float(sums.get("losses/approx_kl", 0.0)) / max(1, counts.get("counts/minibatches", 1)) > p.target_kl:
                 stop = True
                 break
         self.version += 1
         out = {}
         n_mb = sums.pop("counts/minibatches", 1.0)
         counts.pop("counts/minibatches", None)
-        for k, v in sums.items():
+        for k, v in sums.items():  # sync point: one transfer of each summed metric
             if k.startswith("losses/") and k != "losses/grad_norm":
-                out[k] = v / n_mb  # diags were summed with micro-batch weights
+                out[k] = float(v) / n_mb  # diags were summed with micro-batch weights
             else:
-                out[k] = v / counts[k]
+                out[k] = float(v) / counts[k]
         with torch.no_grad():
             y, v = t["returns"], t["values"]
             var_y = y.var()
@@ -219,6 +220,7 @@ class Learner:
         return [torch.zeros_like(q) if g is None else g for q, g in zip(self.params, gs)]
 
     def _noise_update(self, key, small_sq, big_grads, b_small, b_big, add) -> None:
+        # Sync point (once per measured minibatch): the EMA keeps python floats.
         sq_small = torch.stack(small_sq).mean()
         sq_big = _sq_norm(big_grads)
         grad_sq, trace_cov = ns.two_batch_estimates(float(sq_small), float(sq_big), b_small, b_big)

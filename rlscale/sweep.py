@@ -177,6 +177,10 @@ def run_trial(trial: Trial, base_config: dict, trial_dir: str) -> dict:
         atomic_write_text(trial_dir / "error.txt", traceback.format_exc())
         rec = _trial_record(trial, "failed", error=err, nmb=nmb)
     atomic_write_json(trial_dir / "trial.json", rec)
+    if "wandb" in sys.modules:
+        # Close W&B's service now: Ray reuses or ends this worker process later, and W&B's
+        # own exit hook would then find its service gone.
+        sys.modules["wandb"].teardown()
     return rec
 
 
