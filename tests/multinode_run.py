@@ -21,7 +21,12 @@ from rlscale.train import train  # noqa: E402
 
 
 def main(out: Path) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    import socket
+
+    with socket.socket() as sock:  # a free loopback port for this cluster's dashboard (state API)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     try:
@@ -55,7 +60,13 @@ def main(out: Path) -> None:
                     return
                 time.sleep(0.2)
 
-        t = threading.Thread(target=watch, daemon=True)
+        def guarded():
+            try:
+                watch()
+            except Exception as e:  # reported in the JSON rather than lost in the thread
+                seen["error"] = repr(e)
+
+        t = threading.Thread(target=guarded, daemon=True)
         t.start()
         summary = train(cfg, out, init_ray=False, quiet=True)
         t.join(timeout=60)
