@@ -237,7 +237,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
                 "time/sync_s": t3 - t2,
                 **metrics,
             }
-            _record_targets(c, targets, mean_ret, row, learner)
+            if len(returns) == returns.maxlen:  # a full window of episodes before a target counts
+                _record_targets(c, targets, mean_ret, row, learner)
             table.append(row)
             wb.log(row, step=c.iteration)
             if bar:
