@@ -138,42 +138,25 @@ def test_checkpoint_of_another_env(capsys, tmp_path):
     assert code == 2 and "checkpoint is for CartPole-v1" in err[-1]
 
 
-def test_malformed_sweep_file(capsys, tmp_path):
+SWEEP_CASES = [
+    # (id, sweep file text, expected fragment of the message)
+    ("malformed", "name: x\nenvs: 3\n", "invalid value"),
+    ("unknown key", "name: x\nseedz: [1]\nenvs: [{id: CartPole-v1, targets: [100]}]\n", "did you mean 'seeds'?"),
+    ("empty grid", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1, targets: [100]}}]\nseeds: []\n", "empty grid"),
+    ("env without targets", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1}}]\n", "has no targets"),
+    ("bad trial override", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPol-v1, targets: [100]}}]\n", "did you mean CartPole-v1"),
+    ("bad lr rule", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1, targets: [100]}}]\nlr_rules: [cubic]\n", "is not one of fixed"),
+    ("missing base config", "name: x\nbase_config: nope.yaml\nenvs: [{id: CartPole-v1, targets: [100]}]\n", "config file 'nope.yaml' not found"),
+]
+
+
+@pytest.mark.parametrize("text,fragment", [c[1:] for c in SWEEP_CASES], ids=[c[0] for c in SWEEP_CASES])
+def test_bad_sweep_input(capsys, tmp_path, text, fragment):
     bad = tmp_path / "sweep.yaml"
-    bad.write_text("name: x\nenvs: 3\n")
+    bad.write_text(text)
     code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
-    assert code == 2 and len(err) == 1 and "invalid value" in err[0]
-    assert not (tmp_path / "sw").exists()
-
-
-def test_sweep_unknown_key(capsys, tmp_path):
-    bad = tmp_path / "sweep.yaml"
-    bad.write_text("name: x\nseedz: [1]\nenvs: [{id: CartPole-v1, targets: [100]}]\n")
-    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
-    assert code == 2 and "did you mean 'seeds'?" in err[0]
-
-
-def test_empty_grid(capsys, tmp_path):
-    bad = tmp_path / "sweep.yaml"
-    bad.write_text(f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1, targets: [100]}}]\nseeds: []\n")
-    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
-    assert code == 2 and "empty grid" in err[0]
-    assert not (tmp_path / "sw").exists()
-
-
-def test_sweep_env_without_targets(capsys, tmp_path):
-    bad = tmp_path / "sweep.yaml"
-    bad.write_text(f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1}}]\n")
-    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
-    assert code == 2 and "has no targets" in err[0]
-
-
-def test_sweep_with_a_bad_trial_override_writes_nothing(capsys, tmp_path):
-    bad = tmp_path / "sweep.yaml"
-    bad.write_text(f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPol-v1, targets: [100]}}]\n")
-    code, err = run_cli(capsys, "sweep", str(bad), "--out", str(tmp_path / "sw"))
-    assert code == 2 and "did you mean CartPole-v1" in err[0]
-    assert not (tmp_path / "sw").exists()
+    assert code == 2 and len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "sw").exists()  # nothing half-written
 
 
 def test_unreachable_ray_address(tmp_path):
