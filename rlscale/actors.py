@@ -38,7 +38,10 @@ def worker_seed(seed: int, worker_index: int, restarts: int = 0) -> int:
 class RolloutWorker:
     """Steps E environments with a CPU copy of the policy; returns fragments [T, E]."""
 
-    def __init__(self, env_cfg, hidden_sizes, num_envs: int, seed: int, env_offset: int, torch_threads: int | None = 1):
+    def __init__(self, env_cfg, hidden_sizes, num_envs: int, seed: int, env_offset: int, torch_threads: int | None = 1,
+                 reuse_buffers: bool = False):
+        self.reuse_buffers = reuse_buffers
+        self._obs_buf = None
         if torch_threads:  # in its own (Ray) process; in-process workers leave the learner's threads alone
             torch.set_num_threads(torch_threads)
         self.env = make_vector_env(env_cfg, num_envs, seed)
@@ -53,6 +56,20 @@ class RolloutWorker:
         self._fail_after = int(os.environ.get("RLSCALE_FAIL_AFTER_SAMPLES", "0"))
         self._fail_mode = os.environ.get("RLSCALE_FAIL_MODE", "exit")
         self._samples = 0
+
+    def _obs_buffer(self, T: int) -> np.ndarray:
+        """[T, E, *obs] storage for a fragment's observations.
+
+        A Ray actor's result is copied into the object store when `sample` returns, so the
+        actor can write the next fragment into the same pages (no page faults on a fresh
+        allocation each time); in-process fragments are kept by the learner, so they get new ones.
+        """
+        shape = (T, self.env.num_envs, *self.env.obs_shape)
+        if not self.reuse_buffers:
+            return np.empty(shape, dtype=self.env.obs_dtype)
+        if self._obs_buf is None or self._obs_buf.shape != shape:
+            self._obs_buf = np.empty(shape, dtype=self.env.obs_dtype)
+        return self._obs_buf
 
     def get_state(self) -> bytes:
         """Environments, current observations and sampling RNG, for exact resumption."""
@@ -86,7 +103,7 @@ class RolloutWorker:
                 raise RuntimeError("injected environment failure")
             os._exit(1)  # a crashed actor process
         T, E = num_steps, self.env.num_envs
-        obs = np.empty((T, E, *self.env.obs_shape), dtype=self.env.obs_dtype)
+        obs = self._obs_buffer(T)
         actions = np.empty((T, E), dtype=np.int64)
         logp = np.empty((T, E), dtype=np.float32)
         values = np.empty((T + 1, E), dtype=np.float32)
@@ -228,7 +245,8 @@ class RayPool:
             opts["runtime_env"] = {"env_vars": inject}
         # SPREAD places actors across nodes of a multi-node cluster.
         return self.remote_cls.options(scheduling_strategy="SPREAD", **opts).remote(
-            c.env, c.model.hidden_sizes, self.envs_per_worker[i], worker_seed(c.seed, i, self.restarts[i]), self.offsets[i]
+            c.env, c.model.hidden_sizes, self.envs_per_worker[i], worker_seed(c.seed, i, self.restarts[i]), self.offsets[i],
+            reuse_buffers=True,
         )
 
     def spec(self) -> EnvSpec:
