@@ -137,22 +137,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
     wandb_id = None
     table = MetricsTable(run_dir / "metrics.csv")
     if resume:
-        path, state = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
-        check_compatible(state, cfg, spec)
-        learner.load_state_dict(state["learner"])
-        c = Counters(**state["counters"])
-        returns.extend(state["returns"])
-        last20.extend(state["returns_last20"])
-        buffer.load_state([{k: v.numpy() for k, v in p.items()} for p in state["buffer"]], state.get("next_fragment", 0))
-        wandb_id = state.get("wandb_id")
-        blobs = checkpoint.load_workers(path) if hasattr(pool, "set_state") else None
-        if blobs is not None and len(blobs) == len(pool.envs_per_worker):
-            pool.set_state(blobs)  # environments continue exactly where they were
-        elif not quiet:
-            print("note: environments restart from new episodes (their state is not in the checkpoint)", file=sys.stderr)
-        table.truncate_after(c.iteration)
-        if not quiet:
-            print(f"resumed from {path} at iteration {c.iteration}, {c.env_steps} env steps", file=sys.stderr)
+        c, wandb_id = _restore(run_dir, cfg, spec, pool, learner, buffer, returns, last20, quiet)
+        table.truncate_after(c.iteration)  # rows past the checkpoint are recomputed, never duplicated
 
     frames = spec.frames_per_env_step
     env_total = sum(pool.envs_per_worker)
@@ -264,6 +250,25 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
     summary = make_summary(cfg, c, learner, last20, frames, run_dir, env_total)
     atomic_write_json(run_dir / "summary.json", clean_json(summary))
     return summary
+
+
+def _restore(run_dir, cfg, spec, pool, learner, buffer, returns, last20, quiet) -> tuple[Counters, str | None]:
+    """Load the newest valid checkpoint into the learner, buffer, return windows and workers."""
+    path, state = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
+    check_compatible(state, cfg, spec)
+    learner.load_state_dict(state["learner"])
+    returns.extend(state["returns"])
+    last20.extend(state["returns_last20"])
+    buffer.load_state([{k: v.numpy() for k, v in p.items()} for p in state["buffer"]], state.get("next_fragment", 0))
+    blobs = checkpoint.load_workers(path) if hasattr(pool, "set_state") else None
+    if blobs is not None and len(blobs) == len(pool.envs_per_worker):
+        pool.set_state(blobs)  # environments continue exactly where they were
+    elif not quiet:
+        print("note: environments restart from new episodes (their state is not in the checkpoint)", file=sys.stderr)
+    c = Counters(**state["counters"])
+    if not quiet:
+        print(f"resumed from {path} at iteration {c.iteration}, {c.env_steps} env steps", file=sys.stderr)
+    return c, state.get("wandb_id")
 
 
 def _reached_stop(cfg: TrainConfig, returns) -> bool:
