@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,7 +158,8 @@ def plan_envs(cfg) -> list[int]:
         return list(w.num_envs_per_worker_list)
     n = w.num_workers
     if n == 0:
-        n = max(1, available_cpus() - (1 if w.backend == "ray" and available_cpus() > 2 else 0))
+        cpus = available_cpus()
+        n = max(1, cpus - (1 if w.backend == "ray" and cpus > 2 else 0))  # leave the learner a core
     return [w.num_envs_per_worker] * n
 
 
@@ -174,17 +174,27 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-class LocalPool:
+class _Pool:
+    """What both pools share: env slots numbered across workers, sample = submit + collect."""
+
+    def __init__(self, envs_per_worker: list[int]):
+        self.envs_per_worker = envs_per_worker
+        # Worker i's envs get global ids offsets[i] ... offsets[i] + E_i - 1.
+        self.offsets = [int(x) for x in np.cumsum([0] + envs_per_worker[:-1])]
+
+    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
+        return self.collect(self.submit(lengths, weights, version))
+
+
+class LocalPool(_Pool):
     """The same workers, called in turn in this process (workers.backend=local)."""
 
     def __init__(self, cfg, envs_per_worker: list[int]):
-        offsets = np.cumsum([0] + envs_per_worker[:-1])
-        self.envs_per_worker = envs_per_worker
+        super().__init__(envs_per_worker)
         self.workers = [
-            RolloutWorker(cfg.env, cfg.model.hidden_sizes, e, worker_seed(cfg.seed, i), int(offsets[i]), torch_threads=None)
+            RolloutWorker(cfg.env, cfg.model.hidden_sizes, e, worker_seed(cfg.seed, i), self.offsets[i], torch_threads=None)
             for i, e in enumerate(envs_per_worker)
         ]
-        self.failures = 0
 
     def spec(self) -> EnvSpec:
         return self.workers[0].spec()
@@ -198,12 +208,6 @@ class LocalPool:
         lengths, weights, version = request
         frags = [w.sample(T, weights, version) for w, T in zip(self.workers, lengths) if T > 0]
         return SampleResult(frags, 0, 0)
-
-    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
-        return self.collect(self.submit(lengths, weights, version))
-
-    def worker_nodes(self) -> list[str]:
-        return ["local"] * len(self.workers)
 
     def get_state(self) -> list[bytes] | None:
         """Picklable worker state (classic control); None where the envs cannot be saved (ALE)."""
@@ -221,16 +225,15 @@ class LocalPool:
             w.env.close()
 
 
-class RayPool:
+class RayPool(_Pool):
     """RolloutWorker as Ray actors; weights travel once per version through the object store."""
 
     def __init__(self, cfg, envs_per_worker: list[int]):
         import ray
 
+        super().__init__(envs_per_worker)
         self.ray = ray
         self.cfg = cfg
-        self.envs_per_worker = envs_per_worker
-        self.offsets = [int(x) for x in np.cumsum([0] + envs_per_worker[:-1])]
         self.remote_cls = ray.remote(RolloutWorker)
         self.restarts = [0] * len(envs_per_worker)
         self.failures = 0
@@ -258,9 +261,6 @@ class RayPool:
         pending = {i: self.actors[i].sample.remote(T, weights_ref, version) for i, T in enumerate(lengths) if T > 0}
         return lengths, pending
 
-    def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
-        return self.collect(self.submit(lengths, weights, version))
-
     def collect(self, request) -> SampleResult:
         ray = self.ray
         lengths, pending = request
@@ -286,14 +286,6 @@ class RayPool:
                 self.restarts[i] += 1
                 self.actors[i] = self._make(i)
         return SampleResult([frags[i] for i in sorted(frags)], discarded, failures)
-
-    def worker_nodes(self) -> list[str]:
-        refs = [a.__ray_ready__.remote() for a in self.actors]
-        self.ray.get(refs)
-        from ray.util.state import list_actors
-
-        nodes = {a.actor_id: a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)}
-        return [nodes.get(a._actor_id.hex(), "?") for a in self.actors]
 
     def close(self) -> None:
         for a in self.actors:

@@ -17,7 +17,6 @@ Entry point: :func:`analyze` (reads ``sweep.json`` and ``trials/*/trial.json``, 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import pandas as pd
 
 from scipy.optimize import least_squares
 
-from rlscale.util import atomic_write_bytes, atomic_write_text
+from rlscale.util import atomic_write_json, atomic_write_text, to_jsonable
 
 # A config must beat the next doubling by this fraction of steps, else returns diminish.
 DIMINISHING_REDUCTION = 0.2
@@ -424,23 +423,6 @@ def _diminishing_summary(dim: pd.DataFrame) -> list[dict]:
 # ----------------------------------------------------------------------------------------
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Nested numpy/pandas values to plain JSON types, with NaN and inf as null."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is pd.NA or obj is pd.NaT:
-        return None
-    return obj
-
-
 def pareto_table(entries: list[dict]) -> pd.DataFrame:
     """Flat per-(env, target) table of the fits, CIs split into lo/hi columns."""
     scalars = ["env_id", "target", "status", "n_batch_sizes", "s_min", "e_min", "b_crit",
@@ -500,7 +482,7 @@ def analyze(
     atomic_write_text(sweep_dir / "steps_to_target.csv", table.to_csv(index=False))
     atomic_write_text(sweep_dir / "pareto_fits.csv", pareto_table(analysis["entries"]).to_csv(index=False))
     atomic_write_text(sweep_dir / "diminishing_returns.csv", dim.to_csv(index=False))
-    _write_analysis_json(sweep_dir, analysis)
+    atomic_write_json(sweep_dir / "analysis.json", analysis)
 
     if make_report:
         from rlscale import report  # lazy: matplotlib only when a report is wanted
@@ -508,7 +490,7 @@ def analyze(
         paths = report.make_report(sweep_dir, analysis)
         analysis["figures"] = [str(Path(p).relative_to(sweep_dir)) for p in paths["figures"]]
         analysis["report"] = str(Path(paths["report"]).relative_to(sweep_dir))
-        _write_analysis_json(sweep_dir, analysis)
+        atomic_write_json(sweep_dir / "analysis.json", analysis)
 
     if wandb_mode != "disabled":
         from rlscale import report
@@ -518,8 +500,3 @@ def analyze(
         except Exception as err:  # tracking must not cost us the analysis already on disk
             warnings.warn(f"W&B logging failed: {err}")
     return analysis
-
-
-def _write_analysis_json(sweep_dir: Path, analysis: dict) -> None:
-    text = json.dumps(to_jsonable(analysis), indent=2, allow_nan=False)
-    atomic_write_text(sweep_dir / "analysis.json", text + "\n")

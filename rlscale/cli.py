@@ -10,23 +10,18 @@ from pathlib import Path
 
 
 def _train(args) -> int:
-    from rlscale.config import load_train_config
-    from rlscale.train import train
+    from rlscale.config import ConfigError, load_train_config
+    from rlscale.train import check_run_dir, train
 
     if args.resume:
         # With --resume there is no CONFIG: every positional argument is an override.
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            from rlscale.config import ConfigError
-
-            raise ConfigError(f"cannot resume: '{run_dir}' holds no rlscale run (config.yaml missing); check the path")
+        check_run_dir(run_dir, resume=True, overwrite=False)  # before its config.yaml is read
         cfg = load_train_config(run_dir / "config.yaml", overrides)
         summary = train(cfg, run_dir, resume=True)
     else:
         if not args.config:
-            from rlscale.config import ConfigError
-
             raise ConfigError("no config given; run e.g. `rlscale train configs/cartpole.yaml`")
         cfg = load_train_config(args.config, args.overrides)
         summary = train(cfg, Path(args.out) if args.out else None, overwrite=args.overwrite)

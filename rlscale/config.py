@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 
@@ -166,12 +166,13 @@ class TrainConfig:
 
 
 def _valid_keys(cls, prefix: str = "") -> list[str]:
-    keys = []
+    """Every dotted key of a config dataclass, nested sections included."""
+    keys, defaults = [], cls()
     for f in fields(cls):
-        default = f.default_factory() if f.default_factory is not MISSING and callable(f.default_factory) else f.default  # type: ignore[misc]
         keys.append(prefix + f.name)
-        if is_dataclass(default):
-            keys += _valid_keys(type(default), prefix + f.name + ".")
+        value = getattr(defaults, f.name)
+        if is_dataclass(value):
+            keys += _valid_keys(type(value), prefix + f.name + ".")
     return keys
 
 

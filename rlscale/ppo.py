@@ -104,10 +104,9 @@ class Learner:
 
     # -- one PPO iteration ------------------------------------------------------------------
     def update(self, batch: dict[str, np.ndarray], lr: float, iteration: int = 0, clip_coef: float | None = None) -> dict[str, float]:
-        cfg, p, ncfg = self.cfg, self.cfg.ppo, self.cfg.noise
+        p, ncfg = self.cfg.ppo, self.cfg.noise
         dev = self.device
-        n = len(batch["actions"])
-        mb_size = n // p.num_minibatches
+        mb_size = len(batch["actions"]) // p.num_minibatches
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         # uint8 frames go to the device as bytes; the model scales them there.
@@ -128,13 +127,13 @@ class Learner:
             order = torch.from_numpy(minibatch_order(batch, ncfg.microbatch_mode if ncfg.enabled else "random", self.rng)).to(dev)
             for m in range(p.num_minibatches):
                 idx = order[m * mb_size:(m + 1) * mb_size]
-                adv = t["advantages"][idx]
-                if p.norm_adv and len(idx) > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # constants for the micro-batches
+                adv = self._normalized(t["advantages"][idx])  # constants for the micro-batches
                 chunks = torch.split(torch.arange(len(idx), device=dev), p.microbatch_size)
                 measure = ncfg.enabled and len(chunks) >= 2 and (ncfg.epochs == "all" or epoch == 0)
                 keep_grads = measure and ncfg.b_noise_interval and iteration % ncfg.b_noise_interval == 0 and epoch == 0 and m == 0
-                acc = {k: [torch.zeros_like(q) for q in self.params] for k in (("policy", "value") if split else ("combined",))}
+                acc = [torch.zeros_like(q) for q in self.params]
+                # The policy and value parts are kept apart only while they are measured.
+                parts_acc = {k: [torch.zeros_like(q) for q in self.params] for k in ("policy", "value")} if split and measure else None
                 small_sq = {k: [] for k in ("combined", "policy", "value")}
                 micro_grads = []
                 for c in chunks:
@@ -143,40 +142,35 @@ class Learner:
                     parts, diags = ppo_loss(logits, values, t["actions"][j], t["logp"][j], t["values"][j], adv[c], t["returns"][j], **loss_kw)
                     w = len(c) / len(idx)  # micro-batch means -> minibatch mean
                     full = len(c) == p.microbatch_size
-                    if split and measure:
+                    if parts_acc is not None:
                         g_pi = self._grads(parts.policy, retain=True)
                         g_v = self._grads(parts.value)
-                        torch._foreach_add_(acc["policy"], g_pi, alpha=w)
-                        torch._foreach_add_(acc["value"], g_v, alpha=w)
+                        torch._foreach_add_(parts_acc["policy"], g_pi, alpha=w)
+                        torch._foreach_add_(parts_acc["value"], g_v, alpha=w)
                         g = torch._foreach_add(g_pi, g_v)
                         if full:
                             small_sq["policy"].append(_sq_norm(g_pi))
                             small_sq["value"].append(_sq_norm(g_v))
                     else:
                         g = self._grads(parts.total)
-                        torch._foreach_add_(acc["policy" if split else "combined"], g, alpha=w)
+                    torch._foreach_add_(acc, g, alpha=w)
                     if measure and full:
                         small_sq["combined"].append(_sq_norm(g))
                         if keep_grads and len(micro_grads) < 8:
                             micro_grads.append([x.detach().clone() for x in g])
                     for k, v in diags.items():
                         add(k, v * w)  # micro-batch weights sum to 1 per minibatch
-                if split:
-                    grads = torch._foreach_add(acc["policy"], acc["value"])
-                else:
-                    grads = acc["combined"]
-                for q, g in zip(self.params, grads):
+                for q, g in zip(self.params, acc):
                     q.grad = g
-                if measure and len(small_sq["combined"]) >= 1:
-                    self._noise_update("combined", small_sq["combined"], grads, p.microbatch_size, len(idx), add)
-                    if split:
-                        self._noise_update("policy", small_sq["policy"], acc["policy"], p.microbatch_size, len(idx), add)
-                        self._noise_update("value", small_sq["value"], acc["value"], p.microbatch_size, len(idx), add)
+                if measure and small_sq["combined"]:
+                    self._noise_update("combined", small_sq["combined"], acc, p.microbatch_size, len(idx), add)
+                    for k, g_part in (parts_acc or {}).items():
+                        self._noise_update(k, small_sq[k], g_part, p.microbatch_size, len(idx), add)
                 if epoch == 0 and m == 0 and ncfg.enabled:
                     # The Hessian for B_noise is taken on other samples than the gradients'
                     # (the next minibatch), which keeps H independent of them.
                     h_idx = order[mb_size:2 * mb_size] if p.num_minibatches > 1 else idx
-                    self._extra_estimates(t, idx, adv, h_idx, loss_kw, iteration, micro_grads, grads, add)
+                    self._extra_estimates(t, idx, adv, h_idx, loss_kw, iteration, micro_grads, acc, add)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, p.max_grad_norm if p.max_grad_norm > 0 else math.inf)
                 add("losses/grad_norm", grad_norm)
                 self.optimizer.step()
@@ -215,6 +209,11 @@ class Learner:
                 out["noise/b_noise_ema"] = self.ema["b_noise"].ratio
         return out
 
+    def _normalized(self, adv: torch.Tensor) -> torch.Tensor:
+        if self.cfg.ppo.norm_adv and len(adv) > 1:
+            return (adv - adv.mean()) / (adv.std() + 1e-8)
+        return adv
+
     def _grads(self, loss: torch.Tensor, retain: bool = False) -> list[torch.Tensor]:
         gs = torch.autograd.grad(loss, self.params, retain_graph=retain, allow_unused=True)
         return [torch.zeros_like(q) if g is None else g for q, g in zip(self.params, gs)]
@@ -225,15 +224,11 @@ class Learner:
         sq_big = _sq_norm(big_grads)
         grad_sq, trace_cov = ns.two_batch_estimates(float(sq_small), float(sq_big), b_small, b_big)
         self.ema[key].update(grad_sq, trace_cov)
-        name = "noise" if key == "combined" else f"noise/{key}"
-        if key == "combined":
-            add("noise/grad_sq", grad_sq)
-            add("noise/trace_cov", trace_cov)
-            add("noise/b_simple", ns.b_simple_ratio(grad_sq, trace_cov))
-        else:
-            add(f"{name}_grad_sq", grad_sq)
-            add(f"{name}_trace_cov", trace_cov)
-            add(f"noise/b_simple_{key}", ns.b_simple_ratio(grad_sq, trace_cov))
+        # combined: noise/grad_sq, noise/b_simple; parts: noise/policy_grad_sq, noise/b_simple_policy
+        prefix, suffix = ("noise/", "") if key == "combined" else (f"noise/{key}_", f"_{key}")
+        add(f"{prefix}grad_sq", grad_sq)
+        add(f"{prefix}trace_cov", trace_cov)
+        add(f"noise/b_simple{suffix}", ns.b_simple_ratio(grad_sq, trace_cov))
 
     def _functional_loss(self, loss_kw):
         names = self.param_names
@@ -270,9 +265,7 @@ class Learner:
             add("noise/b_simple_per_example", ns.b_simple_ratio(grad_sq, trace_cov))
         if do_bn:
             as_dict = lambda gs: {n: g for n, g in zip(self.param_names, gs)}  # noqa: E731
-            h_adv = t["advantages"][h_idx[:k]]
-            if self.cfg.ppo.norm_adv and k > 1:
-                h_adv = (h_adv - h_adv.mean()) / (h_adv.std() + 1e-8)
+            h_adv = self._normalized(t["advantages"][h_idx[:k]])
             ghg, tr_hs = ns.b_noise_estimates(
                 loss_fn, params, subset(h_idx[:k], h_adv), [as_dict(g) for g in micro_grads], as_dict(big_grads),
                 self.cfg.ppo.microbatch_size, len(idx),

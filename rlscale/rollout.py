@@ -135,13 +135,13 @@ class FragmentBuffer:
             return {k: np.ascontiguousarray(v) for k, v in parts[0].items()}
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def state(self) -> list[dict[str, np.ndarray]]:
-        return list(self._pieces)
+    def state(self) -> dict:
+        return {"pieces": list(self._pieces), "next_fragment": self._next_fragment}
 
-    def load_state(self, pieces: list[dict[str, np.ndarray]], next_fragment: int = 0) -> None:
-        self._pieces = deque(pieces)
-        self._size = sum(len(p["actions"]) for p in pieces)
-        self._next_fragment = next_fragment
+    def load_state(self, state: dict) -> None:
+        self._pieces = deque(state["pieces"])
+        self._size = sum(len(p["actions"]) for p in self._pieces)
+        self._next_fragment = state["next_fragment"]
 
 
 def minibatch_order(batch: dict[str, np.ndarray], mode: str, rng: np.random.Generator) -> np.ndarray:

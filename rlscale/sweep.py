@@ -10,9 +10,7 @@ trials, resumes interrupted ones from their last checkpoint, and reruns failed o
 from __future__ import annotations
 
 import json
-import math
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from rlscale.config import ConfigError, load_train_config, load_yaml, merge_into, parse_overrides
-from rlscale.util import atomic_write_json, atomic_write_text, clean_json
+from rlscale.util import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -102,16 +100,18 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
     base = load_yaml(cfg.base_config)
     base_lr = cfg.lr or float(OmegaConf.select(base, "ppo.lr", default=2.5e-4))
     b0 = cfg.reference_env_steps or int(OmegaConf.select(base, "ppo.env_steps_per_iteration", default=512))
+    base_nmb = OmegaConf.select(base, "ppo.num_minibatches", default=4)
     trials = []
     for env in cfg.envs:
         slug = env.id.replace("ALE/", "").replace("/", "-")
+        env_overrides = {**cfg.overrides, **env.overrides}  # the env's own win
+        shared = [f"{k}={_yaml_value(v)}" for k, v in env_overrides.items()]
+        nmb = int(env_overrides.get("ppo.num_minibatches", base_nmb))
         for B in cfg.env_steps_per_iteration:
             lr_choices = [(rule, base_lr) for rule in cfg.lr_rules] + [("grid", lr) for lr in cfg.lr_grid]
             for rule, lr in lr_choices:
                 for seed in cfg.seeds:
-                    ov = [f"{k}={_yaml_value(v)}" for k, v in cfg.overrides.items()]
-                    ov += [f"{k}={_yaml_value(v)}" for k, v in env.overrides.items()]
-                    ov += [
+                    ov = shared + [
                         f"env.id={env.id}", f"seed={seed}", f"ppo.env_steps_per_iteration={B}",
                         f"ppo.lr={lr}", f"ppo.lr_rule={'fixed' if rule == 'grid' else rule}",
                         f"ppo.lr_reference_env_steps={b0}",
@@ -121,7 +121,6 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
                     if env.total_env_steps:
                         ov.append(f"total_env_steps={env.total_env_steps}")
                     if cfg.microbatches_per_minibatch:
-                        nmb = int(_override_value(ov, "ppo.num_minibatches", OmegaConf.select(base, "ppo.num_minibatches", default=4)))
                         ov.append(f"ppo.microbatch_size={max(1, B // nmb // cfg.microbatches_per_minibatch)}")
                     tag = rule if rule != "grid" else f"lr{_fmt(lr)}"
                     tid = f"{slug}_B{B}_{tag}_s{seed}"
@@ -136,24 +135,16 @@ def _yaml_value(v) -> str:
     return str(v)
 
 
-def _override_value(overrides: list[str], key: str, default):
-    for o in reversed(overrides):
-        k, _, v = o.partition("=")
-        if k == key:
-            return v
-    return default
-
-
 def _trial_record(trial: Trial, status: str, error: str | None = None, summary: dict | None = None, nmb: int = 0) -> dict:
     s = summary or {}
-    return clean_json({
+    return {
         "trial_id": trial.trial_id, "env_id": trial.env_id, "seed": trial.seed,
         "env_steps_per_iteration": trial.env_steps_per_iteration, "num_minibatches": s.get("num_minibatches", nmb),
         "lr_rule": trial.lr_rule, "lr": trial.lr, "status": status, "error": error,
         "targets": s.get("targets", {}), "b_simple_mean": s.get("b_simple_mean"),
         "env_steps": s.get("env_steps"), "iterations": s.get("iterations"), "wall_time_s": s.get("wall_time_s"),
         "overrides": trial.overrides,
-    })
+    }
 
 
 def run_trial(trial: Trial, base_config: dict, trial_dir: str) -> dict:
@@ -170,7 +161,6 @@ def run_trial(trial: Trial, base_config: dict, trial_dir: str) -> dict:
             cfg = load_train_config(trial_dir / "config.yaml", [])
         summary = train(cfg, trial_dir, resume=resume, overwrite=not resume, quiet=True, init_ray=False)
         rec = _trial_record(trial, "completed", summary=summary, nmb=nmb)
-        # A copy of the per-iteration table under the name the analysis reads.
     except Exception as e:  # recorded, so that analysis reports the failure
         err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         (trial_dir).mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from rlscale.envs import is_atari
 from rlscale.ppo import Learner, resolve_device
 from rlscale.rollout import FragmentBuffer
 from rlscale.tracking import MetricsTable, WandbRun
-from rlscale.util import atomic_write_json, atomic_write_text, clean_json, git_sha
+from rlscale.util import atomic_write_json, atomic_write_text, git_sha
 
 
 @dataclass
@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
     _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id, pool)
     pool.close()
     summary = make_summary(cfg, c, learner, last20, frames, run_dir, env_total)
-    atomic_write_json(run_dir / "summary.json", clean_json(summary))
+    atomic_write_json(run_dir / "summary.json", summary)
     return summary
 
 
@@ -259,7 +259,8 @@ def _restore(run_dir, cfg, spec, pool, learner, buffer, returns, last20, quiet) 
     learner.load_state_dict(state["learner"])
     returns.extend(state["returns"])
     last20.extend(state["returns_last20"])
-    buffer.load_state([{k: v.numpy() for k, v in p.items()} for p in state["buffer"]], state.get("next_fragment", 0))
+    pieces = [{k: v.numpy() for k, v in p.items()} for p in state["buffer"]["pieces"]]  # saved as tensors
+    buffer.load_state({"pieces": pieces, "next_fragment": state["buffer"]["next_fragment"]})
     blobs = checkpoint.load_workers(path) if hasattr(pool, "set_state") else None
     if blobs is not None and len(blobs) == len(pool.envs_per_worker):
         pool.set_state(blobs)  # environments continue exactly where they were
@@ -312,7 +313,6 @@ def _save(run_dir, c: Counters, learner, buffer, returns, last20, cfg, spec, wan
         "returns": list(returns),
         "returns_last20": list(last20),
         "buffer": buffer.state(),
-        "next_fragment": buffer._next_fragment,
         "wandb_id": wandb_id,
     }
     # Worker state first: a checkpoint file that exists always has its workers file complete.

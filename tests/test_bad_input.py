@@ -1,7 +1,6 @@
 """Bad input: each case gives one clear line on stderr, exit code 2, and nothing half-written."""
 
 import os
-from pathlib import Path
 
 import pytest
 

@@ -63,7 +63,6 @@ def test_sigkilled_learner_resumes_with_same_counters(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not (run / "summary.json").exists()
-    t = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "rlscale", "train", "--resume", str(run)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stderr

@@ -1,6 +1,5 @@
 """The PPO loss on a hand-computed case; micro-batch accumulation equals the full gradient."""
 
-import copy
 import math
 
 import numpy as np
