@@ -274,11 +274,15 @@ def mlp_loss_fn(model):
     return loss_fn
 
 
+def mlp_batch(n: int, seed: int):
+    """A random batch for tiny_mlp, and the generator that made it (tests draw more from it)."""
+    gen = torch.Generator().manual_seed(seed)
+    return gen, {"x": torch.randn(n, 3, generator=gen, dtype=DT), "y": torch.randn(n, 2, generator=gen, dtype=DT)}
+
+
 def test_hessian_quadratic_forms_matches_double_backward():
     model = tiny_mlp()
-    gen = torch.Generator().manual_seed(3)
-    batch = {"x": torch.randn(10, 3, generator=gen, dtype=DT),
-             "y": torch.randn(10, 2, generator=gen, dtype=DT)}
+    gen, batch = mlp_batch(10, seed=3)
     params = dict(model.named_parameters())
     vectors = [{k: torch.randn(p.shape, generator=gen, dtype=DT) for k, p in params.items()}
                for _ in range(3)]
@@ -306,9 +310,7 @@ def test_b_noise_estimates_rejects_bad_sizes():
 
 def test_per_example_sq_norms_matches_autograd_loop():
     model = tiny_mlp()
-    gen = torch.Generator().manual_seed(4)
-    batch = {"x": torch.randn(13, 3, generator=gen, dtype=DT),
-             "y": torch.randn(13, 2, generator=gen, dtype=DT)}
+    gen, batch = mlp_batch(13, seed=4)
     params = dict(model.named_parameters())
     loss_fn = mlp_loss_fn(model)
     expected = []
