@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,9 +88,12 @@ class RolloutWorker:
         e = self.env
         return EnvSpec(tuple(e.obs_shape), str(e.obs_dtype), e.num_actions, e.frames_per_env_step)
 
-    def set_weights(self, weights: dict, version: int) -> None:
+    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
         if version != self.version:
-            self.policy.load_state_dict(weights)
+            with warnings.catch_warnings():
+                # Arrays from Ray's object store are read-only views; load_state_dict only reads them.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self.policy.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
             self.version = version
 
     @torch.no_grad()

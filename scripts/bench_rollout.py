@@ -21,6 +21,10 @@ RolloutWorker.sample's loop, Fragment transfer - and differs only in the policy'
 pass. A subclass (rather than patching ActorCritic.act globally) keeps the change local to
 the pools built for the trivial runs.
 
+The figures compared are measured in interleaved rounds (limit, then the pools, per game and
+round); ratios are formed within a round and the medians over rounds reported, because the
+speed of a shared machine drifts over minutes. The overall ratio keys are the worst game's.
+
     python scripts/bench_rollout.py               # full
     python scripts/bench_rollout.py --quick       # smoke test
 
@@ -152,7 +156,7 @@ def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> 
         spec = pool.spec()
         startup = time.perf_counter() - t0
         model = ActorCritic(spec.obs_shape, spec.num_actions, cfg.model.hidden_sizes)
-        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}  # as Learner.get_weights
         W, E, T = len(pool.envs_per_worker), args.envs_per_worker, args.fragment_length
         lengths = [T] * W
         version = 0
@@ -179,10 +183,73 @@ def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> 
     return out
 
 
+def run_round(r: int, args, cores: int, num_workers: int, result: dict) -> None:
+    """One round: for each game the limit (Ray down), then the Ray pools (Ray up).
+
+    The machine's speed drifts by 10-20% over minutes here, so the figures that are compared
+    are taken minutes apart at most, and ratios are formed within a round.
+    """
+    import ray
+
+    for g in args.games:
+        rec = result["rounds"][r].setdefault(g, {})
+        if not args.skip_limit:
+            runs = []
+            for mult in args.limit_envs_mult:
+                x = bench_limit(g, mult * cores, cores, args.limit_steps, args.limit_warmup, args.limit_repeats, args.seed + r)
+                C.log(f"round {r} {g} limit: num_envs={x['num_envs']} threads={cores}: {x['env_steps_per_s']:.0f} env steps/s")
+                runs.append(x)
+            best = max(runs, key=lambda x: x["env_steps_per_s"])
+            rec["limit_runs"] = runs
+            rec["limit_env_steps_per_s"] = best["env_steps_per_s"]
+            rec["limit_best_num_envs"] = best["num_envs"]
+        if not args.skip_ray:
+            from rlscale.cluster import ensure_ray
+
+            ensure_ray()
+            try:
+                result["machine"]["ray_cluster_cpus"] = ray.cluster_resources().get("CPU")
+                for policy in ("trivial", "cnn"):
+                    x = bench_pool(g, "ray", policy, args, num_workers)
+                    rec[f"ray_{policy}"] = x
+                    rec[f"{policy}_policy_env_steps_per_s"] = x["env_steps_per_s"]
+            finally:
+                ray.shutdown()
+        if "limit_env_steps_per_s" in rec:
+            for policy in ("trivial", "cnn"):
+                if f"{policy}_policy_env_steps_per_s" in rec:
+                    rec[f"{policy}_to_limit_ratio"] = rec[f"{policy}_policy_env_steps_per_s"] / rec["limit_env_steps_per_s"]
+
+
+def summarize(result: dict, games: list[str]) -> None:
+    """Per game: the median over rounds of every figure and of the within-round ratios."""
+    keys = ("limit_env_steps_per_s", "trivial_policy_env_steps_per_s", "cnn_policy_env_steps_per_s",
+            "trivial_to_limit_ratio", "cnn_to_limit_ratio",
+            "local_trivial_policy_env_steps_per_s", "local_cnn_policy_env_steps_per_s")
+    for g in games:
+        per = result["per_game"][g]
+        for k in keys:
+            xs = [rd[g][k] for rd in result["rounds"] if g in rd and k in rd[g]]
+            if xs:
+                per[k] = float(np.median(xs))
+                per[k + "_rounds"] = xs
+
+    # overall keys: the best game for throughputs, the worst game for the ratios to the limit
+    def over_games(key, pick):
+        xs = [d[key] for d in result["per_game"].values() if key in d]
+        return pick(xs) if xs else None
+
+    for k in keys:
+        result[k] = over_games(k, min if k.endswith("ratio") else max)
+    t, c = result["trivial_policy_env_steps_per_s"], result["cnn_policy_env_steps_per_s"]
+    result["cnn_to_trivial_ratio"] = c / t if t and c else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--games", nargs="+", default=["Pong", "Breakout"], help="ALE game names (ALE/<Game>-v5)")
     ap.add_argument("--cores", type=int, default=0, help="cores to use (0: the CPUs this process may run on)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (limit, then pools) per game")
     ap.add_argument("--limit-envs-mult", type=int, nargs="+", default=[2, 4, 8], help="num_envs = mult x cores for the limit")
     ap.add_argument("--limit-steps", type=int, default=500, help="vector steps per timed limit repeat")
     ap.add_argument("--limit-warmup", type=int, default=100, help="untimed vector steps first")
@@ -197,10 +264,10 @@ def main() -> None:
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-local", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="smoke test: one game, tiny sizes")
+    ap.add_argument("--quick", action="store_true", help="smoke test: one game, one round, tiny sizes")
     args = ap.parse_args()
     if args.quick:
-        args.games = args.games[:1]
+        args.games, args.rounds = args.games[:1], 1
         args.limit_envs_mult = [2]
         args.limit_steps, args.limit_warmup, args.limit_repeats = 50, 10, 2
         args.fragment_length, args.pool_warmup, args.pool_repeats = 16, 1, 2
@@ -214,59 +281,19 @@ def main() -> None:
         "quick": args.quick,
         "machine": {**C.machine_info("cpu"), "ale_py_version": ale_py.__version__, "ray_version": ray.__version__},
         "settings": {k: v for k, v in vars(args).items()} | {"cores": cores, "ray_num_workers": num_workers},
+        "rounds": [{} for _ in range(args.rounds)],
         "per_game": {g: {} for g in args.games},
     }
-    # (a) the limit
-    if not args.skip_limit:
-        for g in args.games:
-            runs = []
-            for mult in args.limit_envs_mult:
-                r = bench_limit(g, mult * cores, cores, args.limit_steps, args.limit_warmup, args.limit_repeats, args.seed)
-                C.log(f"{g} limit: num_envs={r['num_envs']} threads={cores}: {r['env_steps_per_s']:.0f} env steps/s")
-                runs.append(r)
-            best = max(runs, key=lambda r: r["env_steps_per_s"])
-            result["per_game"][g]["limit_runs"] = runs
-            result["per_game"][g]["limit_env_steps_per_s"] = best["env_steps_per_s"]
-            result["per_game"][g]["limit_best_num_envs"] = best["num_envs"]
-    # (b) Ray actors
-    if not args.skip_ray:
-        from rlscale.cluster import ensure_ray
-
-        ensure_ray()
-        try:
-            result["machine"]["ray_cluster_cpus"] = ray.cluster_resources().get("CPU")
-            for g in args.games:
-                for policy in ("trivial", "cnn"):
-                    r = bench_pool(g, "ray", policy, args, num_workers)
-                    result["per_game"][g][f"ray_{policy}"] = r
-                    result["per_game"][g][f"{policy}_policy_env_steps_per_s"] = r["env_steps_per_s"]
-        finally:
-            ray.shutdown()
+    for r in range(args.rounds):
+        run_round(r, args, cores, num_workers, result)
     # in-process backend (last: RolloutWorker sets this process's torch threads to 1)
     if not args.skip_local:
         for g in args.games:
             for policy in ("trivial", "cnn"):
-                r = bench_pool(g, "local", policy, args, args.local_workers)
-                result["per_game"][g][f"local_{policy}"] = r
-                result["per_game"][g][f"local_{policy}_policy_env_steps_per_s"] = r["env_steps_per_s"]
-
-    # overall keys: best over the games; ratios per game and for the overall figures
-    def best(key):
-        xs = [d[key] for d in result["per_game"].values() if key in d]
-        return max(xs) if xs else None
-
-    for key in ("limit_env_steps_per_s", "trivial_policy_env_steps_per_s", "cnn_policy_env_steps_per_s",
-                "local_trivial_policy_env_steps_per_s", "local_cnn_policy_env_steps_per_s"):
-        result[key] = best(key)
-    for d in result["per_game"].values():
-        if "limit_env_steps_per_s" in d and "trivial_policy_env_steps_per_s" in d:
-            d["trivial_to_limit_ratio"] = d["trivial_policy_env_steps_per_s"] / d["limit_env_steps_per_s"]
-            d["cnn_to_limit_ratio"] = d["cnn_policy_env_steps_per_s"] / d["limit_env_steps_per_s"]
-    lim = result["limit_env_steps_per_s"]
-    result["trivial_to_limit_ratio"] = result["trivial_policy_env_steps_per_s"] / lim if lim and result["trivial_policy_env_steps_per_s"] else None
-    result["cnn_to_limit_ratio"] = result["cnn_policy_env_steps_per_s"] / lim if lim and result["cnn_policy_env_steps_per_s"] else None
-    result["cnn_to_trivial_ratio"] = (result["cnn_policy_env_steps_per_s"] / result["trivial_policy_env_steps_per_s"]
-                                      if result["cnn_policy_env_steps_per_s"] and result["trivial_policy_env_steps_per_s"] else None)
+                x = bench_pool(g, "local", policy, args, args.local_workers)
+                result["rounds"][-1][g][f"local_{policy}"] = x
+                result["rounds"][-1][g][f"local_{policy}_policy_env_steps_per_s"] = x["env_steps_per_s"]
+    summarize(result, args.games)
     result["frames_per_env_step"] = 4
     result["machine"]["torch_threads_at_end"] = torch.get_num_threads()
     C.emit(result)

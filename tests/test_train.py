@@ -121,3 +121,38 @@ def test_overlap_collects_next_batch_with_lag_one(tmp_path):
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert s["env_steps_used"] == 2560
     assert m["charts/policy_lag_max"].tolist() == [0] + [1] * 9  # the first batch has nothing to overlap with
+
+
+def test_weights_reach_ray_actors_as_readonly_arrays_exactly(ray_local):
+    """Learner.get_weights gives NumPy arrays; an actor loads the object store's read-only views
+    exactly and without warnings, and acts with them."""
+    import warnings
+
+    import ray
+    import torch
+
+    from rlscale.actors import RolloutWorker
+    from rlscale.ppo import Learner
+
+    cfg = cfg_for()
+    learner = Learner(cfg, (4,), 2, torch.device("cpu"))
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.add_(0.5)  # weights unlike a fresh model's
+    weights = learner.get_weights()
+    assert all(isinstance(v, np.ndarray) for v in weights.values())
+
+    @ray.remote(num_cpus=0)
+    class Probe(RolloutWorker):
+        def load(self, w, version):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                self.set_weights(w, version)
+            return {k: v.numpy().copy() for k, v in self.policy.state_dict().items()}
+
+    probe = Probe.remote(cfg.env, cfg.model.hidden_sizes, 2, 0, 0)
+    got = ray.get(probe.load.remote(ray.put(weights), 3))
+    assert got.keys() == weights.keys()
+    for k in weights:
+        np.testing.assert_array_equal(got[k], weights[k])
+    ray.kill(probe)
