@@ -17,7 +17,7 @@ import torch
 
 from rlscale.envs import make_vector_env
 from rlscale.model import ActorCritic
-from rlscale.rollout import Fragment
+from rlscale.rollout import Fragment, FrameStacks
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,54 @@ class EnvSpec:
 def worker_seed(seed: int, worker_index: int, restarts: int = 0) -> int:
     # Distinct, reproducible streams per worker; a restarted worker gets a fresh stream.
     return int(np.random.SeedSequence([seed, worker_index, restarts]).generate_state(1)[0])
+
+
+class FrameStackRecorder:
+    """Builds a fragment's observations as FrameStacks: each new frame is stored once.
+
+    An env's stack at step t is its stack at t-1 shifted by one frame, unless the env was reset
+    at t-1; then (and at t = 0) all K frames are stored. tests/test_rollout.py checks the
+    rebuilt observations against the dense ones over resets, truncations and lost lives.
+    """
+
+    def __init__(self):
+        self._frames = None  # [capacity, H, W], kept across fragments (Ray actors) or not
+
+    def start(self, T: int, obs: np.ndarray, reuse: bool) -> None:
+        E, K = obs.shape[:2]
+        need = E * K + T * E  # no reset inside the fragment; grows if there are some
+        if not reuse or self._frames is None or len(self._frames) < need:
+            self._frames = np.empty((need, *obs.shape[2:]), dtype=obs.dtype)
+        self.index = np.empty((T, E, K), dtype=np.int32)
+        self._stack = np.empty((E, K), dtype=np.int32)
+        self._n = 0
+        self._fresh = np.ones(E, dtype=bool)
+
+    def _store(self, frames: np.ndarray) -> np.ndarray:
+        n, m = self._n, len(frames)
+        if n + m > len(self._frames):
+            grown = np.empty((max(2 * len(self._frames), n + m), *self._frames.shape[1:]), dtype=self._frames.dtype)
+            grown[:n] = self._frames[:n]
+            self._frames = grown
+        self._frames[n:n + m] = frames
+        self._n = n + m
+        return np.arange(n, n + m, dtype=np.int32)
+
+    def add(self, t: int, obs: np.ndarray, reset: np.ndarray | None) -> None:
+        """obs [E, K, H, W] at step t; reset [E]: the env started a new episode at this obs."""
+        fresh = self._fresh if reset is None else reset
+        K = obs.shape[1]
+        shift = np.flatnonzero(~fresh)
+        if len(shift):
+            self._stack[shift, :-1] = self._stack[shift, 1:]
+            self._stack[shift, -1] = self._store(obs[shift, -1])
+        new = np.flatnonzero(fresh)
+        if len(new):
+            self._stack[new] = self._store(obs[new].reshape(-1, *obs.shape[2:])).reshape(len(new), K)
+        self.index[t] = self._stack
+
+    def finish(self) -> FrameStacks:
+        return FrameStacks(self._frames[:self._n], self.index)
 
 
 class RolloutWorker:
@@ -51,6 +99,8 @@ class RolloutWorker:
         self.obs = self.env.reset()
         self.version = -1
         self.env_ids = np.arange(env_offset, env_offset + num_envs, dtype=np.int64)
+        # Frame-stacked observations (Atari) travel as FrameStacks: one frame per step, not K.
+        self._frame_stacks = FrameStackRecorder() if self.env.frame_stack > 1 else None
         # Failures injected on purpose by the fault tests (RLSCALE_FAIL_AFTER_SAMPLES=N: the
         # process dies, or with RLSCALE_FAIL_MODE=raise the env raises, at the N+1-th sample).
         self._fail_after = int(os.environ.get("RLSCALE_FAIL_AFTER_SAMPLES", "0"))
@@ -106,7 +156,12 @@ class RolloutWorker:
                 raise RuntimeError("injected environment failure")
             os._exit(1)  # a crashed actor process
         T, E = num_steps, self.env.num_envs
-        obs = self._obs_buffer(T)
+        stacks = self._frame_stacks
+        if stacks is not None:
+            stacks.start(T, self.obs, self.reuse_buffers)
+            reset = None  # the first observation stores its whole stack
+        else:
+            obs = self._obs_buffer(T)
         actions = np.empty((T, E), dtype=np.int64)
         logp = np.empty((T, E), dtype=np.float32)
         values = np.empty((T + 1, E), dtype=np.float32)
@@ -117,7 +172,10 @@ class RolloutWorker:
         ep_returns, ep_lengths = [], []
         truncated_values = {}
         for t in range(T):
-            obs[t] = self.obs
+            if stacks is not None:
+                stacks.add(t, self.obs, reset)
+            else:
+                obs[t] = self.obs
             a, lp, v = self.policy.act(torch.from_numpy(self.obs), self.generator)
             actions[t], logp[t], values[t] = a.numpy(), lp.numpy(), v.numpy()
             step = self.env.step(actions[t])
@@ -129,7 +187,7 @@ class RolloutWorker:
                     truncated_values[t] = (idx, self.policy.value(torch.from_numpy(step.final_obs[idx])).numpy())
             ep_returns += step.episode_returns
             ep_lengths += step.episode_lengths
-            self.obs = step.obs
+            self.obs, reset = step.obs, step.reset
         values[T] = self.policy.value(torch.from_numpy(self.obs)).numpy()
         # V(s_{t+1}) is the next step's value within an episode; after a reset it is the
         # final state's value (truncation) or irrelevant (termination, masked in GAE).
@@ -137,7 +195,7 @@ class RolloutWorker:
         for t, (idx, v) in truncated_values.items():
             next_values[t, idx] = v
         return Fragment(
-            obs=obs, actions=actions, logp=logp, values=values[:T], rewards=rewards,
+            obs=stacks.finish() if stacks is not None else obs, actions=actions, logp=logp, values=values[:T], rewards=rewards,
             terminated=terminated, truncated=truncated, next_values=next_values,
             policy_version=self.version, env_ids=self.env_ids,
             episode_returns=ep_returns, episode_lengths=ep_lengths,

@@ -78,6 +78,7 @@ class StepResult:
     terminated: np.ndarray  # [E] bool, true end of the training episode (no bootstrap)
     truncated: np.ndarray  # [E] bool, time limit (bootstrap from final_obs)
     final_obs: np.ndarray  # [E, *obs_shape], last obs of the ended episode (= obs elsewhere)
+    reset: np.ndarray  # [E] bool, the env was reset: obs is a new game's first observation
     episode_returns: list[float]  # raw scores of games that ended at this step
     episode_lengths: list[int]  # their lengths in env steps
 
@@ -90,6 +91,7 @@ class VecEnv:
     obs_dtype: np.dtype
     num_actions: int
     frames_per_env_step: int = 1
+    frame_stack: int = 1  # K > 1: observations are stacks of the last K frames [K, H, W]
 
     def __init__(self, num_envs: int, clip_rewards: bool):
         self.num_envs = num_envs
@@ -149,7 +151,7 @@ class ClassicVecEnv(VecEnv):
             for i in np.flatnonzero(done):
                 final_obs[i] = info["final_obs"][i]
         rets, lens = self._track(reward, done)
-        return StepResult(obs, self._train_reward(reward), terminated, truncated, final_obs, rets, lens)
+        return StepResult(obs, self._train_reward(reward), terminated, truncated, final_obs, done, rets, lens)
 
 
 class AtariVecEnv(VecEnv):
@@ -180,6 +182,7 @@ class AtariVecEnv(VecEnv):
         self.obs_dtype = np.dtype(np.uint8)
         self.num_actions = int(self._env.single_action_space.n)
         self.frames_per_env_step = cfg.frame_skip
+        self.frame_stack = cfg.frame_stack
         self._seed = seed
         self._lives = None
 
@@ -202,7 +205,7 @@ class AtariVecEnv(VecEnv):
             train_terminated |= (lives < self._lives) & ~game_over
         self._lives = lives.copy()
         rets, lens = self._track(reward.astype(np.float64), game_over)
-        return StepResult(obs, self._train_reward(reward), train_terminated, truncated, final_obs, rets, lens)
+        return StepResult(obs, self._train_reward(reward), train_terminated, truncated, final_obs, game_over, rets, lens)
 
 
 def make_vector_env(cfg, num_envs: int, seed: int) -> VecEnv:

@@ -17,7 +17,7 @@ from torch.distributions import Categorical
 
 from rlscale import noise_scale as ns
 from rlscale.model import ActorCritic
-from rlscale.rollout import minibatch_order
+from rlscale.rollout import FrameStacks, minibatch_order
 
 
 @dataclass
@@ -111,8 +111,11 @@ class Learner:
         mb_size = len(batch["actions"]) // p.num_minibatches
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        # uint8 frames go to the device as bytes; the model scales them there.
-        t = {k: torch.from_numpy(np.asarray(batch[k])).to(dev) for k in ("obs", "actions", "logp", "values", "advantages", "returns")}
+        # uint8 frames go to the device as bytes (frame stacks as frames + index: t["obs"][j] is
+        # then gathered there); the model scales them.
+        t = {k: torch.from_numpy(np.asarray(batch[k])).to(dev) for k in ("actions", "logp", "values", "advantages", "returns")}
+        obs = batch["obs"]
+        t["obs"] = obs.to(dev) if isinstance(obs, FrameStacks) else torch.from_numpy(np.asarray(obs)).to(dev)
         clip_coef = p.clip_coef if clip_coef is None else clip_coef
         loss_kw = dict(clip_coef=clip_coef, clip_vloss=p.clip_vloss, vf_coef=p.vf_coef, ent_coef=p.ent_coef)
         sums: dict[str, float] = {}

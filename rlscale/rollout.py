@@ -15,9 +15,76 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class FrameStacks:
+    """Frame-stacked observations with every frame stored once: observation i is frames[index[i]].
+
+    Consecutive steps of one Atari env share K-1 of their K stacked frames, so a fragment holds
+    about one 84x84 frame per step instead of K: a K-th of the bytes copied by the actors, sent
+    through Ray's object store and held in the learner's batch. ``frames`` is [F, H, W] and
+    ``index`` [..., K]; both may be NumPy arrays or torch tensors. Indexing (``stacks[ix]``)
+    gives dense [..., K, H, W] observations, as an array would; ``rows`` a lazy subset.
+    """
+
+    def __init__(self, frames, index):
+        self.frames, self.index = frames, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.index.shape, *self.frames.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frames.nbytes + self.index.nbytes)
+
+    def __getitem__(self, ix):
+        return self.frames[self.index[ix]]
+
+    def dense(self):
+        return self.frames[self.index]
+
+    def reshape(self, *shape: int) -> FrameStacks:
+        """Reshape the leading (step) dims; the trailing (K, H, W) stay: reshape(n, K, H, W)."""
+        return FrameStacks(self.frames, self.index.reshape(*shape[:-2]))
+
+    def rows(self, ix) -> FrameStacks:
+        """The observations ix, holding only the frames they use."""
+        return FrameStacks(self.frames, self.index[ix]).compact()
+
+    def compact(self) -> FrameStacks:
+        used, inverse = np.unique(self.index, return_inverse=True)
+        return FrameStacks(self.frames[used], inverse.reshape(self.index.shape).astype(np.int32))
+
+    @staticmethod
+    def concatenate(parts: list[FrameStacks]) -> FrameStacks:
+        offsets = np.cumsum([0] + [len(p.frames) for p in parts[:-1]])
+        return FrameStacks(np.concatenate([p.frames for p in parts]),
+                           np.concatenate([p.index + np.int32(o) for p, o in zip(parts, offsets)]))
+
+    def to(self, device) -> FrameStacks:
+        """torch tensors on `device` (frames stay uint8, the index int32)."""
+        import torch
+
+        return FrameStacks(torch.from_numpy(np.asarray(self.frames)).to(device),
+                           torch.from_numpy(np.asarray(self.index, dtype=np.int32)).to(device))
+
+
+def take_rows(x, ix):
+    """x[ix] for an array, the lazy subset for FrameStacks."""
+    return x.rows(ix) if isinstance(x, FrameStacks) else x[ix]
+
+
+def concat_rows(parts: list):
+    if isinstance(parts[0], FrameStacks):
+        return FrameStacks.concatenate(parts)
+    return np.concatenate(parts)
+
+
 @dataclass
 class Fragment:
-    obs: np.ndarray  # [T, E, *obs_shape] (uint8 for Atari)
+    obs: np.ndarray | FrameStacks  # [T, E, *obs_shape] (uint8 frame stacks for Atari)
     actions: np.ndarray  # [T, E] int64
     logp: np.ndarray  # [T, E] float32, behaviour log-prob of the action
     values: np.ndarray  # [T, E] float32, behaviour V(s_t)
@@ -127,19 +194,33 @@ class FragmentBuffer:
                 parts.append(self._pieces.popleft())
                 need -= m
             else:
-                parts.append({k: v[:need] for k, v in piece.items()})
-                self._pieces[0] = {k: v[need:] for k, v in piece.items()}
+                head, tail = slice(None, need), slice(need, None)
+                parts.append({k: take_rows(v, head) for k, v in piece.items()})
+                self._pieces[0] = {k: take_rows(v, tail) for k, v in piece.items()}
                 need = 0
         self._size -= n
         if len(parts) == 1:
-            return {k: np.ascontiguousarray(v) for k, v in parts[0].items()}
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            return {k: v if isinstance(v, FrameStacks) else np.ascontiguousarray(v) for k, v in parts[0].items()}
+        return {k: concat_rows([p[k] for p in parts]) for k in parts[0]}
 
     def state(self) -> dict:
-        return {"pieces": list(self._pieces), "next_fragment": self._next_fragment}
+        """Plain arrays only (checkpoints load with a weights-only unpickler)."""
+        def plain(piece):
+            out = {k: v for k, v in piece.items() if not isinstance(v, FrameStacks)}
+            if isinstance(piece["obs"], FrameStacks):
+                out["obs_frames"], out["obs_index"] = piece["obs"].frames, piece["obs"].index
+            return out
+
+        return {"pieces": [plain(p) for p in self._pieces], "next_fragment": self._next_fragment}
 
     def load_state(self, state: dict) -> None:
-        self._pieces = deque(state["pieces"])
+        def restore(piece):
+            piece = dict(piece)
+            if "obs_frames" in piece:
+                piece["obs"] = FrameStacks(piece.pop("obs_frames"), piece.pop("obs_index"))
+            return piece
+
+        self._pieces = deque(restore(p) for p in state["pieces"])
         self._size = sum(len(p["actions"]) for p in self._pieces)
         self._next_fragment = state["next_fragment"]
 

@@ -119,26 +119,52 @@ def load_cfg(kind: str, overrides: list[str]):
     return load_train_config(path, BASE_OVERRIDES + list(overrides))
 
 
+def _tiled_uint8(rng, shape: tuple[int, ...], frame_pool: int) -> np.ndarray:
+    pool = rng.integers(0, 256, size=(min(shape[0], frame_pool), *shape[1:]), dtype=np.uint8)
+    out = np.empty(shape, dtype=np.uint8)
+    for s in range(0, shape[0], len(pool)):
+        m = min(len(pool), shape[0] - s)
+        out[s:s + m] = pool[:m]
+    return out
+
+
+def stacked_obs(rng, n: int, obs_shape: tuple[int, ...], num_envs: int, frame_pool: int = 256):
+    """FrameStacks of n steps (time-major [T, E]) as rollout workers record them: K frames per
+    env at t = 0, then one new frame per step, each stack the previous one shifted by one."""
+    from rlscale.rollout import FrameStacks
+
+    K, E = obs_shape[0], num_envs
+    T = -(-n // E)
+    index = np.empty((T, E, K), dtype=np.int32)
+    index[0] = np.arange(E * K).reshape(E, K)
+    for t in range(1, T):
+        index[t, :, :-1] = index[t - 1, :, 1:]
+        index[t, :, -1] = E * K + (t - 1) * E + np.arange(E)
+    index = index.reshape(T * E, K)[:n]
+    # exactly the frames the n steps use (no compaction: its copy would inflate peak memory)
+    frames = _tiled_uint8(rng, (int(index.max()) + 1, *obs_shape[1:]), frame_pool)
+    return FrameStacks(frames, np.ascontiguousarray(index))
+
+
 def synthetic_batch(n: int, obs_shape: tuple[int, ...], obs_dtype, num_actions: int, seed: int = 0,
-                    num_envs: int = 8, frame_pool: int = 256) -> dict[str, np.ndarray]:
+                    num_envs: int = 8, frame_pool: int = 256, frame_stacks: bool = False) -> dict:
     """A flat batch in rlscale.rollout's format (BATCH_KEYS + 'fragment'), built with numpy.
 
     uint8 observations are filled by tiling a pool of `frame_pool` random frames (a small, fixed
-    transient, so it does not distort peak-memory figures across batch sizes): every byte of
-    the [n, *obs_shape] array is written (so it is resident memory), without the seconds a
-    fresh random draw of gigabytes would take. The content does not change dense CNN compute.
+    transient, so it does not distort peak-memory figures across batch sizes): every byte is
+    written (so it is resident memory), without the seconds a fresh random draw of gigabytes
+    would take. The content does not change dense CNN compute. frame_stacks=True gives the
+    observations as rollout workers send Atari frame stacks (rlscale.rollout.FrameStacks).
     """
     rng = np.random.default_rng(seed)
     obs_dtype = np.dtype(obs_dtype)
-    if obs_dtype == np.uint8:
-        pool = rng.integers(0, 256, size=(min(n, frame_pool), *obs_shape), dtype=np.uint8)
-        obs = np.empty((n, *obs_shape), dtype=np.uint8)
-        for s in range(0, n, len(pool)):
-            m = min(len(pool), n - s)
-            obs[s:s + m] = pool[:m]
+    E = max(1, min(num_envs, n))
+    if frame_stacks:
+        obs = stacked_obs(rng, n, obs_shape, E, frame_pool)
+    elif obs_dtype == np.uint8:
+        obs = _tiled_uint8(rng, (n, *obs_shape), frame_pool)
     else:
         obs = rng.normal(size=(n, *obs_shape)).astype(obs_dtype)
-    E = max(1, min(num_envs, n))
     idx = np.arange(n)
     return {
         "obs": obs,

@@ -1,6 +1,7 @@
 """Learner throughput and memory vs. batch size: one PPO iteration on Atari-shaped data.
 
-For B = env_steps_per_iteration = 2^10 .. 2^max_log2 (Nature CNN, uint8 obs (4, 84, 84),
+For B = env_steps_per_iteration = 2^10 .. 2^max_log2 (Nature CNN, uint8 obs (4, 84, 84) as
+frame stacks storing one frame per step, as rollout workers send them, or dense with --obs-format dense,
 configs/atari.yaml otherwise, num_minibatches fixed (4), microbatch_size fixed (256), 1 epoch)
 each size runs in a fresh child process (this script with --child) that builds a synthetic
 batch in rlscale.rollout's dict format, builds the Learner, warms up on a 1024-step slice of
@@ -15,7 +16,7 @@ micro-batching should keep it flat in B, which working_growth_pct (smallest -> l
 Memory, CUDA: torch.cuda.max_memory_allocated in the child, and batch_storage counts the part
 Learner.update copies to the device (obs, actions, logp, values, advantages, returns).
 
-    python scripts/bench_learner.py                    # 2^10 .. 2^18 (2^18 needs ~7.5 GB for obs)
+    python scripts/bench_learner.py                    # 2^10 .. 2^18 (2^18: 1.9 GB of frames; dense 7.4 GB)
     python scripts/bench_learner.py --max-log2 16 --repeats 5
     python scripts/bench_learner.py --quick            # smoke test: 2^10 .. 2^12, 1 repeat
 
@@ -62,6 +63,7 @@ def child(args) -> None:
     import torch
 
     from rlscale.ppo import Learner, resolve_device
+    from rlscale.rollout import take_rows
 
     n = args.n
     cfg = C.load_cfg("atari", [
@@ -72,7 +74,7 @@ def child(args) -> None:
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     rss0 = rss_now()
-    batch = C.synthetic_batch(n, C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS, seed=args.seed)
+    batch = C.synthetic_batch(n, C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS, seed=args.seed, frame_stacks=args.obs_format == "stacks")
     rss_batch = rss_now()
     learner = Learner(cfg, C.ATARI_OBS_SHAPE, NUM_ACTIONS, device)
     lr = cfg.ppo.lr
@@ -80,7 +82,7 @@ def child(args) -> None:
     if not args.baseline:
         # warm-up on a slice (views: no extra memory), then timed full iterations
         w = min(n, 1024)
-        warm = {k: v[:w] for k, v in batch.items()}
+        warm = {k: take_rows(v, slice(None, w)) for k, v in batch.items()}
         for _ in range(args.warmup):
             learner.update(warm, lr=lr)
         if cuda:
@@ -127,7 +129,7 @@ def run_child(args, n: int, baseline: bool) -> dict:
            "--num-minibatches", str(args.num_minibatches), "--microbatch-size", str(args.microbatch_size),
            "--epochs", str(args.epochs), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--device", args.device, "--seed", str(args.seed),
-           "--noise", "true" if args.noise else "false"]
+           "--noise", "true" if args.noise else "false", "--obs-format", args.obs_format]
     if baseline:
         cmd.append("--baseline")
     t0 = time.perf_counter()
@@ -158,6 +160,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     ap.add_argument("--noise", type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=True,
                     help="noise.enabled (true/false, default true as in training)")
+    ap.add_argument("--obs-format", choices=("stacks", "dense"), default="stacks",
+                    help="Atari observations as rollout workers send them (frame stacks: one stored frame "
+                         "per step) or dense [B, 4, 84, 84]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke test: up to 2^12, 1 repeat")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -195,7 +200,7 @@ def main() -> None:
     sizes = []
     for k in range(args.min_log2, args.max_log2 + 1):
         n = 2 ** k
-        need = C.batch_nbytes(C.synthetic_batch(1, C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS)) * n
+        need = C.batch_nbytes(C.synthetic_batch(64, C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS, frame_stacks=args.obs_format == "stacks")) * n // 64
         avail = mem_available()
         if avail is not None and need > 0.85 * avail:
             C.log(f"B=2^{k}: skipped, batch needs {need / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available")

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlscale.rollout import Fragment, FragmentBuffer, compute_gae, minibatch_order
+from rlscale.rollout import Fragment, FragmentBuffer, FrameStacks, compute_gae, minibatch_order
 
 
 def col(*xs, dtype=np.float32):
@@ -37,11 +37,21 @@ def test_gae_truncation_bootstraps_but_cuts_recursion():
     np.testing.assert_allclose(adv[:, 0], [1.4864, 0.87, 0.88], rtol=1e-6)
 
 
-def make_fragment(T, E, start, version=0, env_offset=0):
+def stacked_ids(ids):
+    """FrameStacks [T, E] of K = 2 one-pixel frames: step (t, e) is [id of (t-1, e), id of (t, e)],
+    with -1 - id for the frame before t = 0; each frame stored once."""
+    T, E = ids.shape
+    frames = np.concatenate([-1 - ids[0], ids.reshape(-1)]).reshape(-1, 1, 1)
+    cur = E + np.arange(T * E).reshape(T, E)
+    prev = np.concatenate([np.arange(E)[None], cur[:-1]])
+    return FrameStacks(frames, np.stack([prev, cur], axis=-1).astype(np.int32))
+
+
+def make_fragment(T, E, start, version=0, env_offset=0, stacks=False):
     ids = start + np.arange(T * E).reshape(T, E)
     z = np.zeros((T, E), np.float32)
     return Fragment(
-        obs=ids.reshape(T, E, 1).astype(np.float32), actions=ids.astype(np.int64), logp=z, values=z,
+        obs=stacked_ids(ids) if stacks else ids.reshape(T, E, 1).astype(np.float32), actions=ids.astype(np.int64), logp=z, values=z,
         rewards=z + 1, terminated=np.zeros((T, E), bool), truncated=np.zeros((T, E), bool),
         next_values=z, policy_version=version, env_ids=np.arange(env_offset, env_offset + E),
     )
@@ -51,24 +61,38 @@ def make_fragment(T, E, start, version=0, env_offset=0):
 @given(
     shapes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 5)), min_size=1, max_size=12),
     batch_sizes=st.lists(st.integers(1, 40), min_size=1, max_size=20),
+    stacks=st.booleans(),
+    save_at=st.integers(0, 20),
 )
-def test_buffer_exact_batches_every_step_once(shapes, batch_sizes):
+def test_buffer_exact_batches_every_step_once(shapes, batch_sizes, stacks, save_at):
     buf, next_id, taken = FragmentBuffer(0.99, 0.95), 0, []
     total = 0
     frags = iter(shapes)
-    for n in batch_sizes:  # the batch size may change every iteration
+    for i, n in enumerate(batch_sizes):  # the batch size may change every iteration
+        if i == save_at:  # a checkpoint's round trip changes nothing
+            buf2 = FragmentBuffer(0.99, 0.95)
+            buf2.load_state(buf.state())
+            buf = buf2
         while len(buf) < n:
             try:
                 T, E = next(frags)
             except StopIteration:
                 break
-            buf.add(make_fragment(T, E, next_id))
+            buf.add(make_fragment(T, E, next_id, stacks=stacks))
             next_id += T * E
             total += T * E
         if len(buf) < n:
             break
         b = buf.take(n)
         assert len(b["actions"]) == n and all(len(v) == n for v in b.values())
+        obs = b["obs"].dense() if stacks else b["obs"]
+        if stacks:  # the observations travel with their steps, and a batch holds only its frames
+            assert isinstance(b["obs"], FrameStacks) and len(b["obs"].frames) <= 2 * n
+            np.testing.assert_array_equal(obs[:, 1, 0, 0], b["actions"])
+            first = b["time"] == 0
+            np.testing.assert_array_equal(obs[first, 0, 0, 0], -1 - b["actions"][first])
+        else:
+            np.testing.assert_array_equal(obs[:, 0], b["actions"])
         taken.append(b["actions"])
     used = np.concatenate(taken) if taken else np.array([], np.int64)
     # FIFO, no step lost and none used twice: ids come out in order, contiguous from 0.

@@ -105,6 +105,30 @@ def test_atari_episodic_life_ends_training_episodes_not_games():
     assert terms >= 5  # Breakout has 5 lives: each lost life is a training terminal
 
 
+def test_atari_fragments_store_each_frame_once_and_rebuild_exactly():
+    """A worker's FrameStacks fragments equal the dense observations step for step, across game
+    overs, time-limit truncations and lost lives, with about one stored frame per step."""
+    from rlscale.actors import RolloutWorker
+    from rlscale.config import EnvConfig
+    from rlscale.rollout import FrameStacks
+
+    env_cfg = EnvConfig(id="ALE/Breakout-v5", episodic_life=True, max_episode_frames=600)  # 150 steps
+    stacked = RolloutWorker(env_cfg, [64], 3, seed=5, env_offset=0, torch_threads=None, reuse_buffers=True)
+    dense = RolloutWorker(env_cfg, [64], 3, seed=5, env_offset=0, torch_threads=None)
+    dense._frame_stacks = None  # the plain [T, E, K, H, W] recording
+    weights = {k: v.numpy() for k, v in stacked.policy.state_dict().items()}
+    resets = terms = 0
+    for T in (200, 57, 130):  # fragments of different sizes; the actor's frame buffer is reused
+        a, b = stacked.sample(T, weights, 0), dense.sample(T, weights, 0)
+        assert isinstance(a.obs, FrameStacks) and a.obs.shape == b.obs.shape == (T, 3, 4, 84, 84)
+        np.testing.assert_array_equal(a.obs.dense(), b.obs)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        resets += int(b.truncated.sum()) + len(b.episode_returns)
+        terms += int(b.terminated.sum())
+        assert a.obs.nbytes < b.obs.nbytes / 3
+    assert resets >= 3 and terms > resets  # truncations (150 steps) and lost lives did happen
+
+
 def test_atari_training_smoke(tmp_path):
     cfg = cfg_for("env.id=ALE/Pong-v5", "workers.backend=local", "workers.num_workers=1", "workers.num_envs_per_worker=4",
                   "ppo.env_steps_per_iteration=128", "ppo.num_minibatches=2", "ppo.microbatch_size=32", "ppo.epochs=1",
@@ -113,6 +137,27 @@ def test_atari_training_smoke(tmp_path):
     assert s["frames"] == 4 * s["env_steps"] == 1024 and s["atari"]
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert math.isfinite(m["losses/policy_loss"].iloc[-1])
+
+
+def test_atari_resume_with_frame_stacks_left_in_the_buffer(tmp_path):
+    """Fragments of 24 x 4 steps for batches of 128 leave steps in the buffer at every
+    checkpoint; they are saved as plain frames + index arrays and continue the run on resume."""
+    from rlscale import checkpoint
+
+    over = ["env.id=ALE/Pong-v5", "workers.backend=local", "workers.num_workers=1", "workers.num_envs_per_worker=4",
+            "workers.fragment_length=24", "ppo.env_steps_per_iteration=128", "ppo.num_minibatches=2",
+            "ppo.microbatch_size=32", "ppo.epochs=1", "checkpoint_interval=1"]
+    train(cfg_for(*over, "total_env_steps=256", config="configs/atari.yaml"), tmp_path / "run", quiet=True)
+    _, state = checkpoint.load_latest(tmp_path / "run")
+    pieces = state["buffer"]["pieces"]
+    assert pieces and all({"obs_frames", "obs_index"} <= p.keys() and "obs" not in p for p in pieces)
+    held = sum(len(p["actions"]) for p in pieces)
+    assert held == 288 - 256  # 3 rounds of 96 steps collected, 2 batches of 128 used
+    s = train(cfg_for(*over, "total_env_steps=512", config="configs/atari.yaml"), tmp_path / "run", resume=True, quiet=True)
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    # iteration 3 uses the 32 held + one round, iteration 4 two rounds: 288 + 96 + 192 collected
+    assert m["iteration"].tolist() == [1, 2, 3, 4] and s["env_steps"] == 576
+    assert m["env_steps_used"].tolist() == [128, 256, 384, 512]
 
 
 def test_overlap_collects_next_batch_with_lag_one(tmp_path):
