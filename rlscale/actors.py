@@ -70,12 +70,15 @@ class FrameStackRecorder:
         """obs [E, K, H, W] at step t; reset [E]: the env started a new episode at this obs."""
         fresh = self._fresh if reset is None else reset
         K = obs.shape[1]
-        shift = np.flatnonzero(~fresh)
-        if len(shift):
-            self._stack[shift, :-1] = self._stack[shift, 1:]
-            self._stack[shift, -1] = self._store(obs[shift, -1])
-        new = np.flatnonzero(fresh)
-        if len(new):
+        if not fresh.any():  # the common step: one new frame per env
+            self._stack[:, :-1] = self._stack[:, 1:]
+            self._stack[:, -1] = self._store(obs[:, -1])
+        else:
+            shift = np.flatnonzero(~fresh)
+            if len(shift):
+                self._stack[shift, :-1] = self._stack[shift, 1:]
+                self._stack[shift, -1] = self._store(obs[shift, -1])
+            new = np.flatnonzero(fresh)
             self._stack[new] = self._store(obs[new].reshape(-1, *obs.shape[2:])).reshape(len(new), K)
         self.index[t] = self._stack
 

@@ -102,6 +102,8 @@ class VecEnv:
     def _track(self, raw_reward: np.ndarray, game_over: np.ndarray) -> tuple[list[float], list[int]]:
         self._ret += raw_reward
         self._len += 1
+        if not game_over.any():
+            return [], []
         idx = np.flatnonzero(game_over)
         rets, lens = self._ret[idx].tolist(), self._len[idx].tolist()
         self._ret[idx] = 0.0
