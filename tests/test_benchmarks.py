@@ -1,0 +1,44 @@
+"""The benchmark scripts run (in their --quick mode) and print the figures they promise.
+
+They are measured by hand (README "Throughput"); this only keeps them from rotting: one JSON
+object on stdout with the documented keys, positive rates, consistent ratios.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> dict:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / name), "--quick", *args],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+@pytest.mark.slow
+def test_bench_rollout_quick_has_limit_trivial_and_cnn_figures():
+    d = run_script("bench_rollout.py", "--skip-local")
+    for key in ("limit_env_steps_per_s", "trivial_policy_env_steps_per_s", "cnn_policy_env_steps_per_s"):
+        assert d[key] > 0, key
+    pong = d["per_game"]["Pong"]
+    r = d["rounds"][0]["Pong"]
+    assert pong["trivial_to_limit_ratio"] == r["trivial_policy_env_steps_per_s"] / r["limit_env_steps_per_s"]
+    assert r["ray_trivial"]["env_steps_per_round"] == 2 * 4 * 16  # 2 workers x 4 envs x T = 16
+
+
+@pytest.mark.slow
+def test_bench_learner_quick_reports_working_memory_per_batch_size():
+    d = run_script("bench_learner.py")
+    sizes = [s for s in d["sizes"] if "skipped" not in s]
+    assert [s["log2"] for s in sizes] == [10, 11, 12]
+    for s in sizes:
+        assert s["samples_per_s"] > 0 and s["working_bytes"] > 0
+        # frame stacks: about one 84x84 frame per env step, not four
+        assert s["obs_bytes"] < 1.1 * s["env_steps_per_iteration"] * 84 * 84
+    assert "working_growth_pct" in d
