@@ -35,26 +35,50 @@ def worker_seed(seed: int, worker_index: int, restarts: int = 0) -> int:
     return int(np.random.SeedSequence([seed, worker_index, restarts]).generate_state(1)[0])
 
 
-class FrameStackRecorder:
-    """Builds a fragment's observations as FrameStacks: each new frame is stored once.
+class DenseRecorder:
+    """A fragment's observations as one [T, E, *obs] array.
 
-    An env's stack at step t is its stack at t-1 shifted by one frame, unless the env was reset
-    at t-1; then (and at t = 0) all K frames are stored. tests/test_rollout.py checks the
-    rebuilt observations against the dense ones over resets, truncations and lost lives.
+    With `reuse` (Ray actors) the array is kept for the next fragment: the result is copied into
+    the object store when `sample` returns, so the actor writes the next fragment into the same
+    pages (no page faults on a fresh allocation each time); in-process fragments are kept by the
+    learner, so they get new ones.
     """
 
-    def __init__(self):
-        self._frames = None  # [capacity, H, W], kept across fragments (Ray actors) or not
+    def __init__(self, reuse: bool):
+        self.reuse, self._obs = reuse, None
 
-    def start(self, T: int, obs: np.ndarray, reuse: bool) -> None:
+    def start(self, T: int, obs: np.ndarray) -> None:
+        shape = (T, *obs.shape)
+        if not self.reuse or self._obs is None or self._obs.shape != shape:
+            self._obs = np.empty(shape, dtype=obs.dtype)
+
+    def add(self, t: int, obs: np.ndarray, reset: np.ndarray) -> None:
+        self._obs[t] = obs
+
+    def finish(self) -> np.ndarray:
+        return self._obs
+
+
+class FrameStackRecorder:
+    """A fragment's frame-stacked observations as FrameStacks: each new frame is stored once.
+
+    An env's stack at step t is its stack at t-1 shifted by one frame, unless the env was reset
+    at t-1; then (and at t = 0) all K frames are stored. tests/test_train.py checks the rebuilt
+    observations against the dense ones over resets, truncations and lost lives. With `reuse`
+    the frame storage is kept across fragments, as DenseRecorder's array is.
+    """
+
+    def __init__(self, reuse: bool):
+        self.reuse, self._frames = reuse, None  # [capacity, H, W]
+
+    def start(self, T: int, obs: np.ndarray) -> None:
         E, K = obs.shape[:2]
         need = E * K + T * E  # no reset inside the fragment; grows if there are some
-        if not reuse or self._frames is None or len(self._frames) < need:
+        if not self.reuse or self._frames is None or len(self._frames) < need:
             self._frames = np.empty((need, *obs.shape[2:]), dtype=obs.dtype)
         self.index = np.empty((T, E, K), dtype=np.int32)
         self._stack = np.empty((E, K), dtype=np.int32)
         self._n = 0
-        self._fresh = np.ones(E, dtype=bool)
 
     def _store(self, frames: np.ndarray) -> np.ndarray:
         n, m = self._n, len(frames)
@@ -66,20 +90,15 @@ class FrameStackRecorder:
         self._n = n + m
         return np.arange(n, n + m, dtype=np.int32)
 
-    def add(self, t: int, obs: np.ndarray, reset: np.ndarray | None) -> None:
+    def add(self, t: int, obs: np.ndarray, reset: np.ndarray) -> None:
         """obs [E, K, H, W] at step t; reset [E]: the env started a new episode at this obs."""
-        fresh = self._fresh if reset is None else reset
-        K = obs.shape[1]
-        if not fresh.any():  # the common step: one new frame per env
-            self._stack[:, :-1] = self._stack[:, 1:]
-            self._stack[:, -1] = self._store(obs[:, -1])
-        else:
-            shift = np.flatnonzero(~fresh)
-            if len(shift):
-                self._stack[shift, :-1] = self._stack[shift, 1:]
-                self._stack[shift, -1] = self._store(obs[shift, -1])
-            new = np.flatnonzero(fresh)
-            self._stack[new] = self._store(obs[new].reshape(-1, *obs.shape[2:])).reshape(len(new), K)
+        any_reset = reset.any()
+        shift = np.flatnonzero(~reset) if any_reset else slice(None)  # a slice on the common step
+        self._stack[shift, :-1] = self._stack[shift, 1:]
+        self._stack[shift, -1] = self._store(obs[shift, -1])
+        if any_reset:
+            new = np.flatnonzero(reset)
+            self._stack[new] = self._store(obs[new].reshape(-1, *obs.shape[2:])).reshape(len(new), obs.shape[1])
         self.index[t] = self._stack
 
     def finish(self) -> FrameStacks:
@@ -91,8 +110,6 @@ class RolloutWorker:
 
     def __init__(self, env_cfg, hidden_sizes, num_envs: int, seed: int, env_offset: int, torch_threads: int | None = 1,
                  reuse_buffers: bool = False):
-        self.reuse_buffers = reuse_buffers
-        self._obs_buf = None
         if torch_threads:  # in its own (Ray) process; in-process workers leave the learner's threads alone
             torch.set_num_threads(torch_threads)
         self.env = make_vector_env(env_cfg, num_envs, seed)
@@ -103,26 +120,12 @@ class RolloutWorker:
         self.version = -1
         self.env_ids = np.arange(env_offset, env_offset + num_envs, dtype=np.int64)
         # Frame-stacked observations (Atari) travel as FrameStacks: one frame per step, not K.
-        self._frame_stacks = FrameStackRecorder() if self.env.frame_stack > 1 else None
+        self.recorder = (FrameStackRecorder if self.env.frame_stack > 1 else DenseRecorder)(reuse_buffers)
         # Failures injected on purpose by the fault tests (RLSCALE_FAIL_AFTER_SAMPLES=N: the
         # process dies, or with RLSCALE_FAIL_MODE=raise the env raises, at the N+1-th sample).
         self._fail_after = int(os.environ.get("RLSCALE_FAIL_AFTER_SAMPLES", "0"))
         self._fail_mode = os.environ.get("RLSCALE_FAIL_MODE", "exit")
         self._samples = 0
-
-    def _obs_buffer(self, T: int) -> np.ndarray:
-        """[T, E, *obs] storage for a fragment's observations.
-
-        A Ray actor's result is copied into the object store when `sample` returns, so the
-        actor can write the next fragment into the same pages (no page faults on a fresh
-        allocation each time); in-process fragments are kept by the learner, so they get new ones.
-        """
-        shape = (T, self.env.num_envs, *self.env.obs_shape)
-        if not self.reuse_buffers:
-            return np.empty(shape, dtype=self.env.obs_dtype)
-        if self._obs_buf is None or self._obs_buf.shape != shape:
-            self._obs_buf = np.empty(shape, dtype=self.env.obs_dtype)
-        return self._obs_buf
 
     def get_state(self) -> bytes:
         """Environments, current observations and sampling RNG, for exact resumption."""
@@ -159,12 +162,9 @@ class RolloutWorker:
                 raise RuntimeError("injected environment failure")
             os._exit(1)  # a crashed actor process
         T, E = num_steps, self.env.num_envs
-        stacks = self._frame_stacks
-        if stacks is not None:
-            stacks.start(T, self.obs, self.reuse_buffers)
-            reset = None  # the first observation stores its whole stack
-        else:
-            obs = self._obs_buffer(T)
+        recorder = self.recorder
+        recorder.start(T, self.obs)
+        reset = np.ones(E, dtype=bool)  # a fragment's first observations are stored whole
         actions = np.empty((T, E), dtype=np.int64)
         logp = np.empty((T, E), dtype=np.float32)
         values = np.empty((T + 1, E), dtype=np.float32)
@@ -175,10 +175,7 @@ class RolloutWorker:
         ep_returns, ep_lengths = [], []
         truncated_values = {}
         for t in range(T):
-            if stacks is not None:
-                stacks.add(t, self.obs, reset)
-            else:
-                obs[t] = self.obs
+            recorder.add(t, self.obs, reset)
             a, lp, v = self.policy.act(torch.from_numpy(self.obs), self.generator)
             actions[t], logp[t], values[t] = a.numpy(), lp.numpy(), v.numpy()
             step = self.env.step(actions[t])
@@ -198,7 +195,7 @@ class RolloutWorker:
         for t, (idx, v) in truncated_values.items():
             next_values[t, idx] = v
         return Fragment(
-            obs=stacks.finish() if stacks is not None else obs, actions=actions, logp=logp, values=values[:T], rewards=rewards,
+            obs=recorder.finish(), actions=actions, logp=logp, values=values[:T], rewards=rewards,
             terminated=terminated, truncated=truncated, next_values=next_values,
             policy_version=self.version, env_ids=self.env_ids,
             episode_returns=ep_returns, episode_lengths=ep_lengths,

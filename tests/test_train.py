@@ -108,14 +108,14 @@ def test_atari_episodic_life_ends_training_episodes_not_games():
 def test_atari_fragments_store_each_frame_once_and_rebuild_exactly():
     """A worker's FrameStacks fragments equal the dense observations step for step, across game
     overs, time-limit truncations and lost lives, with about one stored frame per step."""
-    from rlscale.actors import RolloutWorker
+    from rlscale.actors import DenseRecorder, RolloutWorker
     from rlscale.config import EnvConfig
     from rlscale.rollout import FrameStacks
 
     env_cfg = EnvConfig(id="ALE/Breakout-v5", episodic_life=True, max_episode_frames=600)  # 150 steps
     stacked = RolloutWorker(env_cfg, [64], 3, seed=5, env_offset=0, torch_threads=None, reuse_buffers=True)
     dense = RolloutWorker(env_cfg, [64], 3, seed=5, env_offset=0, torch_threads=None)
-    dense._frame_stacks = None  # the plain [T, E, K, H, W] recording
+    dense.recorder = DenseRecorder(reuse=False)  # the plain [T, E, K, H, W] recording
     weights = {k: v.numpy() for k, v in stacked.policy.state_dict().items()}
     resets = terms = 0
     for T in (200, 57, 130):  # fragments of different sizes; the actor's frame buffer is reused
