@@ -1,10 +1,12 @@
-"""Small shared helpers: atomic writes and the git revision."""
+"""Small shared helpers: atomic writes, the git revision, the learner's heap settings."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -65,3 +67,31 @@ def git_sha() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# glibc's malloc serves blocks above a threshold with mmap and returns heap memory above
+# another; both adapt to the largest block freed, up to 32 MiB. A CPU learner allocates and
+# frees tens of MiB per micro-batch (the float input, activations, gradients), which keeps
+# tripping the trim threshold: measured on the Atari update (4 epochs x 4 minibatches of 2
+# micro-batches of 128), 340,000-370,000 page faults per update and 20-25% of its time.
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
+TRIM_THRESHOLD = 1 << 30
+
+
+def keep_heap_memory() -> bool:
+    """Let glibc keep freed heap memory for reuse instead of handing it back to the OS.
+
+    Blocks up to 32 MiB come from the heap and freed memory stays mapped (peak RSS is
+    unchanged: the heap never grows beyond the largest working set). Returns whether the
+    settings were applied: not on other C libraries, nor when the user set any MALLOC_*_
+    tuning variable (which then wins).
+    """
+    if any(k in os.environ for k in MALLOC_ENV) or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -168,11 +168,11 @@ def main() -> None:
     ap.add_argument("--noise", type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=True,
                     help="noise.enabled (true/false, default true as in training)")
     ap.add_argument("--malloc-mmap-threshold", type=int, default=65536,
-                    help="glibc MALLOC_MMAP_THRESHOLD_ for the children (0: glibc's adaptive default). With a "
-                         "fixed threshold every large block goes back to the OS when freed, so peak RSS is the "
-                         "peak of live memory; glibc's default keeps freed blocks in its heap, which adds "
-                         "tens of MiB of noise to the working-memory figure but runs ~30%% faster: measure "
-                         "memory with the default here and speed with 0")
+                    help="glibc MALLOC_MMAP_THRESHOLD_ for the children (0: the learner's own heap settings, "
+                         "as in training: rlscale.util.keep_heap_memory). With a small fixed threshold every "
+                         "large block goes back to the OS when freed, so peak RSS is the peak of live memory "
+                         "but the update runs slower; the learner's settings keep freed blocks for reuse: "
+                         "measure memory with the default here and speed with 0")
     ap.add_argument("--obs-format", choices=("stacks", "dense"), default="stacks",
                     help="Atari observations as rollout workers send them (frame stacks: one stored frame "
                          "per step) or dense [B, 4, 84, 84]")

@@ -1,6 +1,11 @@
 """The PPO loss on a hand-computed case; micro-batch accumulation equals the full gradient."""
 
 import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +115,37 @@ def test_per_example_and_b_noise_estimates_run_in_the_learner():
     for k in ("noise/b_simple_per_example", "noise/per_example_trace_cov", "noise/gHg", "noise/trace_H_cov", "noise/b_noise_ema"):
         assert k in m, k
     assert m["noise/per_example_trace_cov"] > 0
+
+
+_HEAP_PROBE = """
+import resource, sys, numpy as np, torch
+sys.path.insert(0, "scripts")
+from _common import synthetic_batch
+from rlscale.ppo import Learner
+from tests.conftest import cfg_for
+cfg = cfg_for("ppo.env_steps_per_iteration=256", "ppo.num_minibatches=1", "ppo.microbatch_size=128",
+              "ppo.epochs=1", config="configs/atari.yaml")
+learner = Learner(cfg, (4, 84, 84), 4, torch.device("cpu"))
+batch = synthetic_batch(256, (4, 84, 84), np.uint8, 4, frame_stacks=True)
+for _ in range(3):
+    learner.update(batch, lr=1e-4)
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+learner.update(batch, lr=1e-4)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")
+@pytest.mark.parametrize("env", [{}, {"MALLOC_TRIM_THRESHOLD_": "131072"}])
+def test_cpu_learner_reuses_freed_heap_memory(env):
+    # A CPU learner keeps freed heap memory: a settled Atari update (one minibatch of two
+    # micro-batches of 128) re-uses its blocks without a page fault. Measured with glibc's own
+    # settings: 13,000 faults per such update (the heap trimmed and faulted in again); a user's
+    # MALLOC_*_ variable wins over the learner's settings (here: trim at 128 KiB, 60,000 faults).
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, **env}, cwd=Path(__file__).resolve().parents[1])
+    n = int(out.stdout.split()[-1])
+    if env:
+        assert n > 20_000
+    else:
+        assert n < 100
