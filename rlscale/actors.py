@@ -108,12 +108,12 @@ class FrameStackRecorder:
 class RolloutWorker:
     """Steps E environments with a CPU copy of the policy; returns fragments [T, E]."""
 
-    def __init__(self, env_cfg, hidden_sizes, num_envs: int, seed: int, env_offset: int, torch_threads: int | None = 1,
+    def __init__(self, env_cfg, model_cfg, num_envs: int, seed: int, env_offset: int, torch_threads: int | None = 1,
                  reuse_buffers: bool = False):
         if torch_threads:  # in its own (Ray) process; in-process workers leave the learner's threads alone
             torch.set_num_threads(torch_threads)
         self.env = make_vector_env(env_cfg, num_envs, seed)
-        self.policy = ActorCritic(self.env.obs_shape, self.env.num_actions, hidden_sizes)
+        self.policy = ActorCritic(self.env.obs_shape, self.env.num_actions, model_cfg.hidden_sizes, model_cfg.precision)
         self.policy.eval()
         self.generator = torch.Generator().manual_seed(seed)
         self.obs = self.env.reset()
@@ -254,7 +254,7 @@ class LocalPool(_Pool):
     def __init__(self, cfg, envs_per_worker: list[int]):
         super().__init__(envs_per_worker)
         self.workers = [
-            RolloutWorker(cfg.env, cfg.model.hidden_sizes, e, worker_seed(cfg.seed, i), self.offsets[i], torch_threads=None)
+            RolloutWorker(cfg.env, cfg.model, e, worker_seed(cfg.seed, i), self.offsets[i], torch_threads=None)
             for i, e in enumerate(envs_per_worker)
         ]
 
@@ -310,7 +310,7 @@ class RayPool(_Pool):
             opts["runtime_env"] = {"env_vars": inject}
         # SPREAD places actors across nodes of a multi-node cluster.
         return self.remote_cls.options(scheduling_strategy="SPREAD", **opts).remote(
-            c.env, c.model.hidden_sizes, self.envs_per_worker[i], worker_seed(c.seed, i, self.restarts[i]), self.offsets[i],
+            c.env, c.model, self.envs_per_worker[i], worker_seed(c.seed, i, self.restarts[i]), self.offsets[i],
             reuse_buffers=True,
         )
 

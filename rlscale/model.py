@@ -15,11 +15,20 @@ def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias: float = 0.0) -> 
     return layer
 
 
-class ActorCritic(nn.Module):
-    """Policy logits and state value from a shared trunk (CNN) or separate MLPs."""
+# model.precision -> the dtype the network computes in under torch.autocast (None: float32)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden_sizes=(64, 64)):
+
+class ActorCritic(nn.Module):
+    """Policy logits and state value from a shared trunk (CNN) or separate MLPs.
+
+    precision='bf16' runs the layers under torch.autocast in bfloat16 (weights, gradients,
+    optimizer state and the outputs stay float32).
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden_sizes=(64, 64), precision: str = "fp32"):
         super().__init__()
+        self.autocast_dtype = PRECISIONS[precision]
         self.obs_shape = tuple(obs_shape)
         self.num_actions = num_actions
         self.pixels = len(obs_shape) == 3
@@ -57,15 +66,20 @@ class ActorCritic(nn.Module):
             return self.trunk(obs.float() / 255.0)
         return obs.float()
 
+    def _autocast(self, obs: torch.Tensor):
+        return torch.autocast(obs.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """obs [N, *obs_shape] -> (logits [N, A], value [N])."""
-        h = self._features(obs)
-        return self.actor(h), self.critic(h).squeeze(-1)
+        """obs [N, *obs_shape] -> (logits [N, A], value [N]), float32."""
+        with self._autocast(obs):
+            h = self._features(obs)
+            logits, value = self.actor(h), self.critic(h).squeeze(-1)
+        return logits.float(), value.float()
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.pixels:
-            return self.critic(self._features(obs)).squeeze(-1)
-        return self.critic(obs.float()).squeeze(-1)
+        with self._autocast(obs):
+            value = self.critic(self._features(obs) if self.pixels else obs.float()).squeeze(-1)
+        return value.float()
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None):

@@ -80,7 +80,7 @@ class Learner:
         if device.type == "cpu":
             keep_heap_memory()  # a CPU update otherwise spends a fifth of its time in page faults
         torch.manual_seed(cfg.seed)
-        self.model = ActorCritic(obs_shape, num_actions, cfg.model.hidden_sizes).to(device)
+        self.model = ActorCritic(obs_shape, num_actions, cfg.model.hidden_sizes, cfg.model.precision).to(device)
         self.params = [p for p in self.model.parameters()]
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, foreach=True)

@@ -155,7 +155,7 @@ def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> 
     try:
         spec = pool.spec()
         startup = time.perf_counter() - t0
-        model = ActorCritic(spec.obs_shape, spec.num_actions, cfg.model.hidden_sizes)
+        model = ActorCritic(spec.obs_shape, spec.num_actions, cfg.model.hidden_sizes, cfg.model.precision)
         weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}  # as Learner.get_weights
         W, E, T = len(pool.envs_per_worker), args.envs_per_worker, args.fragment_length
         lengths = [T] * W
@@ -163,23 +163,41 @@ def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> 
         for _ in range(args.pool_warmup):
             pool.sample(lengths, weights, version)
             version += 1
+        n = W * E * T
+
+        def check(res) -> None:
+            got = sum(f.size for f in res.fragments)
+            if got != n or res.failures:
+                raise RuntimeError(f"pool returned {got} steps (expected {n}), failures={res.failures}")
+
         times = []
-        for r in range(args.pool_repeats):
+        for r in range(args.pool_repeats):  # strict: a round is requested when the last one is in
             t0 = time.perf_counter()
-            res = pool.sample(lengths, weights, version)
+            check(pool.sample(lengths, weights, version))
             times.append(time.perf_counter() - t0)
             version += 1
-            got = sum(f.size for f in res.fragments)
-            if got != W * E * T or res.failures:
-                raise RuntimeError(f"pool returned {got} steps (expected {W * E * T}), failures={res.failures}")
+        pipelined = None
+        if backend == "ray":
+            # As training with workers.overlap=true: the next round is requested (with new
+            # weights) before the last one is collected, so actors go on without waiting for
+            # the slower one or for the driver.
+            t0 = time.perf_counter()
+            inflight = pool.submit(lengths, weights, version)
+            for r in range(args.pool_repeats):
+                version += 1
+                nxt = pool.submit(lengths, weights, version) if r + 1 < args.pool_repeats else None
+                check(pool.collect(inflight))
+                inflight = nxt
+            pipelined = n * args.pool_repeats / (time.perf_counter() - t0)
     finally:
         pool.close()
     st = C.stats(times)
-    n = W * E * T
     out = {"backend": backend, "policy": policy, "num_workers": W, "envs_per_worker": E, "fragment_length": T,
            "env_steps_per_round": n, "startup_s": startup, "round_s": st,
-           "env_steps_per_s": n / st["median"], "env_steps_per_s_best": n / st["min"]}
-    C.log(f"{game} {backend}/{policy}: W={W} E={E} T={T}: {out['env_steps_per_s']:.0f} env steps/s (median)")
+           "env_steps_per_s": n / st["median"], "env_steps_per_s_best": n / st["min"],
+           "pipelined_env_steps_per_s": pipelined}
+    C.log(f"{game} {backend}/{policy}: W={W} E={E} T={T}: {out['env_steps_per_s']:.0f} env steps/s (median)"
+          + (f", pipelined {pipelined:.0f}" if pipelined else ""))
     return out
 
 
@@ -213,18 +231,26 @@ def run_round(r: int, args, cores: int, num_workers: int, result: dict) -> None:
                     x = bench_pool(g, "ray", policy, args, num_workers)
                     rec[f"ray_{policy}"] = x
                     rec[f"{policy}_policy_env_steps_per_s"] = x["env_steps_per_s"]
+                    rec[f"{policy}_policy_pipelined_env_steps_per_s"] = x["pipelined_env_steps_per_s"]
             finally:
                 ray.shutdown()
         if "limit_env_steps_per_s" in rec:
+            # the limit at the pool's own number of envs, beside the best over num_envs
+            same = [x for x in rec["limit_runs"] if x["num_envs"] == num_workers * args.envs_per_worker]
+            if same:
+                rec["limit_same_envs_env_steps_per_s"] = same[0]["env_steps_per_s"]
             for policy in ("trivial", "cnn"):
-                if f"{policy}_policy_env_steps_per_s" in rec:
-                    rec[f"{policy}_to_limit_ratio"] = rec[f"{policy}_policy_env_steps_per_s"] / rec["limit_env_steps_per_s"]
+                for mode in ("", "pipelined_"):
+                    if rec.get(f"{policy}_policy_{mode}env_steps_per_s"):
+                        rec[f"{policy}_{mode}to_limit_ratio"] = rec[f"{policy}_policy_{mode}env_steps_per_s"] / rec["limit_env_steps_per_s"]
 
 
 def summarize(result: dict, games: list[str]) -> None:
     """Per game: the median over rounds of every figure and of the within-round ratios."""
-    keys = ("limit_env_steps_per_s", "trivial_policy_env_steps_per_s", "cnn_policy_env_steps_per_s",
-            "trivial_to_limit_ratio", "cnn_to_limit_ratio",
+    keys = ("limit_env_steps_per_s", "limit_same_envs_env_steps_per_s",
+            "trivial_policy_env_steps_per_s", "cnn_policy_env_steps_per_s",
+            "trivial_policy_pipelined_env_steps_per_s", "cnn_policy_pipelined_env_steps_per_s",
+            "trivial_to_limit_ratio", "cnn_to_limit_ratio", "trivial_pipelined_to_limit_ratio", "cnn_pipelined_to_limit_ratio",
             "local_trivial_policy_env_steps_per_s", "local_cnn_policy_env_steps_per_s")
     for g in games:
         per = result["per_game"][g]

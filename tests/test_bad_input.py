@@ -37,6 +37,7 @@ CASES = [
     ("bad device", [CP, "device=tpu"], "device must be"),
     ("bad backend", [CP, "workers.backend=spark"], "workers.backend must be 'ray' or 'local'"),
     ("bad lr rule", [CP, "ppo.lr_rule=cubic"], "ppo.lr_rule must be"),
+    ("bad precision", [CP, "model.precision=fp16"], "model.precision must be 'fp32' or 'bf16'"),
     ("bad noise epochs", [CP, "noise.epochs=last"], "noise.epochs must be"),
     ("bad microbatch mode", [CP, "noise.microbatch_mode=time"], "noise.microbatch_mode must be"),
     ("bad wandb mode", [CP, "tracking.wandb_mode=cloud"], "tracking.wandb_mode must be"),

@@ -109,12 +109,12 @@ def test_atari_fragments_store_each_frame_once_and_rebuild_exactly():
     """A worker's FrameStacks fragments equal the dense observations step for step, across game
     overs, time-limit truncations and lost lives, with about one stored frame per step."""
     from rlscale.actors import DenseRecorder, RolloutWorker
-    from rlscale.config import EnvConfig
+    from rlscale.config import EnvConfig, ModelConfig
     from rlscale.rollout import FrameStacks
 
     env_cfg = EnvConfig(id="ALE/Breakout-v5", episodic_life=True, max_episode_frames=600)  # 150 steps
-    stacked = RolloutWorker(env_cfg, [64], 3, seed=5, env_offset=0, torch_threads=None, reuse_buffers=True)
-    dense = RolloutWorker(env_cfg, [64], 3, seed=5, env_offset=0, torch_threads=None)
+    stacked = RolloutWorker(env_cfg, ModelConfig(), 3, seed=5, env_offset=0, torch_threads=None, reuse_buffers=True)
+    dense = RolloutWorker(env_cfg, ModelConfig(), 3, seed=5, env_offset=0, torch_threads=None)
     dense.recorder = DenseRecorder(reuse=False)  # the plain [T, E, K, H, W] recording
     weights = {k: v.numpy() for k, v in stacked.policy.state_dict().items()}
     resets = terms = 0
@@ -195,7 +195,7 @@ def test_weights_reach_ray_actors_as_readonly_arrays_exactly(ray_local):
                 self.set_weights(w, version)
             return {k: v.numpy().copy() for k, v in self.policy.state_dict().items()}
 
-    probe = Probe.remote(cfg.env, cfg.model.hidden_sizes, 2, 0, 0)
+    probe = Probe.remote(cfg.env, cfg.model, 2, 0, 0)
     got = ray.get(probe.load.remote(ray.put(weights), 3))
     assert got.keys() == weights.keys()
     for k in weights:
