@@ -24,6 +24,12 @@ the pools built for the trivial runs.
 The figures compared are measured in interleaved rounds (limit, then the pools, per game and
 round); ratios are formed within a round and the medians over rounds reported, because the
 speed of a shared machine drifts over minutes. The overall ratio keys are the worst game's.
+Two more views of the same pools: "pipelined" requests the next round before collecting the
+last (as training with workers.overlap=true), and "paired" (``*_paired_to_limit_ratio``)
+alternates --pairs times a burst of the bare vector env with the pool's own number of envs and
+a strict pool round of the same env steps, seconds apart, and reports the median time ratio:
+the comparison least disturbed by the machine's drift (Ray's idle daemons run during the
+bursts too).
 
     python scripts/bench_rollout.py               # full
     python scripts/bench_rollout.py --quick       # smoke test
@@ -102,32 +108,38 @@ def game_ids(game: str) -> tuple[str, str]:
     return env_id, atari_game(env_id)
 
 
-def bench_limit(game: str, num_envs: int, num_threads: int, steps: int, warmup: int, repeats: int, seed: int) -> dict:
+def limit_env(game: str, num_envs: int, num_threads: int):
+    """ale-py's AtariVectorEnv with rlscale's env settings, nothing else."""
     from ale_py.vector_env import AtariVectorEnv
 
     from rlscale.config import EnvConfig
 
     env_id, rom = game_ids(game)
     e = EnvConfig(id=env_id)  # rlscale's defaults for the env settings
-    env = AtariVectorEnv(
+    return AtariVectorEnv(
         rom, num_envs, num_threads=num_threads,
         repeat_action_probability=e.repeat_action_probability, noop_max=e.noop_max, frameskip=e.frame_skip,
         stack_num=e.frame_stack, max_num_frames_per_episode=e.max_episode_frames, autoreset_mode="SameStep",
         reward_clipping=False, episodic_life=False,
     )
+
+
+def random_steps(env, actions: np.ndarray) -> float:
+    """Step the env through pre-drawn actions [steps, num_envs]; seconds taken."""
+    t0 = time.perf_counter()
+    for a in actions:
+        env.step(a)
+    return time.perf_counter() - t0
+
+
+def bench_limit(game: str, num_envs: int, num_threads: int, steps: int, warmup: int, repeats: int, seed: int) -> dict:
+    env = limit_env(game, num_envs, num_threads)
     try:
-        n_actions = int(env.single_action_space.n)
         rng = np.random.default_rng(seed)
-        actions = rng.integers(0, n_actions, size=(warmup + steps, num_envs), dtype=np.int64)
+        actions = rng.integers(0, int(env.single_action_space.n), size=(warmup + steps, num_envs), dtype=np.int64)
         env.reset(seed=seed)
-        for t in range(warmup):
-            env.step(actions[t])
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for t in range(warmup, warmup + steps):
-                env.step(actions[t])
-            times.append(time.perf_counter() - t0)
+        random_steps(env, actions[:warmup])
+        times = [random_steps(env, actions[warmup:]) for _ in range(repeats)]
     finally:
         env.close()
     st = C.stats(times)
@@ -189,15 +201,37 @@ def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> 
                 check(pool.collect(inflight))
                 inflight = nxt
             pipelined = n * args.pool_repeats / (time.perf_counter() - t0)
+        pairs = []
+        if backend == "ray" and args.pairs:
+            # Paired with the limit seconds apart: a burst of the bare vector env with the pool's
+            # own W*E envs on all cores (the actors idle meanwhile), then one strict pool round of
+            # the same number of env steps; the ratio of their times is the pool's share of the
+            # limit, free of the machine's drift over minutes.
+            env = limit_env(game, W * E, args.cores or C.cpu_count())
+            try:
+                rng = np.random.default_rng(args.seed)
+                env.reset(seed=args.seed)
+                draw = lambda: rng.integers(0, int(env.single_action_space.n), size=(T, W * E), dtype=np.int64)  # noqa: E731
+                random_steps(env, draw())  # warm-up
+                for _ in range(args.pairs):
+                    t_limit = random_steps(env, draw())
+                    t0 = time.perf_counter()
+                    check(pool.sample(lengths, weights, version))
+                    pairs.append(t_limit / (time.perf_counter() - t0))
+                    version += 1
+            finally:
+                env.close()
     finally:
         pool.close()
     st = C.stats(times)
     out = {"backend": backend, "policy": policy, "num_workers": W, "envs_per_worker": E, "fragment_length": T,
            "env_steps_per_round": n, "startup_s": startup, "round_s": st,
            "env_steps_per_s": n / st["median"], "env_steps_per_s_best": n / st["min"],
-           "pipelined_env_steps_per_s": pipelined}
+           "pipelined_env_steps_per_s": pipelined,
+           "paired_to_limit_ratio": float(np.median(pairs)) if pairs else None, "paired_to_limit_ratio_pairs": pairs}
     C.log(f"{game} {backend}/{policy}: W={W} E={E} T={T}: {out['env_steps_per_s']:.0f} env steps/s (median)"
-          + (f", pipelined {pipelined:.0f}" if pipelined else ""))
+          + (f", pipelined {pipelined:.0f}" if pipelined else "")
+          + (f", paired with the limit: {out['paired_to_limit_ratio']:.3f} of it" if pairs else ""))
     return out
 
 
@@ -232,6 +266,8 @@ def run_round(r: int, args, cores: int, num_workers: int, result: dict) -> None:
                     rec[f"ray_{policy}"] = x
                     rec[f"{policy}_policy_env_steps_per_s"] = x["env_steps_per_s"]
                     rec[f"{policy}_policy_pipelined_env_steps_per_s"] = x["pipelined_env_steps_per_s"]
+                    if x["paired_to_limit_ratio"] is not None:
+                        rec[f"{policy}_paired_to_limit_ratio"] = x["paired_to_limit_ratio"]
             finally:
                 ray.shutdown()
         if "limit_env_steps_per_s" in rec:
@@ -251,6 +287,7 @@ def summarize(result: dict, games: list[str]) -> None:
             "trivial_policy_env_steps_per_s", "cnn_policy_env_steps_per_s",
             "trivial_policy_pipelined_env_steps_per_s", "cnn_policy_pipelined_env_steps_per_s",
             "trivial_to_limit_ratio", "cnn_to_limit_ratio", "trivial_pipelined_to_limit_ratio", "cnn_pipelined_to_limit_ratio",
+            "trivial_paired_to_limit_ratio", "cnn_paired_to_limit_ratio",
             "local_trivial_policy_env_steps_per_s", "local_cnn_policy_env_steps_per_s")
     for g in games:
         per = result["per_game"][g]
@@ -284,6 +321,8 @@ def main() -> None:
     ap.add_argument("--fragment-length", type=int, default=128, help="T steps per fragment (configs/atari.yaml: 128)")
     ap.add_argument("--pool-warmup", type=int, default=1, help="untimed pool.sample rounds first")
     ap.add_argument("--pool-repeats", type=int, default=5, help="timed pool.sample rounds")
+    ap.add_argument("--pairs", type=int, default=20,
+                    help="limit bursts paired with strict Ray pool rounds, seconds apart (0: none)")
     ap.add_argument("--num-workers", type=int, default=0, help="Ray rollout workers (0: cores)")
     ap.add_argument("--local-workers", type=int, default=1, help="LocalPool workers (called in turn in-process)")
     ap.add_argument("--skip-limit", action="store_true")
@@ -296,7 +335,7 @@ def main() -> None:
         args.games, args.rounds = args.games[:1], 1
         args.limit_envs_mult = [2]
         args.limit_steps, args.limit_warmup, args.limit_repeats = 50, 10, 2
-        args.fragment_length, args.pool_warmup, args.pool_repeats = 16, 1, 2
+        args.fragment_length, args.pool_warmup, args.pool_repeats, args.pairs = 16, 1, 2, 2
     cores = args.cores or C.cpu_count()
     num_workers = args.num_workers or cores
     import ale_py

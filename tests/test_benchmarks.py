@@ -30,6 +30,11 @@ def test_bench_rollout_quick_has_limit_trivial_and_cnn_figures():
     r = d["rounds"][0]["Pong"]
     assert pong["trivial_to_limit_ratio"] == r["trivial_policy_env_steps_per_s"] / r["limit_env_steps_per_s"]
     assert r["ray_trivial"]["env_steps_per_round"] == 2 * 4 * 16  # 2 workers x 4 envs x T = 16
+    for policy in ("trivial", "cnn"):  # pipelined rounds and limit-paired rounds (2 pairs in --quick)
+        x = r[f"ray_{policy}"]
+        assert x["pipelined_env_steps_per_s"] > 0
+        assert len(x["paired_to_limit_ratio_pairs"]) == 2 and all(q > 0 for q in x["paired_to_limit_ratio_pairs"])
+        assert pong[f"{policy}_paired_to_limit_ratio"] == x["paired_to_limit_ratio"]
 
 
 @pytest.mark.slow
