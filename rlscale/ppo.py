@@ -146,7 +146,7 @@ class Learner:
                 micro_grads = []
                 for c in chunks:
                     j = idx[c]
-                    logits, values = self.model(t["obs"][j])
+                    logits, values = self.model(self._obs(t["obs"], j))
                     parts, diags = ppo_loss(logits, values, t["actions"][j], t["logp"][j], t["values"][j], adv[c], t["returns"][j], **loss_kw)
                     w = len(c) / len(idx)  # micro-batch means -> minibatch mean
                     full = len(c) == p.microbatch_size
@@ -216,6 +216,16 @@ class Learner:
             if ncfg.b_noise_interval:
                 out["noise/b_noise_ema"] = self.ema["b_noise"].ratio
         return out
+
+    def _obs(self, obs, j: torch.Tensor) -> torch.Tensor:
+        x = obs[j]
+        if x.dim() == 4:
+            # NHWC like the CNN's kernels: oneDNN then makes no float copy of the input in its
+            # own layout (CPU update 4-11% faster in 7 of 8 back-to-back pairs, peak RSS 20-30 MiB
+            # lower, identical values). Done here, not in the model: vmap (per-example
+            # gradients) does not take channels-last tensors.
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _normalized(self, adv: torch.Tensor) -> torch.Tensor:
         if self.cfg.ppo.norm_adv and len(adv) > 1:
