@@ -185,7 +185,9 @@ class AtariVecEnv(VecEnv):
         self.num_actions = int(self._env.single_action_space.n)
         self.frames_per_env_step = cfg.frame_skip
         self.frame_stack = cfg.frame_stack
-        self._seed = seed
+        # ALE seeds env i with seed + i as a C int: fold the (up to 32-bit) worker seed into
+        # [0, 2^31 - num_envs). Seeds already in that range are kept as they are.
+        self._seed = int(seed) % (2**31 - num_envs)
         self._lives = None
 
     def reset(self) -> np.ndarray:

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from rlscale.train import train
@@ -88,6 +89,24 @@ def test_atari_preprocessing_and_raw_scores():
         returns_clip += s2.episode_returns
     assert returns_raw and returns_raw == returns_clip  # scores reported raw, whatever the training reward
     assert max(returns_raw) >= 0
+
+
+@pytest.mark.parametrize("seed", [2**31 - 2, 2**32 - 1])
+def test_atari_takes_any_worker_seed(seed):
+    # Worker seeds are 32-bit (SeedSequence); ALE takes seed + i as a C int. Seeds at the top of
+    # the range used to fail in ale's reset (seed=2 runs died at start); they are folded into
+    # ALE's range, reproducibly, and small seeds are kept as they are.
+    from rlscale.actors import worker_seed
+    from rlscale.config import EnvConfig
+    from rlscale.envs import make_vector_env
+
+    cfg = EnvConfig(id="ALE/Breakout-v5")
+    assert max(worker_seed(2, i) for i in range(2)) >= 2**31  # the case that failed
+    a, b = make_vector_env(cfg, 4, seed), make_vector_env(cfg, 4, seed)
+    np.testing.assert_array_equal(a.reset(), b.reset())
+    actions = np.zeros(4, dtype=np.int64)
+    np.testing.assert_array_equal(a.step(actions).obs, b.step(actions).obs)
+    assert make_vector_env(cfg, 4, 12345)._seed == 12345
 
 
 def test_atari_episodic_life_ends_training_episodes_not_games():
