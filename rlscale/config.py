@@ -305,8 +305,10 @@ def validate(cfg: TrainConfig) -> None:
     _positive("tracking.return_window", cfg.tracking.return_window)
     for h in cfg.model.hidden_sizes:
         _positive("model.hidden_sizes entries", h)
-    if cfg.model.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"model.precision must be 'fp32' or 'bf16', got '{cfg.model.precision}'")
+    from rlscale.model import PRECISIONS
+
+    if cfg.model.precision not in PRECISIONS:
+        raise ConfigError(f"model.precision must be {' or '.join(repr(k) for k in PRECISIONS)}, got '{cfg.model.precision}'")
     check_env_id(cfg.env.id)
     check_device(cfg.device)
 
