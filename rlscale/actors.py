@@ -15,19 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rlscale.envs import make_vector_env
-from rlscale.model import ActorCritic
+from rlscale.envs import EnvSpec, make_vector_env
+from rlscale.errors import ConfigError, WorkerFailure
+from rlscale.model import build_model
 from rlscale.rollout import Fragment, FrameStacks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EnvSpec:
-    obs_shape: tuple[int, ...]
-    obs_dtype: str
-    num_actions: int
-    frames_per_env_step: int
 
 
 def worker_seed(seed: int, worker_index: int, restarts: int = 0) -> int:
@@ -113,7 +106,7 @@ class RolloutWorker:
         if torch_threads:  # in its own (Ray) process; in-process workers leave the learner's threads alone
             torch.set_num_threads(torch_threads)
         self.env = make_vector_env(env_cfg, num_envs, seed)
-        self.policy = ActorCritic(self.env.obs_shape, self.env.num_actions, model_cfg.hidden_sizes, model_cfg.precision)
+        self.policy = build_model(self.env.spec, model_cfg)
         self.policy.eval()
         self.generator = torch.Generator().manual_seed(seed)
         self.obs = self.env.reset()
@@ -141,8 +134,7 @@ class RolloutWorker:
         self.generator.set_state(s["gen"])
 
     def spec(self) -> EnvSpec:
-        e = self.env
-        return EnvSpec(tuple(e.obs_shape), str(e.obs_dtype), e.num_actions, e.frames_per_env_step)
+        return self.env.spec
 
     def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
         if version != self.version:
@@ -200,10 +192,6 @@ class RolloutWorker:
             policy_version=self.version, env_ids=self.env_ids,
             episode_returns=ep_returns, episode_lengths=ep_lengths,
         )
-
-
-class WorkerFailure(RuntimeError):
-    """Rollout workers failed more often than workers.max_restarts allows."""
 
 
 @dataclass
@@ -299,8 +287,32 @@ class RayPool(_Pool):
         self.remote_cls = ray.remote(RolloutWorker)
         self.restarts = [0] * len(envs_per_worker)
         self.failures = 0
+        self._check_resources()
         self.actors = [self._make(i) for i in range(len(envs_per_worker))]
-        self._spec = ray.get(self.actors[0].spec.remote())
+        self._spec = self._wait_started()
+
+    def _check_resources(self) -> None:
+        """Refuse at once what the cluster can never place (Ray would wait forever)."""
+        w = self.cfg.workers
+        need = len(self.envs_per_worker) * w.num_cpus_per_worker
+        total = self.ray.cluster_resources().get("CPU", 0.0)
+        if need > total:
+            raise ConfigError(
+                f"{len(self.envs_per_worker)} rollout workers x {w.num_cpus_per_worker:g} CPUs need {need:g} CPUs but the "
+                f"Ray cluster has {total:g}; lower workers.num_workers or workers.num_cpus_per_worker, or add nodes")
+
+    def _wait_started(self) -> EnvSpec:
+        """Every actor up (placed and its envs built), within workers.start_timeout_s."""
+        timeout = self.cfg.workers.start_timeout_s
+        refs = [a.spec.remote() for a in self.actors]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if len(ready) < len(refs):
+            self.close()
+            free = self.ray.available_resources().get("CPU", 0.0)
+            raise ConfigError(
+                f"only {len(ready)} of {len(refs)} rollout workers started within workers.start_timeout_s={timeout:g} s "
+                f"({free:g} CPUs free in the cluster now); free resources, lower workers.num_workers, or raise the timeout")
+        return self.ray.get(refs[0])
 
     def _make(self, i: int):
         c = self.cfg

@@ -29,6 +29,8 @@ import pandas as pd
 
 from scipy.optimize import least_squares
 
+from rlscale.errors import ConfigError
+from rlscale.units import UNITS  # shared with rlscale.report; still importable from here
 from rlscale.util import atomic_write_json, atomic_write_text, to_jsonable
 
 # A config must beat the next doubling by this fraction of steps, else returns diminish.
@@ -39,17 +41,6 @@ TABLE_COLUMNS = [
     "status", "error", "reached", "iterations", "env_steps", "optimizer_steps",
     "wall_time_s", "b_simple_mean",
 ]
-
-UNITS = {
-    "B": "env steps per PPO iteration",
-    "steps": "PPO iterations to reach the target (median over seeds, best lr config)",
-    "s_min": "PPO iterations (infinite-batch limit)",
-    "e_min": "env steps (small-batch limit)",
-    "b_crit": "env steps per PPO iteration (E_min / S_min)",
-    "b_simple_per_gradient": "examples (env steps) per gradient, i.e. per minibatch",
-    "b_simple": "env steps per PPO iteration (b_simple_per_gradient * num_minibatches)",
-    "ratio": "b_crit / b_simple (dimensionless)",
-}
 
 
 # ----------------------------------------------------------------------------------------
@@ -131,24 +122,68 @@ def _read_json(path: Path) -> dict:
         return json.load(f)
 
 
+def _rerun_fix(sweep_dir: str | os.PathLike) -> str:
+    return f"run `rlscale sweep SWEEP_CONFIG --out {sweep_dir}`"
+
+
 def load_sweep_meta(sweep_dir: str | os.PathLike) -> dict:
-    """``sweep.json`` with defaults for a missing name or targets."""
+    """``sweep.json`` with defaults for a missing name or targets.
+
+    A missing ``sweep.json`` gives just the defaults; one that cannot be read, is not valid
+    JSON or does not hold ``{"targets": {env: [number, ...]}, ...}`` raises ``ConfigError``.
+    """
     path = Path(sweep_dir) / "sweep.json"
-    meta = _read_json(path) if path.exists() else {}
+    fix = f"{_rerun_fix(sweep_dir)} again to rewrite it"
+    try:
+        meta = _read_json(path) if path.exists() else {}
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both are
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"'{path}' is not valid JSON ({reason}); {fix}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read '{path}' ({err.strerror or type(err).__name__}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"'{path}' must hold a JSON object, not {type(meta).__name__}; {fix}")
     meta.setdefault("name", Path(sweep_dir).resolve().name)
-    meta["targets"] = {
-        env: sorted(float(t) for t in targets) for env, targets in (meta.get("targets") or {}).items()
-    }
+    targets = meta.get("targets") or {}
+    try:
+        if not isinstance(targets, dict) or not all(isinstance(t, list) for t in targets.values()):
+            raise TypeError
+        meta["targets"] = {env: sorted(float(t) for t in ts) for env, ts in targets.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"'{path}' has malformed targets (want {{env: [number, ...]}}); {fix}") from None
     return meta
+
+
+def _trial_json_paths(sweep_dir: str | os.PathLike) -> list[Path]:
+    """``trials/<id>/trial.json`` of every trial directory that has one, sorted by id."""
+    dirs = sorted((Path(sweep_dir) / "trials").glob("*"))
+    return [d / "trial.json" for d in dirs if d.is_dir() and (d / "trial.json").exists()]
+
+
+def check_sweep_dir(sweep_dir: str | os.PathLike) -> None:
+    """Raise ``ConfigError`` unless ``sweep_dir`` holds a sweep to analyse; writes nothing.
+
+    A sweep is a directory with a readable ``sweep.json`` and at least one
+    ``trials/*/trial.json`` (pending or failed ones count).
+    """
+    path = Path(sweep_dir)
+    where = "pass the directory a `rlscale sweep` run wrote (default sweeps/<name>)"
+    if not path.exists():
+        raise ConfigError(f"sweep directory '{sweep_dir}' does not exist; {where}")
+    if not path.is_dir():
+        raise ConfigError(f"sweep directory '{sweep_dir}' is not a directory; {where}")
+    if not (path / "sweep.json").exists():
+        raise ConfigError(f"'{sweep_dir}' holds no sweep (sweep.json missing); {_rerun_fix(sweep_dir)} first")
+    load_sweep_meta(path)  # a broken sweep.json raises here
+    if not _trial_json_paths(path):
+        raise ConfigError(f"'{sweep_dir}' holds no trials (no trials/*/trial.json); {_rerun_fix(sweep_dir)} first")
 
 
 def load_trials(sweep_dir: str | os.PathLike) -> list[dict]:
     """All ``trials/*/trial.json``; an unreadable one becomes a failed trial, not a crash."""
     trials = []
-    for trial_dir in sorted((Path(sweep_dir) / "trials").glob("*")):
-        path = trial_dir / "trial.json"
-        if not trial_dir.is_dir() or not path.exists():
-            continue
+    for path in _trial_json_paths(sweep_dir):
+        trial_dir = path.parent
         try:
             trial = _read_json(path)
         except (OSError, ValueError) as err:
@@ -460,7 +495,11 @@ def analyze(
     ``diminishing_returns.csv`` and, with ``make_report``, ``figures/*.png`` and
     ``report.html``. Logs to W&B unless ``wandb_mode == "disabled"``. Returns the analysis
     dict (as written to analysis.json).
+
+    Raises ``ConfigError`` before writing anything when ``sweep_dir`` does not exist or holds
+    no sweep (see :func:`check_sweep_dir`).
     """
+    check_sweep_dir(sweep_dir)
     sweep_dir = Path(sweep_dir)
     meta = load_sweep_meta(sweep_dir)
     table = steps_to_target_table(sweep_dir)

@@ -1,4 +1,9 @@
-"""Checkpoints: written atomically, loaded with torch's safe (weights-only) unpickler."""
+"""Checkpoints: written atomically, loaded with torch's safe (weights-only) unpickler, and
+checked against the config a run resumes with.
+
+A checkpoint holds ``config`` (the resolved config it was written under), ``spec`` (the env's
+EnvSpec), ``learner`` and ``run`` (their state dicts), ``torch_rng`` and ``wandb_id``.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlscale.errors import CheckpointError, ConfigError
 from rlscale.util import atomic_write_bytes
 
-FORMAT = 1
+FORMAT = 2
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
+# Keys a resumed run may not change: they fix the environment, the network and the seeds.
+FROZEN_ON_RESUME = ("seed", "env", "model")
 
 
 def _to_torch(obj):
@@ -57,7 +61,9 @@ def load(path: Path) -> dict:
     except Exception as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({type(e).__name__}); delete it to fall back to an earlier one") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint '{path}' is not an rlscale checkpoint of format {FORMAT}")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise CheckpointError(f"checkpoint '{path}' is not an rlscale checkpoint of format {FORMAT} (found {found}); "
+                              "resume it with the rlscale version that wrote it, or start a new run")
     return state
 
 
@@ -103,3 +109,27 @@ def load_workers(ckpt: Path) -> list[bytes] | None:
         return blobs if isinstance(blobs, list) else None
     except Exception:
         return None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_compatible(state: dict, config: dict, spec) -> None:
+    """Refuse to resume `state` under `config` (a resolved config dict) if the environment, the
+    network or the seed would change: those overrides cannot be honoured. Others are."""
+    saved, now = _flat(state["config"]), _flat(config)
+    for key in sorted(set(saved) | set(now)):
+        if key.split(".")[0] in FROZEN_ON_RESUME and saved.get(key) != now.get(key):
+            raise ConfigError(f"cannot change {key} on resume (the run has {saved.get(key)!r}, asked {now.get(key)!r}); "
+                              "resume without that override, or start a new run")
+    if tuple(state["spec"]["obs_shape"]) != tuple(spec.obs_shape) or state["spec"]["num_actions"] != spec.num_actions:
+        raise CheckpointError(
+            f"checkpoint is for observations {tuple(state['spec']['obs_shape'])} with {state['spec']['num_actions']} actions, "
+            f"the environment now gives {tuple(spec.obs_shape)} with {spec.num_actions}; resume with the run's own config")

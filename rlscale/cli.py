@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def _train(args) -> int:
-    from rlscale.config import ConfigError, load_train_config
+    from rlscale.config import load_train_config
+    from rlscale.errors import ConfigError
     from rlscale.train import check_run_dir, train
 
     if args.resume:
@@ -87,9 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlscale.actors import WorkerFailure
-    from rlscale.checkpoint import CheckpointError
-    from rlscale.config import ConfigError
+    from rlscale.errors import CheckpointError, ConfigError, WorkerFailure
 
     args = build_parser().parse_args(argv)
     try:

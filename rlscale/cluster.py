@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from rlscale.config import ConfigError
+from rlscale.errors import ConfigError
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -9,16 +9,19 @@ problem and the fix, so the CLI can print it as one line.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from rlscale.errors import ConfigError
+from rlscale.schedules import BatchScheduleName, LrRule
 
-class ConfigError(ValueError):
-    """A configuration the user must fix; the message is one line naming the fix."""
+__all__ = ["ConfigError", "TrainConfig", "load_train_config", "validate"]
 
 
 @dataclass
@@ -43,7 +46,7 @@ class EnvConfig:
 
 @dataclass
 class WorkersConfig:
-    backend: str = "ray"
+    backend: Literal["ray", "local"] = "ray"
     """'ray' (rollout actors) or 'local' (same code in-process, for debugging and exact repeats)."""
     num_workers: int = 0
     """Rollout workers; 0 picks one per available CPU (at least 1)."""
@@ -60,6 +63,9 @@ class WorkersConfig:
     behaviour log-probabilities in the PPO ratio); False keeps PPO strictly on-policy."""
     max_restarts: int = 3
     """Rollout-actor failures tolerated in a run before it stops with a checkpoint."""
+    start_timeout_s: float = 300.0
+    """Seconds to wait for Ray to place and start the rollout actors (a busy or autoscaling
+    cluster may need a while) before the run fails with an error naming the resources."""
     address: Optional[str] = None
     """Ray address (None: start or join a local cluster)."""
 
@@ -78,10 +84,13 @@ class PPOConfig:
     """Adam learning rate at the start."""
     anneal_lr: bool = True
     """Anneal the learning rate linearly to 0 over total_env_steps."""
-    lr_rule: str = "fixed"
+    lr_rule: LrRule = "fixed"
     """How lr scales with the batch B from the reference B0: fixed, linear, sqrt or noise."""
     lr_reference_env_steps: int = 0
     """B0, the batch at which ppo.lr was tuned (0 = the run's own env_steps_per_iteration)."""
+    batch_schedule: BatchScheduleName = "fixed"
+    """How B is chosen before each iteration (rlscale/schedules.py): 'fixed' keeps
+    env_steps_per_iteration."""
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_coef: float = 0.2
@@ -98,17 +107,20 @@ class PPOConfig:
     """Normalise advantages per minibatch."""
     adam_eps: float = 1e-5
     target_kl: Optional[float] = None
-    """Stop the epochs of an iteration early when approx KL exceeds this."""
+    """Stop the epochs of an iteration early when the approx KL of an epoch's last minibatch
+    exceeds this (as CleanRL)."""
 
 
 @dataclass
 class NoiseConfig:
     enabled: bool = True
     """Measure B_simple for free from the micro-batch gradients."""
-    epochs: str = "first"
-    """Epochs that feed the estimate: 'first' (policy gradient at the behaviour policy) or 'all'."""
-    microbatch_mode: str = "random"
-    """'random' samples per micro-batch, or 'env' (micro-batches of whole per-env slices)."""
+    epochs: Literal["first", "all"] = "first"
+    """Epochs that feed the estimate: 'first' (every minibatch of the first epoch) or 'all'."""
+    microbatch_mode: Literal["random", "env"] = "random"
+    """How a minibatch is cut into the micro-batches the estimate compares: 'random' (in the
+    minibatch's random order) or 'env' (its steps grouped by env slice, in time order). The
+    training minibatches are the same either way."""
     ema_beta: float = 0.95
     """Smoothing of |G|^2 and tr(Sigma) (bias-corrected EMA, updated once per minibatch)."""
     per_example_interval: int = 0
@@ -123,9 +135,12 @@ class NoiseConfig:
 
 @dataclass
 class ModelConfig:
+    encoder: str = "auto"
+    """'auto' (the env family's default: mlp for vectors, nature_cnn for Atari frames) or a key
+    of rlscale.model.ENCODERS."""
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    """MLP hidden layers for vector observations (Atari uses the Nature CNN)."""
-    precision: str = "fp32"
+    """Hidden layers of the mlp encoder's policy and value networks."""
+    precision: Literal["fp32", "bf16"] = "fp32"
     """'fp32', or 'bf16': the network's layers run in bfloat16 under torch.autocast, in the
     learner and the rollout workers (weights, optimizer and losses stay float32). Fast on GPUs
     and on CPUs with AVX512-BF16 or AMX; slow elsewhere."""
@@ -133,12 +148,15 @@ class ModelConfig:
 
 @dataclass
 class TrackingConfig:
-    wandb_mode: str = "offline"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     """'offline' (default: runs under wandb/), 'online' or 'disabled'."""
     project: str = "rlscale"
     group: Optional[str] = None
     name: Optional[str] = None
     progress_bar: bool = True
+    """A progress bar on a terminal; elsewhere (a log file, a Ray job) a plain line."""
+    progress_interval_s: float = 10.0
+    """Seconds between plain progress lines when stderr is not a terminal."""
     return_window: int = 20
     """Episodes in the reported mean return (episode_return_mean_last20 uses 20)."""
 
@@ -190,11 +208,17 @@ def _unknown_key_error(key: str, schema_cls) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
+_CHOICES = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
+
+
 def _describe(e: OmegaConfBaseException, schema_cls) -> ConfigError:
     key = getattr(e, "full_key", None) or ""
     if isinstance(e, (ConfigAttributeError, ConfigKeyError)) and key:
         return _unknown_key_error(key, schema_cls)
     msg = str(e).splitlines()[0]
+    choices = _CHOICES.search(msg)
+    if choices and key:  # a Literal field: name the allowed values
+        return ConfigError(f"{key} must be one of {choices.group(2)}, got '{choices.group(1)}'")
     where = f" for '{key}'" if key else ""
     return ConfigError(f"invalid value{where}: {msg}; fix the YAML file or the KEY=VALUE override")
 
@@ -261,55 +285,83 @@ def _positive(name: str, value, fix: str = "") -> None:
         raise ConfigError(f"{name} must be positive, got {value}{'; ' + fix if fix else ''}")
 
 
-def validate(cfg: TrainConfig) -> None:
-    from rlscale.envs import check_env_id  # envs imports nothing from here at module level
+def _at_least(name: str, value, low, meaning: str = "") -> None:
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}{meaning}, got {value}")
 
-    p, w, n = cfg.ppo, cfg.workers, cfg.noise
+
+def _in_range(name: str, value, low: float, high: float, closed_high: bool = True) -> None:
+    if not (low <= value <= high if closed_high else low <= value < high):
+        raise ConfigError(f"{name} must lie in [{low}, {high}{']' if closed_high else ')'}, got {value}")
+
+
+def check_finite(obj, prefix: str = "") -> None:
+    """Every float in a config (lists included) must be a finite number: nan and inf are refused."""
+    for f in fields(obj):
+        value, name = getattr(obj, f.name), prefix + f.name
+        if is_dataclass(value):
+            check_finite(value, name + ".")
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check what the types cannot say, before anything is started or written."""
+    from rlscale.envs import check_env_id
+    from rlscale.model import ENCODERS
+
+    check_finite(cfg)
+    p, w, n, e = cfg.ppo, cfg.workers, cfg.noise, cfg.env
+    _at_least("seed", cfg.seed, 0)
     _positive("total_env_steps", cfg.total_env_steps)
+    _positive("checkpoint_interval", cfg.checkpoint_interval)
+    _at_least("torch_threads", cfg.torch_threads, 0, " (0 = torch's default)")
+    # workers
+    _at_least("workers.num_workers", w.num_workers, 0, " (0 = one per CPU)")
+    _positive("workers.num_envs_per_worker", w.num_envs_per_worker)
+    for x in w.num_envs_per_worker_list:
+        _positive("workers.num_envs_per_worker_list entries", x)
+    _at_least("workers.fragment_length", w.fragment_length, 0, " (0 = auto)")
+    _positive("workers.num_cpus_per_worker", w.num_cpus_per_worker)
+    _at_least("workers.max_restarts", w.max_restarts, 0)
+    _positive("workers.start_timeout_s", w.start_timeout_s)
+    # ppo
     _positive("ppo.env_steps_per_iteration", p.env_steps_per_iteration)
     _positive("ppo.num_minibatches", p.num_minibatches)
     _positive("ppo.microbatch_size", p.microbatch_size)
     _positive("ppo.epochs", p.epochs)
     _positive("ppo.lr", p.lr)
-    _positive("workers.num_envs_per_worker", w.num_envs_per_worker)
-    _positive("checkpoint_interval", cfg.checkpoint_interval)
-    if w.num_workers < 0:
-        raise ConfigError(f"workers.num_workers must be >= 0 (0 = one per CPU), got {w.num_workers}")
-    if w.fragment_length < 0:
-        raise ConfigError(f"workers.fragment_length must be >= 0 (0 = auto), got {w.fragment_length}")
-    for e in w.num_envs_per_worker_list:
-        _positive("workers.num_envs_per_worker_list entries", e)
-    if w.max_restarts < 0:
-        raise ConfigError(f"workers.max_restarts must be >= 0, got {w.max_restarts}")
+    _positive("ppo.clip_coef", p.clip_coef)
+    _positive("ppo.adam_eps", p.adam_eps)
+    _at_least("ppo.vf_coef", p.vf_coef, 0)
+    _at_least("ppo.ent_coef", p.ent_coef, 0)
+    if p.target_kl is not None:
+        _positive("ppo.target_kl", p.target_kl, "leave it unset (null) for no early stop")
     check_minibatch(p.env_steps_per_iteration, p.num_minibatches)
     if not 0.0 <= p.gamma <= 1.0 or not 0.0 <= p.gae_lambda <= 1.0:
         raise ConfigError(f"ppo.gamma and ppo.gae_lambda must lie in [0, 1], got {p.gamma} and {p.gae_lambda}")
-    if p.clip_coef <= 0:
-        raise ConfigError(f"ppo.clip_coef must be positive, got {p.clip_coef}")
-    if p.lr_rule not in ("fixed", "linear", "sqrt", "noise"):
-        raise ConfigError(f"ppo.lr_rule must be fixed, linear, sqrt or noise, got '{p.lr_rule}'")
-    if p.lr_reference_env_steps < 0:
-        raise ConfigError(f"ppo.lr_reference_env_steps must be >= 0 (0 = the run's own batch), got {p.lr_reference_env_steps}")
-    if w.backend not in ("ray", "local"):
-        raise ConfigError(f"workers.backend must be 'ray' or 'local', got '{w.backend}'")
-    if n.epochs not in ("first", "all"):
-        raise ConfigError(f"noise.epochs must be 'first' or 'all', got '{n.epochs}'")
-    if n.microbatch_mode not in ("random", "env"):
-        raise ConfigError(f"noise.microbatch_mode must be 'random' or 'env', got '{n.microbatch_mode}'")
-    if not 0.0 <= n.ema_beta < 1.0:
-        raise ConfigError(f"noise.ema_beta must lie in [0, 1), got {n.ema_beta}")
+    _at_least("ppo.lr_reference_env_steps", p.lr_reference_env_steps, 0, " (0 = the run's own batch)")
+    # noise
+    _in_range("noise.ema_beta", n.ema_beta, 0.0, 1.0, closed_high=False)
     if n.per_example_interval < 0 or n.b_noise_interval < 0:
         raise ConfigError("noise.per_example_interval and noise.b_noise_interval must be >= 0 (0 = off)")
-    if cfg.tracking.wandb_mode not in ("offline", "online", "disabled"):
-        raise ConfigError(f"tracking.wandb_mode must be offline, online or disabled, got '{cfg.tracking.wandb_mode}'")
-    _positive("tracking.return_window", cfg.tracking.return_window)
+    _at_least("noise.per_example_samples", n.per_example_samples, 2)
+    # env
+    _in_range("env.repeat_action_probability", e.repeat_action_probability, 0.0, 1.0)
+    _at_least("env.noop_max", e.noop_max, 0)
+    _positive("env.frame_skip", e.frame_skip)
+    _positive("env.frame_stack", e.frame_stack)
+    _positive("env.max_episode_frames", e.max_episode_frames)
+    # model, tracking
     for h in cfg.model.hidden_sizes:
         _positive("model.hidden_sizes entries", h)
-    from rlscale.model import PRECISIONS
-
-    if cfg.model.precision not in PRECISIONS:
-        raise ConfigError(f"model.precision must be {' or '.join(repr(k) for k in PRECISIONS)}, got '{cfg.model.precision}'")
-    check_env_id(cfg.env.id)
+    if cfg.model.encoder != "auto" and cfg.model.encoder not in ENCODERS:
+        raise ConfigError(f"model.encoder must be 'auto' or one of {', '.join(ENCODERS)}, got '{cfg.model.encoder}'")
+    _positive("tracking.return_window", cfg.tracking.return_window)
+    _positive("tracking.progress_interval_s", cfg.tracking.progress_interval_s)
+    check_env_id(e.id)
     check_device(cfg.device)
 
 

@@ -2,14 +2,16 @@
 
 B_simple = tr(Sigma) / |G|^2 and B_noise = tr(H Sigma) / (G^T H G), from the unbiased
 two-batch-size estimates of the paper's Appendix A.1. Numerator and denominator are
-smoothed separately (NoiseScaleEMA) because their ratio is biased. Pure torch.
+smoothed separately (NoiseScaleEMA) because their ratio is biased. ``NoiseProbe`` applies them
+to the gradients the learner computes anyway. Pure torch, no Ray.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
 from torch.func import grad, jvp, vmap
 
@@ -25,6 +27,8 @@ __all__ = [
     "per_example_estimates",
     "hessian_quadratic_forms",
     "b_noise_estimates",
+    "sq_norm",
+    "NoiseProbe",
 ]
 
 
@@ -237,3 +241,162 @@ def b_noise_estimates(
     forms = hessian_quadratic_forms(loss_fn, params, batch, small_grads + [big_grad])
     small_mean = sum(forms[:-1]) / len(small_grads)
     return two_batch_estimates(small_mean, forms[-1], b_small, b_big)
+
+
+# ----------------------------------------------------------------------------- the probe
+
+
+def sq_norm(tensors) -> torch.Tensor:
+    """|g|^2 of a gradient given as a list of tensors (one device sync-free reduction)."""
+    tensors = list(tensors)
+    return torch.stack(torch._foreach_norm(tensors)).pow(2).sum() if tensors else torch.zeros(())
+
+
+class NoiseProbe:
+    """The learner's gradient-noise measurement, apart from the update it observes.
+
+    The learner calls it at fixed points of its accumulation loop, as RLlib's
+    ``postprocess_gradients`` hook: ``start_minibatch`` before a minibatch's micro-batches,
+    ``on_microbatch`` with each micro-batch's gradient, ``on_minibatch`` with the accumulated
+    minibatch gradient (before clipping), and ``extras`` once per update for the per-example
+    (B_small = 1) and Hessian (B_noise) estimates at their intervals. The probe owns the
+    estimators, the bias-corrected EMAs (combined, policy, value, per-example, B_noise), the
+    history of B_simple after each update, and their checkpoint state. It never changes the
+    gradients it sees.
+
+    ``split`` asks the learner for the policy and value losses' gradients apart in the
+    minibatches it measures (``noise.split_policy_value``).
+    """
+
+    PARTS = ("combined", "policy", "value", "per_example", "b_noise")
+    MAX_KEPT_GRADS = 8  # micro-batch gradients kept for B_noise
+
+    def __init__(self, cfg, microbatch_size: int):
+        self.cfg = cfg  # a NoiseConfig
+        self.microbatch_size = microbatch_size
+        self.ema = {k: NoiseScaleEMA(cfg.ema_beta) for k in self.PARTS}
+        self.history: list[float] = []  # combined B_simple EMA after each update
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self.measuring = False
+        self.split = False
+
+    # -- called by the learner ----------------------------------------------------------------
+    def start_update(self) -> None:
+        self._sums, self._counts = {}, {}
+
+    def start_minibatch(self, iteration: int, epoch: int, minibatch: int, num_microbatches: int) -> None:
+        c = self.cfg
+        self.measuring = c.enabled and num_microbatches >= 2 and (c.epochs == "all" or epoch == 0)
+        self.split = self.measuring and c.split_policy_value
+        # B_noise uses the first minibatch's micro-batch gradients (see extras)
+        self._keep = self.measuring and self._due(c.b_noise_interval, iteration) and epoch == 0 and minibatch == 0
+        self._small_sq: dict[str, list[torch.Tensor]] = {"combined": [], "policy": [], "value": []}
+        self._part_acc: dict[str, list[torch.Tensor]] = {}
+        self.kept_grads: list[list[torch.Tensor]] = []
+
+    def on_microbatch(self, grads: list[torch.Tensor], weight: float, full: bool,
+                      parts: dict[str, list[torch.Tensor]] | None = None) -> None:
+        """grads: the micro-batch's mean-loss gradient; weight: its share of the minibatch;
+        full: it holds microbatch_size samples (a short last one does not feed the estimate);
+        parts: {'policy': ..., 'value': ...} gradients when `split`."""
+        if not self.measuring:
+            return
+        for k, g in (parts or {}).items():
+            acc = self._part_acc.setdefault(k, [torch.zeros_like(x) for x in g])
+            torch._foreach_add_(acc, g, alpha=weight)
+            if full:
+                self._small_sq[k].append(sq_norm(g))
+        if full:
+            self._small_sq["combined"].append(sq_norm(grads))
+            if self._keep and len(self.kept_grads) < self.MAX_KEPT_GRADS:
+                self.kept_grads.append([x.detach().clone() for x in grads])
+
+    def on_minibatch(self, grads: list[torch.Tensor], minibatch_size: int) -> None:
+        """grads: the accumulated minibatch gradient (before clipping)."""
+        if not (self.measuring and self._small_sq["combined"]):
+            return
+        self._two_batch("combined", self._small_sq["combined"], grads, minibatch_size)
+        for k, acc in self._part_acc.items():
+            self._two_batch(k, self._small_sq[k], acc, minibatch_size)
+
+    def extras(self, iteration: int, loss_fn: LossFn, params: Params, samples: Batch,
+               hessian_samples: Callable[[], Batch], big_grads: list[torch.Tensor], minibatch_size: int) -> None:
+        """Per-example B_simple on `samples` and B_noise with the Hessian on other samples
+        (`hessian_samples()`, so that H is independent of the gradients), when due."""
+        c = self.cfg
+        if c.enabled and self._due(c.per_example_interval, iteration):
+            grad_sq, trace_cov = (float(x) for x in per_example_estimates(loss_fn, params, samples, chunk_size=64))
+            self.ema["per_example"].update(grad_sq, trace_cov)
+            self._add("noise/per_example_grad_sq", grad_sq)
+            self._add("noise/per_example_trace_cov", trace_cov)
+            self._add("noise/b_simple_per_example", b_simple_ratio(grad_sq, trace_cov))
+        if c.enabled and self._due(c.b_noise_interval, iteration) and self.kept_grads:
+            names = list(params)
+            as_dict = lambda gs: dict(zip(names, gs))  # noqa: E731
+            ghg, tr_hs = (float(x) for x in b_noise_estimates(
+                loss_fn, params, hessian_samples(), [as_dict(g) for g in self.kept_grads], as_dict(big_grads),
+                self.microbatch_size, minibatch_size))
+            self.ema["b_noise"].update(ghg, tr_hs)
+            self._add("noise/gHg", ghg)
+            self._add("noise/trace_H_cov", tr_hs)
+            self._add("noise/b_noise", b_simple_ratio(ghg, tr_hs))
+
+    def end_update(self) -> dict[str, float]:
+        """This update's estimates (means over its measured minibatches) and the EMAs."""
+        self.history.append(self.ema["combined"].ratio)
+        out = {k: float(v) / self._counts[k] for k, v in self._sums.items()}
+        c = self.cfg
+        if not c.enabled:
+            return out
+        combined = self.ema["combined"]
+        out.update({"noise/b_simple_ema": combined.ratio, "noise/grad_sq_ema": combined.grad_sq,
+                    "noise/trace_cov_ema": combined.trace_cov})
+        if c.split_policy_value:
+            out["noise/b_simple_policy_ema"] = self.ema["policy"].ratio
+            out["noise/b_simple_value_ema"] = self.ema["value"].ratio
+        if c.per_example_interval:
+            out["noise/b_simple_per_example_ema"] = self.ema["per_example"].ratio
+        if c.b_noise_interval:
+            out["noise/b_noise_ema"] = self.ema["b_noise"].ratio
+        return out
+
+    # -- read by schedules and summaries ----------------------------------------------------------
+    @property
+    def b_simple(self) -> float:
+        """The combined B_simple EMA so far (examples per gradient; nan before any estimate)."""
+        return self.ema["combined"].ratio
+
+    def b_simple_mean(self) -> float | None:
+        """Mean of the finite B_simple EMAs after each update so far (None if there is none)."""
+        finite = [x for x in self.history if math.isfinite(x)]
+        return float(np.mean(finite)) if finite else None
+
+    def state_dict(self) -> dict:
+        return {"ema": {k: e.state_dict() for k, e in self.ema.items()}, "history": list(self.history)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        for k, e in self.ema.items():
+            e.load_state_dict(state["ema"][k])
+        self.history = [float(x) for x in state["history"]]
+
+    # -- inside --------------------------------------------------------------------------------
+    @staticmethod
+    def _due(interval: int, iteration: int) -> bool:
+        return bool(interval) and iteration % interval == 0
+
+    def _add(self, key: str, value) -> None:
+        # Values stay tensors on the device until end_update: no sync per micro-batch.
+        self._sums[key] = self._sums.get(key, 0.0) + value
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _two_batch(self, key: str, small_sq: list[torch.Tensor], big_grads: list[torch.Tensor], b_big: int) -> None:
+        # Sync point (once per measured minibatch): the EMA keeps python floats.
+        sq_small = torch.stack(small_sq).mean()
+        grad_sq, trace_cov = two_batch_estimates(float(sq_small), float(sq_norm(big_grads)), self.microbatch_size, b_big)
+        self.ema[key].update(grad_sq, trace_cov)
+        # combined: noise/grad_sq, noise/b_simple; parts: noise/policy_grad_sq, noise/b_simple_policy
+        prefix, suffix = ("noise/", "") if key == "combined" else (f"noise/{key}_", f"_{key}")
+        self._add(f"{prefix}grad_sq", grad_sq)
+        self._add(f"{prefix}trace_cov", trace_cov)
+        self._add(f"noise/b_simple{suffix}", b_simple_ratio(grad_sq, trace_cov))

@@ -22,7 +22,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rlscale.analysis import UNITS
+from rlscale.units import UNITS
 from rlscale.util import atomic_write_bytes, atomic_write_text
 
 NOISE_COLUMN = "noise/b_simple_ema"

@@ -216,7 +216,7 @@ class FragmentBuffer:
             return {k: v if isinstance(v, FrameStacks) else np.ascontiguousarray(v) for k, v in parts[0].items()}
         return {k: concat_rows([p[k] for p in parts]) for k in parts[0]}
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         """Plain arrays only (checkpoints load with a weights-only unpickler)."""
         def plain(piece):
             out = {k: v for k, v in piece.items() if not isinstance(v, FrameStacks)}
@@ -226,9 +226,10 @@ class FragmentBuffer:
 
         return {"pieces": [plain(p) for p in self._pieces], "next_fragment": self._next_fragment}
 
-    def load_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         def restore(piece):
-            piece = dict(piece)
+            # checkpoints hold tensors (the weights-only unpickler's format); the buffer holds arrays
+            piece = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in piece.items()}
             if "obs_frames" in piece:
                 piece["obs"] = FrameStacks(piece.pop("obs_frames"), piece.pop("obs_index"))
             return piece
@@ -238,19 +239,19 @@ class FragmentBuffer:
         self._next_fragment = state["next_fragment"]
 
 
-def minibatch_order(batch: dict[str, np.ndarray], mode: str, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of the batch's steps for one epoch.
+def microbatch_groups(batch: dict, minibatch: np.ndarray, microbatch_size: int, mode: str) -> list[np.ndarray]:
+    """Positions into `minibatch` (an index array of the batch's steps) for each micro-batch.
 
-    'random': uniform over steps. 'env': whole per-env slices (one env of one fragment) in
-    random order, time order kept inside each slice, so consecutive micro-batches hold
-    complete, temporally correlated slices.
+    'random': consecutive runs of the minibatch's (random) order. 'env': the minibatch's steps
+    grouped by env slice (one env of one fragment) in time order, so that a micro-batch holds
+    temporally correlated steps of few envs. The union is the whole minibatch either way: the
+    grouping changes what the noise estimate compares, never which steps are trained on.
     """
-    n = len(batch["actions"])
+    n = len(minibatch)
     if mode == "random":
-        return rng.permutation(n)
-    if mode != "env":
+        positions = np.arange(n)
+    elif mode == "env":
+        positions = np.lexsort((batch["time"][minibatch], batch["env_ids"][minibatch], batch["fragment"][minibatch]))
+    else:
         raise ValueError(f"unknown micro-batch mode '{mode}'")
-    slice_key = batch["fragment"] * (1 << 32) + batch["env_ids"]
-    keys, inverse = np.unique(slice_key, return_inverse=True)
-    rank = rng.permutation(len(keys))[inverse]  # random order of slices
-    return np.lexsort((batch["time"], rank))
+    return [positions[i:i + microbatch_size] for i in range(0, n, microbatch_size)]

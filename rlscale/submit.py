@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rlscale.config import ConfigError
+from rlscale.errors import ConfigError
 
 # gitignore-style patterns (Ray's runtime_env "excludes"), relative to the working dir. Output
 # directories are anchored ("/sweeps/"), so configs/sweeps/ is still shipped.

@@ -19,7 +19,9 @@ from typing import Optional
 import yaml
 from omegaconf import OmegaConf
 
-from rlscale.config import ConfigError, load_train_config, load_yaml, merge_into, parse_overrides
+from rlscale.config import load_train_config, load_yaml, merge_into, parse_overrides
+from rlscale.errors import ConfigError
+from rlscale.schedules import LrRule
 from rlscale.util import atomic_write_json, atomic_write_text
 
 
@@ -44,7 +46,7 @@ class SweepConfig:
     envs: list[SweepEnv] = field(default_factory=list)
     env_steps_per_iteration: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
     """Batch sizes B (env steps per PPO iteration); powers of two by default."""
-    lr_rules: list[str] = field(default_factory=lambda: ["fixed"])
+    lr_rules: list[LrRule] = field(default_factory=lambda: ["fixed"])
     """Rules scaling lr from the reference batch: fixed, linear, sqrt, noise."""
     lr: float = 0.0
     """Learning rate tuned at reference_env_steps (0: the base config's ppo.lr)."""
@@ -83,9 +85,6 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
     for b in cfg.env_steps_per_iteration:
         if b <= 0:
             raise ConfigError(f"sweep env_steps_per_iteration entries must be positive, got {b}")
-    for r in cfg.lr_rules:
-        if r not in ("fixed", "linear", "sqrt", "noise"):
-            raise ConfigError(f"sweep lr_rules entry '{r}' is not one of fixed, linear, sqrt, noise")
     for e in cfg.envs:
         if not e.targets:
             raise ConfigError(f"sweep env '{e.id}' has no targets; list the returns to reach, e.g. targets: [100, 200]")

@@ -90,3 +90,50 @@ class WandbRun:
         if self.run:
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+class Progress:
+    """Env steps done: a tqdm bar on a terminal; elsewhere (a log file, a Ray job's log) a plain
+    line every `interval_s` seconds and at the end, since a bar's carriage returns turn into
+    hundreds of updates per line there."""
+
+    def __init__(self, total: int, initial: int, stream=None, interval_s: float = 10.0, desc: str = "env steps"):
+        import sys
+        import time
+
+        self.total, self.n, self.desc = total, initial, desc
+        self.stream = stream or sys.stderr
+        self.interval_s = interval_s
+        self._clock = time.monotonic
+        self._last = self._clock()
+        self._postfix: dict[str, str] = {}
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True,
+                            file=self.stream, desc=desc)
+
+    def update(self, n: int, **postfix: str) -> None:
+        """Set the count to `n` (absolute) with the given postfix fields."""
+        n = min(n, self.total)
+        if self.bar is not None:
+            self.bar.update(n - self.bar.n)
+            self.bar.set_postfix(postfix, refresh=False)
+            return
+        self.n, self._postfix = n, postfix
+        now = self._clock()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            self._line()
+
+    def _line(self) -> None:
+        fields = " ".join(f"{k}={v}" for k, v in self._postfix.items())
+        pct = 100.0 * self.n / self.total if self.total else 100.0
+        print(f"{self.desc}: {self.n}/{self.total} ({pct:.0f}%) {fields}".rstrip(), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self._line()

@@ -1,4 +1,4 @@
-"""The training loop: sample, update, sync, log; each phase timed. Read it top to bottom."""
+"""The training loop: sample, update, sync, log; each phase timed. Read `_loop` top to bottom."""
 
 from __future__ import annotations
 
@@ -7,60 +7,21 @@ import os
 import shutil
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rlscale import checkpoint
+from rlscale import checkpoint, schedules
 from rlscale.actors import make_pool
-from rlscale.config import ConfigError, TrainConfig, to_dict, to_yaml
-from rlscale.envs import is_atari
+from rlscale.config import TrainConfig, to_dict, to_yaml
+from rlscale.envs import EnvSpec, check_env_id
+from rlscale.errors import ConfigError
 from rlscale.ppo import Learner, resolve_device
-from rlscale.rollout import FragmentBuffer
-from rlscale.tracking import MetricsTable, WandbRun
-from rlscale.util import atomic_write_json, atomic_write_text, git_sha
-
-
-@dataclass
-class Counters:
-    iteration: int = 0
-    env_steps: int = 0  # collected and delivered by workers
-    env_steps_used: int = 0  # consumed by PPO updates
-    env_steps_discarded: int = 0  # lost with fragments of failed workers
-    episodes: int = 0
-    worker_failures: int = 0
-    wall_time_s: float = 0.0
-    targets: dict = field(default_factory=dict)  # str(target) -> crossing record
-
-
-def learning_rate(cfg: TrainConfig, env_steps_per_iteration: int, b_simple: float, progress: float) -> float:
-    """Learning rate for the next iteration.
-
-    ppo.lr is tuned at the reference batch B0 = ppo.lr_reference_env_steps; the rule scales it
-    to the current batch B: fixed (lr), linear (lr B/B0), sqrt (lr sqrt(B/B0)) or noise, which
-    follows eps_opt(B) = eps_max / (1 + B_noise/B) with B_noise the B_simple EMA measured so
-    far: lr (1 + B_noise/b0) / (1 + B_noise/b), b = B / num_minibatches examples per gradient
-    (before any estimate exists it falls back to lr). Annealing multiplies by 1 - progress.
-    """
-    p = cfg.ppo
-    B, B0 = env_steps_per_iteration, p.lr_reference_env_steps or env_steps_per_iteration
-    if p.lr_rule == "fixed":
-        lr = p.lr
-    elif p.lr_rule == "linear":
-        lr = p.lr * B / B0
-    elif p.lr_rule == "sqrt":
-        lr = p.lr * math.sqrt(B / B0)
-    elif p.lr_rule == "noise":
-        b, b0 = B / p.num_minibatches, B0 / p.num_minibatches
-        lr = p.lr if not (b_simple > 0 and math.isfinite(b_simple)) else p.lr * (1 + b_simple / b0) / (1 + b_simple / b)
-    else:
-        raise ConfigError(f"ppo.lr_rule must be fixed, linear, sqrt or noise, got '{p.lr_rule}'")
-    if p.anneal_lr:
-        lr *= max(0.0, 1.0 - progress)
-    return lr
+from rlscale.run_state import RunState
+from rlscale.tracking import MetricsTable, Progress, WandbRun
+from rlscale.util import atomic_write_json, atomic_write_text, configure_learner_process, git_sha, seed_everything
 
 
 def fragment_lengths(cfg: TrainConfig, envs_per_worker: list[int], need: int) -> list[int]:
@@ -92,9 +53,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"cannot write to run directory '{run_dir}' ('{parent}' is not a writable directory); choose a writable --out")
 
 
-def create_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        return
+def create_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and overwrite:
         shutil.rmtree(run_dir)
     try:
@@ -110,257 +69,252 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, init_ray: bool = True) -> dict:
+    """Train PPO as `cfg` says; write the run directory; return the summary."""
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     check_run_dir(run_dir, resume, overwrite)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    # Ray and the workers start before the run directory exists, so a failure here leaves nothing behind.
+    saved = _load_checkpoint(run_dir, cfg, quiet) if resume else None  # checked before anything starts
+    device = resolve_device(cfg.device)
+    configure_learner_process(device, cfg.torch_threads)
     if cfg.workers.backend == "ray" and init_ray:
         from rlscale.cluster import ensure_ray
 
         ensure_ray(cfg.workers.address)
-    pool = make_pool(cfg)
-    spec = pool.spec()
+    pool = make_pool(cfg)  # workers are up before the run directory exists: a failure leaves nothing
     try:
-        create_run_dir(run_dir, resume, overwrite)
-    except BaseException:
+        spec = pool.spec()
+        if saved is not None:
+            checkpoint.check_compatible(saved[1], to_dict(cfg), spec)
+        else:
+            create_run_dir(run_dir, overwrite)
+        _write_config(run_dir, cfg, saved)
+        seed_everything(cfg.seed)
+        learner = Learner(cfg, spec, device)
+        state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
+        schedule = schedules.make_batch_schedule(cfg.ppo)
+        wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
+        run = _Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id)
+        if not quiet:
+            run.print_header(device)
+        return run.loop(quiet)
+    finally:
         pool.close()
-        raise
-    if not resume:
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    device = resolve_device(cfg.device)
-    learner = Learner(cfg, spec.obs_shape, spec.num_actions, device)
-    buffer = FragmentBuffer(cfg.ppo.gamma, cfg.ppo.gae_lambda)
-    c = Counters()
-    returns: deque[float] = deque(maxlen=cfg.tracking.return_window)
-    last20: deque[float] = deque(maxlen=20)
-    wandb_id = None
-    table = MetricsTable(run_dir / "metrics.csv")
-    if resume:
-        c, wandb_id = _restore(run_dir, cfg, spec, pool, learner, buffer, returns, last20, quiet)
-        table.truncate_after(c.iteration)  # rows past the checkpoint are recomputed, never duplicated
 
-    frames = spec.frames_per_env_step
-    env_total = sum(pool.envs_per_worker)
-    if not quiet:
-        B = learner.env_steps_per_iteration
+
+class _Run:
+    """One run's parts, so that the loop below reads as one screen."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: Learner, state: RunState,
+                 schedule, wandb_id: str | None):
+        self.cfg, self.run_dir, self.spec, self.pool = cfg, run_dir, spec, pool
+        self.learner, self.state, self.schedule = learner, state, schedule
+        self.table = MetricsTable(run_dir / "metrics.csv")
+        self.table.truncate_after(state.counters.iteration)  # rows past the checkpoint are recomputed
+        self.wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, cfg.tracking.name or run_dir.name,
+                           cfg.tracking.group, to_dict(cfg), resume_id=wandb_id)
+        self.inflight = None  # at most one sampling request in flight
+
+    def loop(self, quiet: bool) -> dict:
+        cfg, c, learner, state = self.cfg, self.state.counters, self.learner, self.state
+        targets = sorted(float(x) for x in cfg.targets)
+        progress = None
+        if cfg.tracking.progress_bar and not quiet:
+            progress = Progress(cfg.total_env_steps, min(c.env_steps_used, cfg.total_env_steps),
+                                interval_s=cfg.tracking.progress_interval_s)
+        start = time.perf_counter() - c.wall_time_s
+        weights = learner.get_weights()
+        consistent = True  # the state is at an iteration boundary: a checkpoint of it is valid
+        exit_code = 1
+        try:
+            while c.env_steps_used < cfg.total_env_steps and not self.reached_stop():
+                B = self.schedule.env_steps_per_iteration(c.iteration, learner.probe.b_simple)
+                t0 = time.perf_counter()
+                # -- sample: fragments of any size until the buffer holds one batch -------------
+                self.fill(B, weights)
+                batch = state.buffer.take(B)
+                consistent = False  # the batch has left the buffer and is not counted as used yet
+                if cfg.workers.overlap and c.env_steps_used + B < cfg.total_env_steps:
+                    self.prefetch(B, weights)  # actors collect the next batch while we update
+                t1 = time.perf_counter()
+                # -- update -------------------------------------------------------------------
+                progress_frac = c.env_steps_used / cfg.total_env_steps
+                lr = schedules.learning_rate(cfg.ppo, B, learner.probe.b_simple, progress_frac)
+                clip = schedules.clip_coef(cfg.ppo, progress_frac)
+                lag = learner.version - batch["versions"]
+                metrics = learner.update(batch, lr, iteration=c.iteration, clip_coef=clip)
+                c.iteration += 1
+                c.env_steps_used += B
+                consistent = True
+                t2 = time.perf_counter()
+                # -- sync: new weights to CPU; the pool ships them with the next request --------
+                weights = learner.get_weights()
+                t3 = time.perf_counter()
+                # -- log ------------------------------------------------------------------------
+                c.wall_time_s = t3 - start
+                row = self.row(B, lag, metrics, (t0, t1, t2, t3))
+                state.record_targets(targets, row, learner.probe.b_simple_mean())
+                self.table.append(row)
+                self.wb.log(row, step=c.iteration)
+                if progress:
+                    progress.update(c.env_steps_used, ret=f"{row['charts/episode_return_smoothed']:.1f}",
+                                    sps=f"{c.env_steps / max(c.wall_time_s, 1e-9):.0f}")
+                if c.iteration % cfg.checkpoint_interval == 0:
+                    self.save()
+            if self.inflight is not None:  # played steps are delivered and counted, never dropped
+                state.absorb(self.pool.collect(self.inflight))
+                self.inflight = None
+            self.save()
+            exit_code = 0
+        except BaseException:
+            # Keep what was learned, but only a consistent state: a failure inside an update
+            # (its model half-stepped, its batch out of the buffer) keeps the last checkpoint.
+            if consistent and c.iteration:
+                self.save()
+            raise
+        finally:
+            if progress:
+                progress.close()
+            self.wb.finish(exit_code)
+        summary = make_summary(cfg, self)
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def fill(self, B: int, weights: dict) -> None:
+        """Sampling rounds (one request in flight at most) until the buffer holds B steps."""
+        state, version = self.state, self.learner.version
+        while len(state.buffer) < B:
+            if self.inflight is None:
+                self.inflight = self.pool.submit(fragment_lengths(self.cfg, self.pool.envs_per_worker, B - len(state.buffer)),
+                                                 weights, version)
+            result, self.inflight = self.pool.collect(self.inflight), None
+            state.absorb(result)
+
+    def prefetch(self, B: int, weights: dict) -> None:
+        """Request the next batch's missing steps now, unless a request is in flight already or
+        the buffer holds the next batch (then the actors wait: nothing piles up unused)."""
+        short = B - len(self.state.buffer)
+        if self.inflight is None and short > 0:
+            self.inflight = self.pool.submit(fragment_lengths(self.cfg, self.pool.envs_per_worker, short),
+                                             weights, self.learner.version)
+
+    def reached_stop(self) -> bool:
+        stop = self.cfg.stop_return
+        return stop is not None and self.state.window_full and self.state.smoothed_return >= stop
+
+    def row(self, B: int, lag, metrics: dict, times: tuple[float, float, float, float]) -> dict:
+        c, (t0, t1, t2, t3) = self.state.counters, times
+        return {
+            "iteration": c.iteration,
+            "env_steps": c.env_steps,
+            "env_steps_used": c.env_steps_used,
+            "env_steps_discarded": c.env_steps_discarded,
+            "frames": c.env_steps * self.spec.frames_per_env_step,
+            "optimizer_steps": self.learner.optimizer_steps,
+            "episodes": c.episodes,
+            "wall_time_s": c.wall_time_s,
+            "env_steps_per_iteration": B,
+            "charts/episode_return_smoothed": self.state.smoothed_return,
+            "charts/SPS": B / (t3 - t0),
+            "charts/policy_lag_mean": float(lag.mean()),
+            "charts/policy_lag_max": int(lag.max()),
+            "charts/worker_failures": c.worker_failures,
+            "time/sample_s": t1 - t0,
+            "time/update_s": t2 - t1,
+            "time/sync_s": t3 - t2,
+            **metrics,
+        }
+
+    def save(self) -> None:
+        blobs = self.pool.get_state() if hasattr(self.pool, "get_state") else None
+        path = checkpoint.checkpoint_path(self.run_dir, self.state.counters.iteration)
+        if blobs is not None:  # worker state first: a checkpoint file that exists has its workers file
+            checkpoint.save_workers(path, blobs)
+        checkpoint.save(self.run_dir, self.state.counters.iteration, {
+            "config": to_dict(self.cfg), "spec": asdict(self.spec), "learner": self.learner.state_dict(),
+            "run": self.state.state_dict(), "schedule": self.schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(), "wandb_id": self.wb.id,
+        })
+
+    def print_header(self, device) -> None:
+        cfg, pool, B = self.cfg, self.pool, self.schedule.env_steps_per_iteration(0, float("nan"))
         print(
             f"rlscale: {cfg.env.id} | {len(pool.envs_per_worker)} {cfg.workers.backend} workers x {pool.envs_per_worker} envs "
-            f"| B = {B} env steps/iteration ({B * frames} frames), {cfg.ppo.num_minibatches} minibatches of {B // cfg.ppo.num_minibatches}, "
-            f"micro-batches of {cfg.ppo.microbatch_size} | {cfg.ppo.epochs} epochs | device {device} | run dir {run_dir}",
+            f"| B = {B} env steps/iteration ({B * self.spec.frames_per_env_step} frames), {cfg.ppo.num_minibatches} "
+            f"minibatches of {B // cfg.ppo.num_minibatches}, micro-batches of {cfg.ppo.microbatch_size} | {cfg.ppo.epochs} "
+            f"epochs | device {device} | run dir {self.run_dir}",
             file=sys.stderr,
         )
-    run_name = cfg.tracking.name or run_dir.name
-    wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, run_name, cfg.tracking.group,
-                  to_dict(cfg), resume_id=wandb_id)
-    bar = None
-    if cfg.tracking.progress_bar and not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.total_env_steps, initial=min(c.env_steps_used, cfg.total_env_steps), unit="step",
-                   unit_scale=True, dynamic_ncols=True, file=sys.stderr, desc="env steps")
-    start = time.perf_counter() - c.wall_time_s
-    targets = sorted(float(x) for x in cfg.targets)
-    weights = learner.get_weights()
-    inflight = None  # a sampling request in flight (overlap mode)
-    exit_code = 1
-    try:
-        while c.env_steps_used < cfg.total_env_steps and not _reached_stop(cfg, returns):
-            B = learner.env_steps_per_iteration
-            t0 = time.perf_counter()
-            # -- sample: fragments of any size until the buffer holds one batch -----------
-            while len(buffer) < B:
-                if inflight is None:
-                    inflight = pool.submit(fragment_lengths(cfg, pool.envs_per_worker, B - len(buffer)), weights, learner.version)
-                res = pool.collect(inflight)
-                inflight = None
-                for frag in res.fragments:
-                    buffer.add(frag)
-                    c.env_steps += frag.size
-                    returns.extend(frag.episode_returns)
-                    last20.extend(frag.episode_returns)
-                    c.episodes += len(frag.episode_returns)
-                c.env_steps_discarded += res.discarded_env_steps
-                c.worker_failures += res.failures
-            batch = buffer.take(B)
-            if cfg.workers.overlap and c.env_steps_used + B < cfg.total_env_steps:
-                # Actors collect the next batch with the current weights while we update.
-                need = max(1, learner.env_steps_per_iteration - len(buffer))
-                inflight = pool.submit(fragment_lengths(cfg, pool.envs_per_worker, need), weights, learner.version)
-            t1 = time.perf_counter()
-            # -- update -----------------------------------------------------------------
-            b_simple = learner.ema["combined"].ratio
-            lr = learning_rate(cfg, B, b_simple, c.env_steps_used / cfg.total_env_steps)
-            lag = learner.version - batch["versions"]
-            progress = c.env_steps_used / cfg.total_env_steps
-            clip = cfg.ppo.clip_coef * (1.0 - progress if cfg.ppo.anneal_clip else 1.0)
-            metrics = learner.update(batch, lr, iteration=c.iteration, clip_coef=max(clip, 1e-8))
-            c.iteration += 1
-            c.env_steps_used += B
-            t2 = time.perf_counter()
-            # -- sync: new weights to CPU; the pool ships them with the next request ------
-            weights = learner.get_weights()
-            t3 = time.perf_counter()
-            c.wall_time_s = t3 - start
-            mean_ret = float(np.mean(returns)) if returns else float("nan")
-            row = {
-                "iteration": c.iteration,
-                "env_steps": c.env_steps,
-                "env_steps_used": c.env_steps_used,
-                "env_steps_discarded": c.env_steps_discarded,
-                "frames": c.env_steps * frames,
-                "optimizer_steps": learner.optimizer_steps,
-                "episodes": c.episodes,
-                "wall_time_s": c.wall_time_s,
-                "env_steps_per_iteration": B,
-                "charts/episode_return_smoothed": mean_ret,
-                "charts/SPS": B / (t3 - t0),
-                "charts/policy_lag_mean": float(lag.mean()),
-                "charts/policy_lag_max": int(lag.max()),
-                "charts/worker_failures": c.worker_failures,
-                "time/sample_s": t1 - t0,
-                "time/update_s": t2 - t1,
-                "time/sync_s": t3 - t2,
-                **metrics,
-            }
-            if len(returns) == returns.maxlen:  # a full window of episodes before a target counts
-                _record_targets(c, targets, mean_ret, row, learner)
-            table.append(row)
-            wb.log(row, step=c.iteration)
-            if bar:
-                bar.update(min(c.env_steps_used, cfg.total_env_steps) - bar.n)
-                bar.set_postfix(ret=f"{mean_ret:.1f}", sps=f"{c.env_steps / max(c.wall_time_s, 1e-9):.0f}", refresh=False)
-            if c.iteration % cfg.checkpoint_interval == 0:
-                _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id, pool)
-        exit_code = 0
-    except BaseException:
-        # Keep what was learned: a checkpoint at the last finished iteration, then re-raise.
-        try:
-            if c.iteration:
-                _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id, pool)
-        finally:
-            pool.close()
-        raise
-    finally:
-        if bar:
-            bar.close()
-        wb.finish(exit_code)
-    _save(run_dir, c, learner, buffer, returns, last20, cfg, spec, wb.id, pool)
-    pool.close()
-    summary = make_summary(cfg, c, learner, last20, frames, run_dir, env_total)
-    atomic_write_json(run_dir / "summary.json", summary)
-    return summary
 
 
-def _restore(run_dir, cfg, spec, pool, learner, buffer, returns, last20, quiet) -> tuple[Counters, str | None]:
-    """Load the newest valid checkpoint into the learner, buffer, return windows and workers."""
+def _load_checkpoint(run_dir: Path, cfg: TrainConfig, quiet: bool) -> tuple[Path, dict]:
     path, state = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
-    check_compatible(state, cfg, spec)
-    learner.load_state_dict(state["learner"])
-    returns.extend(state["returns"])
-    last20.extend(state["returns_last20"])
-    pieces = [{k: v.numpy() for k, v in p.items()} for p in state["buffer"]["pieces"]]  # saved as tensors
-    buffer.load_state({"pieces": pieces, "next_fragment": state["buffer"]["next_fragment"]})
+    # The environment, network and seed cannot change on resume: refuse before anything starts.
+    checkpoint.check_compatible(state, to_dict(cfg), _spec_of(state))
+    return path, state
+
+
+def _spec_of(state: dict) -> EnvSpec:
+    return EnvSpec(**{k: tuple(v) if k == "obs_shape" else v for k, v in state["spec"].items()})
+
+
+def _write_config(run_dir: Path, cfg: TrainConfig, saved) -> None:
+    """config.yaml is the config the run goes on with; on a resume that changes it, the
+    earlier one is kept beside it as config.before_resume_<iteration>.yaml."""
+    path, text = run_dir / "config.yaml", to_yaml(cfg)
+    if saved is not None and path.is_file() and path.read_text() != text:
+        iteration = saved[1]["run"]["counters"]["iteration"]
+        atomic_write_text(run_dir / f"config.before_resume_{iteration:08d}.yaml", path.read_text())
+    atomic_write_text(path, text)
+
+
+def _restore(saved: tuple[Path, dict], learner: Learner, state: RunState, schedule, pool, quiet: bool) -> str | None:
+    """The checkpoint into the learner, run state, schedule and (where saved) the workers."""
+    path, s = saved
+    learner.load_state_dict(s["learner"])
+    state.load_state_dict(s["run"])
+    schedule.load_state_dict(s["schedule"])
+    torch.set_rng_state(s["torch_rng"])
     blobs = checkpoint.load_workers(path) if hasattr(pool, "set_state") else None
     if blobs is not None and len(blobs) == len(pool.envs_per_worker):
         pool.set_state(blobs)  # environments continue exactly where they were
     elif not quiet:
         print("note: environments restart from new episodes (their state is not in the checkpoint)", file=sys.stderr)
-    c = Counters(**state["counters"])
     if not quiet:
+        c = state.counters
         print(f"resumed from {path} at iteration {c.iteration}, {c.env_steps} env steps", file=sys.stderr)
-    return c, state.get("wandb_id")
+    return s.get("wandb_id")
 
 
-def _reached_stop(cfg: TrainConfig, returns) -> bool:
-    if cfg.stop_return is None or len(returns) < returns.maxlen:
-        return False
-    return float(np.mean(returns)) >= cfg.stop_return
-
-
-def _record_targets(c: Counters, targets, mean_ret: float, row: dict, learner: Learner) -> None:
-    """First crossing of each target by the smoothed return (mean of the last N episodes)."""
-    if not targets or not math.isfinite(mean_ret):
-        return
-    for tgt in targets:
-        key = str(tgt)
-        if key in c.targets or mean_ret < tgt:
-            continue
-        c.targets[key] = {
-            "reached": True,
-            "iterations": c.iteration,
-            "optimizer_steps": row["optimizer_steps"],
-            "env_steps": c.env_steps,
-            "wall_time_s": c.wall_time_s,
-            "b_simple_mean": learner_b_simple_mean(learner),
-        }
-
-
-def learner_b_simple_mean(learner: Learner) -> float | None:
-    hist = learner.b_simple_history
-    finite = [x for x in hist if math.isfinite(x)]
-    return float(np.mean(finite)) if finite else None
-
-
-def _save(run_dir, c: Counters, learner, buffer, returns, last20, cfg, spec, wandb_id, pool=None) -> None:
-    state = {
-        "env_id": cfg.env.id,
-        "obs_shape": list(spec.obs_shape),
-        "num_actions": spec.num_actions,
-        "hidden_sizes": list(cfg.model.hidden_sizes),
-        "learner": learner.state_dict(),
-        "counters": dict(c.__dict__),
-        "returns": list(returns),
-        "returns_last20": list(last20),
-        "buffer": buffer.state(),
-        "wandb_id": wandb_id,
-    }
-    # Worker state first: a checkpoint file that exists always has its workers file complete.
-    blobs = pool.get_state() if pool is not None and hasattr(pool, "get_state") else None
-    if blobs is not None:
-        checkpoint.save_workers(checkpoint.checkpoint_path(run_dir, c.iteration), blobs)
-    checkpoint.save(run_dir, c.iteration, state)
-
-
-def check_compatible(state: dict, cfg: TrainConfig, spec) -> None:
-    if state["env_id"] != cfg.env.id or tuple(state["obs_shape"]) != tuple(spec.obs_shape) or state["num_actions"] != spec.num_actions:
-        raise checkpoint.CheckpointError(
-            f"checkpoint is for {state['env_id']} (obs {tuple(state['obs_shape'])}, {state['num_actions']} actions), "
-            f"not {cfg.env.id}; resume with the run's own config"
-        )
-    if list(state["hidden_sizes"]) != list(cfg.model.hidden_sizes):
-        raise checkpoint.CheckpointError(
-            f"checkpoint model has hidden sizes {state['hidden_sizes']}, config asks {list(cfg.model.hidden_sizes)}; resume with the run's own config"
-        )
-
-
-def make_summary(cfg, c: Counters, learner: Learner, last20, frames: int, run_dir: Path, env_total: int) -> dict:
-    targets = {}
-    for tgt in sorted(float(x) for x in cfg.targets):
-        targets[str(tgt)] = c.targets.get(str(tgt), {"reached": False, "iterations": None, "optimizer_steps": None,
-                                                    "env_steps": None, "wall_time_s": None, "b_simple_mean": None})
+def make_summary(cfg: TrainConfig, run: _Run) -> dict:
+    state, learner, c = run.state, run.learner, run.state.counters
+    empty = {"reached": False, "iterations": None, "optimizer_steps": None, "env_steps": None,
+             "wall_time_s": None, "b_simple_mean": None}
+    targets = {str(t): c.targets.get(str(t), empty) for t in sorted(float(x) for x in cfg.targets)}
+    last20 = list(state.last20)
     return {
         "env_id": cfg.env.id,
+        "env_family": check_env_id(cfg.env.id).name,
         "seed": cfg.seed,
         "env_steps": c.env_steps,
         "env_steps_used": c.env_steps_used,
+        "env_steps_buffered": len(state.buffer),
         "env_steps_discarded": c.env_steps_discarded,
-        # collected = used + discarded (lost with failed workers) + still buffered
+        # collected = used + still buffered + discarded (lost with failed workers)
         "env_steps_collected": c.env_steps + c.env_steps_discarded,
-        "frames": c.env_steps * frames,
+        "frames": c.env_steps * run.spec.frames_per_env_step,
         "iterations": c.iteration,
         "optimizer_steps": learner.optimizer_steps,
         "episodes": c.episodes,
         "wall_time_s": c.wall_time_s,
         "env_steps_per_s": c.env_steps / c.wall_time_s if c.wall_time_s > 0 else None,
         "episode_return_mean_last20": float(np.mean(last20)) if last20 else None,
-        "env_steps_per_iteration": learner.env_steps_per_iteration,
+        "env_steps_per_iteration": run.schedule.env_steps_per_iteration(c.iteration, learner.probe.b_simple),
+        "batch_schedule": cfg.ppo.batch_schedule,
         "num_minibatches": cfg.ppo.num_minibatches,
-        "num_envs": env_total,
+        "num_envs": sum(run.pool.envs_per_worker),
         "worker_failures": c.worker_failures,
-        "b_simple_mean": learner_b_simple_mean(learner),
+        "b_simple_mean": learner.probe.b_simple_mean(),
         "targets": targets,
-        "atari": is_atari(cfg.env.id),
+        "atari": check_env_id(cfg.env.id).name == "atari",
         "git_sha": git_sha(),
-        "run_dir": str(run_dir),
+        "run_dir": str(run.run_dir),
     }

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes, the git revision, the learner's heap settings."""
+"""Small shared helpers: atomic writes, the git revision, and the learner process's settings
+(seeding, threads, float32 matmul precision, glibc heap)."""
 
 from __future__ import annotations
 
@@ -69,11 +70,36 @@ def git_sha() -> str | None:
         return None
 
 
+def seed_everything(seed: int) -> None:
+    """The global torch RNG (model initialisation); workers and the learner keep their own."""
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def configure_learner_process(device, torch_threads: int = 0) -> None:
+    """Process-wide settings for a learner, applied once before it is built.
+
+    float32 matmuls and convolutions at full precision on every device (no TF32 on CUDA), so
+    that the learner computes the log-probabilities the CPU actors computed; intra-op threads;
+    on a CPU, glibc keeps freed heap memory (see keep_heap_memory).
+    """
+    import torch
+
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    if getattr(device, "type", str(device)) == "cpu":
+        keep_heap_memory()
+
+
 # glibc's malloc serves blocks above a threshold with mmap and returns heap memory above
 # another; both adapt to the largest block freed, up to 32 MiB. A CPU learner allocates and
 # frees tens of MiB per micro-batch (the float input, activations, gradients), which keeps
-# tripping the trim threshold: measured on the Atari update (4 epochs x 4 minibatches of 2
-# micro-batches of 128), 340,000-370,000 page faults per update and 20-25% of its time.
+# tripping the trim threshold, so the update spends much of its time in page faults
+# (scripts/bench_learner.py --page-faults measures them; docs/results/throughput.md).
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit

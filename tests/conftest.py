@@ -1,18 +1,9 @@
 import os
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_MODE", "offline")
-
-
-def cfg_for(*overrides, config="configs/cartpole.yaml"):
-    from rlscale.config import load_train_config
-
-    base = ["tracking.wandb_mode=disabled", "tracking.progress_bar=false"]
-    return load_train_config(ROOT / config, base + list(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from rlscale.analysis import analyze, fit_pareto, steps_to_target_table
+from rlscale.errors import ConfigError
 
 BATCH_SIZES = 2.0 ** np.arange(5, 14)  # 32 .. 8192 env steps per iteration
 COMBOS = [(100.0, 256.0), (1000.0, 1024.0), (10.0, 2048.0), (50.0, 128.0), (300.0, 4096.0)]
@@ -302,3 +303,111 @@ def test_degenerate_sweep_does_not_crash(tmp_path):
     assert {t["trial_id"] for t in result["failed_trials"]} == {"broken", "oom"}
     assert len(list((sweep / "figures").glob("*.png"))) == 4
     assert (sweep / "report.html").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------------
+# Bad input: a clear ConfigError before anything is written
+# ----------------------------------------------------------------------------------------
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_analyze_missing_dir(tmp_path):
+    missing = tmp_path / "no_such_sweep"
+    with pytest.raises(ConfigError) as info:
+        analyze(missing, wandb_mode="disabled")
+    message = str(info.value)
+    assert message == (f"sweep directory '{missing}' does not exist; pass the directory a "
+                       "`rlscale sweep` run wrote (default sweeps/<name>)")
+    assert "\n" not in message
+    assert not missing.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_analyze_empty_dir(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError) as info:
+        analyze(empty, wandb_mode="offline")
+    assert str(info.value) == (f"'{empty}' holds no sweep (sweep.json missing); run "
+                               f"`rlscale sweep SWEEP_CONFIG --out {empty}` first")
+    assert list(empty.iterdir()) == []
+
+
+def test_analyze_not_a_directory(tmp_path):
+    file = tmp_path / "sweep.txt"
+    file.write_text("hello")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        analyze(file, wandb_mode="disabled")
+    assert file.read_text() == "hello" and _tree(tmp_path) == ["sweep.txt"]
+
+
+def test_analyze_sweep_without_trials(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "trials" / "half_made").mkdir(parents=True)  # a trial dir without trial.json
+    (sweep / "sweep.json").write_text(json.dumps({"name": "s", "targets": {ENV: [100.0]}}))
+    before = _tree(sweep)
+    with pytest.raises(ConfigError) as info:
+        analyze(sweep, wandb_mode="disabled")
+    assert str(info.value).startswith(f"'{sweep}' holds no trials (no trials/*/trial.json); run ")
+    assert _tree(sweep) == before
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("{not json", "is not valid JSON (Expecting property name"),
+    ("[1, 2]", "must hold a JSON object, not list"),
+    ('{"targets": [100]}', "has malformed targets"),
+    ('{"targets": {"CartPole-v1": ["high"]}}', "has malformed targets"),
+    (b"\xff\xfe{", "is not valid JSON"),
+])
+def test_analyze_bad_sweep_json(tmp_path, text, fragment):
+    sweep = make_fake_sweep(tmp_path)
+    path = sweep / "sweep.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    before = _tree(sweep)
+    with pytest.raises(ConfigError) as info:
+        analyze(sweep, wandb_mode="disabled")
+    message = str(info.value)
+    assert fragment in message and f"'{path}'" in message, message
+    assert "\n" not in message and message.endswith(f"--out {sweep}` again to rewrite it")
+    assert _tree(sweep) == before  # no analysis.json, tables, figures or report
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_cli_analyze_bad_dir(tmp_path, capsys, make):
+    # Needs rlscale.cli to catch rlscale.errors.ConfigError (config.ConfigError is that class).
+    from rlscale.cli import main
+
+    path = tmp_path / "sweep"
+    if make == "empty":
+        path.mkdir()
+    code = main(["analyze", str(path), "--wandb-mode", "disabled"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("rlscale: error: "), err
+    assert ("does not exist" if make == "missing" else "holds no sweep") in err[0]
+    assert captured.out == ""
+    assert _tree(tmp_path) == ([] if make == "missing" else ["sweep"])
+
+
+def test_report_does_not_import_analysis():
+    import ast
+
+    import rlscale.report
+
+    tree = ast.parse(Path(rlscale.report.__file__).read_text())
+    imported = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from . import analysis / from .analysis import X
+                imported += [f".{node.module or ''}"] + [f".{a.name}" for a in node.names]
+            else:
+                imported += [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+    bad = [name for name in imported if name.split(".")[-1] == "analysis"
+           or name.startswith("rlscale.analysis")]
+    assert not bad, f"rlscale/report.py imports {bad}; shared constants belong in rlscale.units"

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from rlscale.cli import main
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CP = str(ROOT / "configs" / "cartpole.yaml")
 FAST = ["tracking.wandb_mode=disabled", "tracking.progress_bar=false", "workers.backend=local", "total_env_steps=256"]

@@ -11,7 +11,7 @@ import pytest
 
 from rlscale.actors import WorkerFailure
 from rlscale.train import train
-from tests.conftest import ROOT, cfg_for
+from tests.helpers import ROOT, cfg_for
 
 CP = str(ROOT / "configs" / "cartpole.yaml")
 

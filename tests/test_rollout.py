@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlscale.rollout import Fragment, FragmentBuffer, FrameStacks, compute_gae, minibatch_order
+from rlscale.rollout import FragmentBuffer, FrameStacks, compute_gae, microbatch_groups
+from tests.helpers import make_fragment
 
 
 def col(*xs, dtype=np.float32):
@@ -37,26 +38,6 @@ def test_gae_truncation_bootstraps_but_cuts_recursion():
     np.testing.assert_allclose(adv[:, 0], [1.4864, 0.87, 0.88], rtol=1e-6)
 
 
-def stacked_ids(ids):
-    """FrameStacks [T, E] of K = 2 one-pixel frames: step (t, e) is [id of (t-1, e), id of (t, e)],
-    with -1 - id for the frame before t = 0; each frame stored once."""
-    T, E = ids.shape
-    frames = np.concatenate([-1 - ids[0], ids.reshape(-1)]).reshape(-1, 1, 1)
-    cur = E + np.arange(T * E).reshape(T, E)
-    prev = np.concatenate([np.arange(E)[None], cur[:-1]])
-    return FrameStacks(frames, np.stack([prev, cur], axis=-1).astype(np.int32))
-
-
-def make_fragment(T, E, start, version=0, env_offset=0, stacks=False):
-    ids = start + np.arange(T * E).reshape(T, E)
-    z = np.zeros((T, E), np.float32)
-    return Fragment(
-        obs=stacked_ids(ids) if stacks else ids.reshape(T, E, 1).astype(np.float32), actions=ids.astype(np.int64), logp=z, values=z,
-        rewards=z + 1, terminated=np.zeros((T, E), bool), truncated=np.zeros((T, E), bool),
-        next_values=z, policy_version=version, env_ids=np.arange(env_offset, env_offset + E),
-    )
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     shapes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 5)), min_size=1, max_size=12),
@@ -71,7 +52,7 @@ def test_buffer_exact_batches_every_step_once(shapes, batch_sizes, stacks, save_
     for i, n in enumerate(batch_sizes):  # the batch size may change every iteration
         if i == save_at:  # a checkpoint's round trip changes nothing
             buf2 = FragmentBuffer(0.99, 0.95)
-            buf2.load_state(buf.state())
+            buf2.load_state_dict(buf.state_dict())
             buf = buf2
         while len(buf) < n:
             try:
@@ -107,14 +88,17 @@ def test_buffer_rejects_batch_larger_than_held():
         buf.take(5)
 
 
-def test_env_order_keeps_whole_slices_in_time_order():
+def test_env_grouping_cuts_a_minibatch_into_env_slices_in_time_order():
     buf = FragmentBuffer(0.99, 0.95)
     buf.add(make_fragment(4, 3, 0))
     buf.add(make_fragment(4, 2, 100, env_offset=3))
     b = buf.take(20)
-    order = minibatch_order(b, "env", np.random.default_rng(0))
-    assert sorted(order.tolist()) == list(range(20))
-    slices = [order[i:i + 4] for i in range(0, 20, 4)]  # each slice is T = 4 consecutive steps of one env
-    for s in slices:
-        assert len(set(b["env_ids"][s])) == 1 and len(set(b["fragment"][s])) == 1
-        assert b["time"][s].tolist() == [0, 1, 2, 3]
+    minibatch = np.random.default_rng(0).permutation(20)
+    groups = microbatch_groups(b, minibatch, 4, "env")
+    assert sorted(minibatch[np.concatenate(groups)].tolist()) == list(range(20))  # the same steps
+    for g in groups:  # each micro-batch is T = 4 consecutive steps of one env
+        steps = minibatch[g]
+        assert len(set(b["env_ids"][steps])) == 1 and len(set(b["fragment"][steps])) == 1
+        assert b["time"][steps].tolist() == [0, 1, 2, 3]
+    random = microbatch_groups(b, minibatch, 8, "random")  # runs of the minibatch's own order
+    assert [g.tolist() for g in random] == [list(range(0, 8)), list(range(8, 16)), list(range(16, 20))]

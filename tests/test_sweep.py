@@ -8,7 +8,7 @@ import pytest
 
 from rlscale.analysis import analyze
 from rlscale.sweep import expand_grid, load_sweep_config, run_sweep
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CI_SWEEP = ROOT / "configs" / "sweeps" / "cartpole_ci.yaml"
 
@@ -21,23 +21,6 @@ def test_grid_expansion_and_lr_rules():
     t = next(t for t in trials if t.env_steps_per_iteration == 64 and t.lr_rule == "linear")
     assert "ppo.lr_rule=linear" in t.overrides and "ppo.lr_reference_env_steps=256" in t.overrides
     assert "ppo.microbatch_size=32" in t.overrides  # 64 env steps / 1 minibatch / 2 micro-batches
-
-
-def test_learning_rate_rules():
-    from rlscale.train import learning_rate
-    from tests.conftest import cfg_for
-
-    def lr(rule, B, b_simple=float("nan")):
-        cfg = cfg_for(f"ppo.lr_rule={rule}", "ppo.lr=0.001", "ppo.lr_reference_env_steps=256", "ppo.anneal_lr=false",
-                      "ppo.num_minibatches=1")
-        return learning_rate(cfg, B, b_simple, 0.0)
-
-    assert lr("fixed", 1024) == pytest.approx(1e-3)
-    assert lr("linear", 1024) == pytest.approx(4e-3)
-    assert lr("sqrt", 1024) == pytest.approx(2e-3)
-    # eps_opt(B) ratio with B_noise = 256: (1 + 256/256) / (1 + 256/1024) = 2 / 1.25 = 1.6
-    assert lr("noise", 1024, 256.0) == pytest.approx(1.6e-3)
-    assert lr("noise", 1024, float("nan")) == pytest.approx(1e-3)  # no estimate yet
 
 
 class _Html(HTMLParser):

@@ -8,7 +8,7 @@ import pytest
 import pandas as pd
 
 from rlscale.train import train
-from tests.conftest import cfg_for
+from tests.helpers import cfg_for
 
 SUMMARY_KEYS = {"env_id", "seed", "env_steps", "frames", "iterations", "optimizer_steps", "episodes",
                 "wall_time_s", "env_steps_per_s", "episode_return_mean_last20", "git_sha"}

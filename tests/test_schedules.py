@@ -1,0 +1,54 @@
+"""Per-iteration schedules: learning-rate rules, clip annealing, the batch-size hook; one table."""
+
+from typing import get_args
+
+import pytest
+
+from rlscale import schedules
+from rlscale.schedules import LR_RULES, LrRule, clip_coef, learning_rate, make_batch_schedule
+from tests.helpers import cfg_for
+
+
+def _ppo(rule="fixed", **kw):
+    extra = [f"ppo.{k}={v}" for k, v in kw.items()]
+    return cfg_for(f"ppo.lr_rule={rule}", "ppo.lr=0.001", "ppo.lr_reference_env_steps=256", "ppo.anneal_lr=false",
+                   "ppo.num_minibatches=1", *extra).ppo
+
+
+def test_learning_rate_rules():
+    def lr(rule, B, b_simple=float("nan")):
+        return learning_rate(_ppo(rule), B, b_simple, 0.0)
+
+    assert lr("fixed", 1024) == pytest.approx(1e-3)
+    assert lr("linear", 1024) == pytest.approx(4e-3)
+    assert lr("sqrt", 1024) == pytest.approx(2e-3)
+    # eps_opt(B) ratio with B_noise = 256: (1 + 256/256) / (1 + 256/1024) = 2 / 1.25 = 1.6
+    assert lr("noise", 1024, 256.0) == pytest.approx(1.6e-3)
+    assert lr("noise", 1024, float("nan")) == pytest.approx(1e-3)  # no estimate yet
+    # per gradient: with 4 minibatches b = 256 and b0 = 64: (1 + 256/64) / (1 + 256/256) = 2.5
+    assert learning_rate(_ppo("noise", num_minibatches=4), 1024, 256.0, 0.0) == pytest.approx(2.5e-3)
+
+
+def test_annealing_of_lr_and_clip():
+    ppo = _ppo("linear", anneal_lr="true", anneal_clip="true", clip_coef=0.2)
+    assert learning_rate(ppo, 512, float("nan"), 0.25) == pytest.approx(2e-3 * 0.75)
+    assert learning_rate(ppo, 512, float("nan"), 1.5) == 0.0
+    assert clip_coef(ppo, 0.25) == pytest.approx(0.15)
+    assert clip_coef(ppo, 1.0) == 1e-8  # never exactly 0 (the ratio clip would freeze the policy)
+    assert clip_coef(_ppo(clip_coef=0.2, anneal_clip="false"), 0.9) == pytest.approx(0.2)
+
+
+def test_one_table_of_rules_for_config_and_sweep():
+    from rlscale.config import PPOConfig
+    from rlscale.sweep import SweepConfig
+
+    assert tuple(LR_RULES) == get_args(LrRule)
+    assert PPOConfig.__annotations__["lr_rule"] == "LrRule"  # the config's type is the table's
+    assert SweepConfig.__annotations__["lr_rules"] == "list[LrRule]"
+
+
+def test_fixed_batch_schedule_follows_the_config():
+    sched = make_batch_schedule(_ppo(env_steps_per_iteration=512))
+    assert [sched.env_steps_per_iteration(i, b) for i, b in ((0, float("nan")), (5, 10.0), (9, 1e6))] == [512] * 3
+    assert sched.state_dict() == {}
+    assert isinstance(sched, schedules.FixedBatchSize)
