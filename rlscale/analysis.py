@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
-
+from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from scipy.optimize import least_squares
 
 from rlscale.errors import ConfigError
@@ -302,7 +301,7 @@ def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, flo
     """
     reached = best[np.isfinite(best["median_iterations"])]
     keys = set(zip(reached["B"], reached["lr_rule"], reached["lr"]))
-    mask = [(b, r, l) in keys for b, r, l in zip(rows["B"], rows["lr_rule"], rows["lr"])]
+    mask = [(b, rule, lr) in keys for b, rule, lr in zip(rows["B"], rows["lr_rule"], rows["lr"])]
     sel = rows[np.asarray(mask, dtype=bool)]
     sel = sel[np.isfinite(sel["b_simple_mean"].to_numpy(dtype=float))]
     if sel.empty:
@@ -537,5 +536,5 @@ def analyze(
         try:
             report.log_to_wandb(sweep_dir, analysis, mode=wandb_mode)
         except Exception as err:  # tracking must not cost us the analysis already on disk
-            warnings.warn(f"W&B logging failed: {err}")
+            warnings.warn(f"W&B logging failed: {err}", stacklevel=2)
     return analysis

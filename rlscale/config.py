@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -66,7 +66,7 @@ class WorkersConfig:
     start_timeout_s: float = 300.0
     """Seconds to wait for Ray to place and start the rollout actors (a busy or autoscaling
     cluster may need a while) before the run fails with an error naming the resources."""
-    address: Optional[str] = None
+    address: str | None = None
     """Ray address (None: start or join a local cluster)."""
 
 
@@ -106,7 +106,7 @@ class PPOConfig:
     norm_adv: bool = True
     """Normalise advantages per minibatch."""
     adam_eps: float = 1e-5
-    target_kl: Optional[float] = None
+    target_kl: float | None = None
     """Stop the epochs of an iteration early when the approx KL of an epoch's last minibatch
     exceeds this (as CleanRL)."""
 
@@ -151,8 +151,8 @@ class TrackingConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     """'offline' (default: runs under wandb/), 'online' or 'disabled'."""
     project: str = "rlscale"
-    group: Optional[str] = None
-    name: Optional[str] = None
+    group: str | None = None
+    name: str | None = None
     progress_bar: bool = True
     """A progress bar on a terminal; elsewhere (a log file, a Ray job) a plain line."""
     progress_interval_s: float = 10.0
@@ -173,7 +173,7 @@ class TrainConfig:
     """Iterations between checkpoints (the final one is always written)."""
     targets: list[float] = field(default_factory=list)
     """Returns whose first crossing by the smoothed return is recorded in summary.json."""
-    stop_return: Optional[float] = None
+    stop_return: float | None = None
     """Stop once the smoothed return reaches this (sweeps stop at their highest target)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)

@@ -8,7 +8,8 @@ is one builder function and one entry in ``ENCODERS``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -10,6 +10,7 @@ minibatch, both at the same parameters and before gradient clipping.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch.distributions import Categorical
 from rlscale.config import check_minibatch
 from rlscale.envs.base import EnvSpec
 from rlscale.model import build_model
-from rlscale.noise_scale import NoiseProbe, sq_norm
+from rlscale.noise_scale import NoiseProbe
 from rlscale.rollout import FrameStacks, microbatch_groups
 
 
@@ -173,8 +174,11 @@ class Learner:
     def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
         # uint8 frames go to the device as bytes (frame stacks as frames + index, gathered there
         # per micro-batch); the model scales them.
-        t = {k: torch.from_numpy(np.asarray(batch[k])).to(self.device)
-             for k in ("actions", "logp", "values", "advantages", "returns", "versions")}
+        with warnings.catch_warnings():
+            # Fragments from Ray's object store are read-only views; the learner only reads them.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = {k: torch.from_numpy(np.asarray(batch[k])).to(self.device)
+                 for k in ("actions", "logp", "values", "advantages", "returns", "versions")}
         obs = batch["obs"]
         t["obs"] = obs.to(self.device) if isinstance(obs, FrameStacks) else torch.from_numpy(np.asarray(obs)).to(self.device)
         return t

@@ -9,7 +9,8 @@ schedules (``ppo.batch_schedule``); ``fixed`` keeps ``ppo.env_steps_per_iteratio
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, get_args
+from collections.abc import Callable
+from typing import Literal, get_args
 
 LrRule = Literal["fixed", "linear", "sqrt", "noise"]
 BatchScheduleName = Literal["fixed"]

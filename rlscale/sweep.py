@@ -14,7 +14,6 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -61,7 +60,7 @@ class SweepConfig:
     """Trials at once; 0: as many as the cluster's resources allow."""
     trial_gpus: float = 0.0
     """GPUs reserved for each trial's learner."""
-    address: Optional[str] = None
+    address: str | None = None
     """Ray cluster address (None: local cluster)."""
 
 

@@ -35,9 +35,19 @@ CASES = [
     ("continuous actions", [CP, "env.id=Pendulum-v1"], "continuous actions"),
     ("cuda absent", [CP, "device=cuda"], "CUDA is not available"),
     ("bad device", [CP, "device=tpu"], "device must be"),
-    ("bad backend", [CP, "workers.backend=spark"], "workers.backend must be 'ray' or 'local'"),
+    ("bad backend", [CP, "workers.backend=spark"], "workers.backend must be one of 'ray', 'local', got 'spark'"),
     ("bad lr rule", [CP, "ppo.lr_rule=cubic"], "ppo.lr_rule must be"),
-    ("bad precision", [CP, "model.precision=fp16"], "model.precision must be 'fp32' or 'bf16'"),
+    ("bad precision", [CP, "model.precision=fp16"], "model.precision must be one of 'fp32', 'bf16', got 'fp16'"),
+    ("bad encoder", [CP, "model.encoder=resnet"], "model.encoder must be 'auto' or one of mlp, nature_cnn"),
+    ("nan learning rate", [CP, "ppo.lr=nan"], "ppo.lr must be a finite number, got nan"),
+    ("inf target", [CP, "targets=[100, .inf]"], "targets must be a finite number, got inf"),
+    ("nan in a nested float", [CP, "noise.ema_beta=nan"], "noise.ema_beta must be a finite number"),
+    ("negative entropy coef", [CP, "ppo.ent_coef=-0.1"], "ppo.ent_coef must be >= 0"),
+    ("zero clip", [CP, "ppo.clip_coef=0"], "ppo.clip_coef must be positive"),
+    ("sticky actions out of range", [CP, "env.repeat_action_probability=1.5"], "env.repeat_action_probability must lie in [0.0, 1.0]"),
+    ("negative seed", [CP, "seed=-1"], "seed must be >= 0"),
+    ("zero target_kl", [CP, "ppo.target_kl=0"], "ppo.target_kl must be positive"),
+    ("bad batch schedule", [CP, "ppo.batch_schedule=adaptive"], "ppo.batch_schedule must be one of 'fixed'"),
     ("bad noise epochs", [CP, "noise.epochs=last"], "noise.epochs must be"),
     ("bad microbatch mode", [CP, "noise.microbatch_mode=time"], "noise.microbatch_mode must be"),
     ("bad wandb mode", [CP, "tracking.wandb_mode=cloud"], "tracking.wandb_mode must be"),
@@ -128,14 +138,33 @@ def test_checkpoint_of_another_model(capsys, tmp_path):
     out = _short_run(tmp_path)
     capsys.readouterr()
     code, err = run_cli(capsys, "train", "--resume", str(out), "model.hidden_sizes=[32]")
-    assert code == 2 and "resume with the run's own config" in err[-1]
+    assert code == 2 and "cannot change model.hidden_sizes on resume (the run has [64, 64], asked [32])" in err[-1]
 
 
 def test_checkpoint_of_another_env(capsys, tmp_path):
     out = _short_run(tmp_path)
     capsys.readouterr()
+    before = (out / "config.yaml").read_text()
     code, err = run_cli(capsys, "train", "--resume", str(out), "env.id=Acrobot-v1")
-    assert code == 2 and "checkpoint is for CartPole-v1" in err[-1]
+    assert code == 2 and "cannot change env.id on resume (the run has 'CartPole-v1', asked 'Acrobot-v1')" in err[-1]
+    assert (out / "config.yaml").read_text() == before  # refused before anything was written
+
+
+def test_resume_honours_overrides_and_records_them(capsys, tmp_path):
+    # An override given with --resume is used (here a new batch size) and written to config.yaml;
+    # the config the run had before is kept beside it.
+    import pandas as pd
+    import yaml
+
+    out = _short_run(tmp_path)
+    before = (out / "config.yaml").read_text()
+    assert main(["train", "--resume", str(out), "total_env_steps=1536", "ppo.env_steps_per_iteration=128"]) == 0
+    m = pd.read_csv(out / "metrics.csv")
+    assert m["env_steps_per_iteration"].tolist() == [256] * 4 + [128] * 4
+    assert m["env_steps_used"].iloc[-1] == 1536
+    now = yaml.safe_load((out / "config.yaml").read_text())
+    assert now["ppo"]["env_steps_per_iteration"] == 128 and now["total_env_steps"] == 1536
+    assert (out / "config.before_resume_00000004.yaml").read_text() == before
 
 
 SWEEP_CASES = [
@@ -145,7 +174,7 @@ SWEEP_CASES = [
     ("empty grid", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1, targets: [100]}}]\nseeds: []\n", "empty grid"),
     ("env without targets", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1}}]\n", "has no targets"),
     ("bad trial override", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPol-v1, targets: [100]}}]\n", "did you mean CartPole-v1"),
-    ("bad lr rule", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1, targets: [100]}}]\nlr_rules: [cubic]\n", "is not one of fixed"),
+    ("bad lr rule", f"name: x\nbase_config: {CP}\nenvs: [{{id: CartPole-v1, targets: [100]}}]\nlr_rules: [cubic]\n", "lr_rules[0] must be one of 'fixed', 'linear', 'sqrt', 'noise', got 'cubic'"),
     ("missing base config", "name: x\nbase_config: nope.yaml\nenvs: [{id: CartPole-v1, targets: [100]}]\n", "config file 'nope.yaml' not found"),
 ]
 
@@ -174,3 +203,28 @@ def test_unreachable_ray_address(tmp_path):
     assert "cannot reach a Ray cluster at '127.0.0.1:1'" in last
     assert time.monotonic() - t < 120
     assert not (tmp_path / "run").exists()
+
+
+def test_more_rollout_workers_than_the_cluster_has_cpus_is_refused(ray_local, capsys, tmp_path):
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "train", CP, "tracking.wandb_mode=disabled", "tracking.progress_bar=false",
+                        "workers.backend=ray", "workers.num_workers=500", "--out", str(out))
+    assert code == 2 and len(err) == 1
+    assert "500 rollout workers x 1 CPUs need 500 CPUs but the Ray cluster has 2" in err[0]
+    assert not out.exists()
+
+
+def test_rollout_workers_that_cannot_start_in_time_fail_with_the_numbers(ray_local, capsys, tmp_path):
+    # The cluster has the CPUs, but another job holds them: the wait is bounded.
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    pg = placement_group([{"CPU": 2}])
+    ray_local.get(pg.ready(), timeout=60)
+    try:
+        out = tmp_path / "run"
+        code, err = run_cli(capsys, "train", CP, "tracking.wandb_mode=disabled", "tracking.progress_bar=false",
+                            "workers.backend=ray", "workers.num_workers=1", "workers.start_timeout_s=3", "--out", str(out))
+    finally:
+        remove_placement_group(pg)
+    assert code == 2 and "only 0 of 1 rollout workers started within workers.start_timeout_s=3 s" in err[-1]
+    assert not out.exists()

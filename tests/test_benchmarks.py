@@ -5,6 +5,7 @@ object on stdout with the documented keys, positive rates, consistent ratios.
 """
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,23 @@ def test_bench_learner_quick_reports_working_memory_per_batch_size():
         # frame stacks: about one 84x84 frame per env step, not four
         assert s["obs_bytes"] < 1.1 * s["env_steps_per_iteration"] * 84 * 84
     assert "working_growth_pct" in d
+
+
+@pytest.mark.slow
+def test_bench_learner_page_faults_reports_faults_per_update_per_heap_setting():
+    # Moved here from tests/test_ppo.py (test_cpu_learner_reuses_freed_heap_memory). Measured
+    # on a 2-core glibc machine, fewest faults of a settled update: learner's heap settings 0-1,
+    # glibc's defaults 7,000-17,300, a user's MALLOC_TRIM_THRESHOLD_=131072 about 49,000.
+    d = run_script("bench_learner.py", "--page-faults")
+    modes = ("heap_settings", "glibc_default", "user_trim_threshold")
+    for mode in modes:
+        n = d[f"page_faults_per_update_{mode}"]
+        assert isinstance(n, int) and not isinstance(n, bool) and n >= 0, (mode, n)
+        assert n == min(d["children"][mode]["page_faults_per_update"])
+    if platform.libc_ver()[0] == "glibc":
+        ch = d["children"]
+        assert ch["heap_settings"]["heap_settings_applied"]
+        assert not ch["glibc_default"]["heap_settings_applied"]
+        assert not ch["user_trim_threshold"]["heap_settings_applied"]  # the user's setting wins
+        assert ch["user_trim_threshold"]["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "131072"}
+        assert d["page_faults_per_update_heap_settings"] < d["page_faults_per_update_glibc_default"]

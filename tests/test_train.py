@@ -4,11 +4,11 @@ import json
 import math
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 from rlscale.train import train
-from tests.helpers import cfg_for
+from tests.helpers import cfg_for, make_learner, strip_times
 
 SUMMARY_KEYS = {"env_id", "seed", "env_steps", "frames", "iterations", "optimizer_steps", "episodes",
                 "wall_time_s", "env_steps_per_s", "episode_return_mean_last20", "git_sha"}
@@ -47,17 +47,13 @@ def test_uneven_workers_and_fragments_keep_exact_batches(tmp_path):
     assert m["charts/policy_lag_max"].max() == 1
 
 
-def _strip_times(m: pd.DataFrame) -> pd.DataFrame:
-    return m[[c for c in m.columns if not c.startswith("time/") and c not in ("wall_time_s", "charts/SPS")]]
-
-
 def test_local_mode_is_exactly_reproducible(tmp_path):
     args = ("workers.backend=local", "total_env_steps=1536", "noise.per_example_interval=2")
     train(cfg_for(*args), tmp_path / "a", quiet=True)
     train(cfg_for(*args), tmp_path / "b", quiet=True)
-    a, b = (_strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in "ab")
+    a, b = (strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in "ab")
     pd.testing.assert_frame_equal(a, b)
-    c = _strip_times(pd.read_csv(train(cfg_for(*args, "seed=2"), tmp_path / "c", quiet=True)["run_dir"] + "/metrics.csv"))
+    c = strip_times(pd.read_csv(train(cfg_for(*args, "seed=2"), tmp_path / "c", quiet=True)["run_dir"] + "/metrics.csv"))
     assert not np.allclose(a["losses/value_loss"], c["losses/value_loss"])
 
 
@@ -168,7 +164,7 @@ def test_atari_resume_with_frame_stacks_left_in_the_buffer(tmp_path):
             "ppo.microbatch_size=32", "ppo.epochs=1", "checkpoint_interval=1"]
     train(cfg_for(*over, "total_env_steps=256", config="configs/atari.yaml"), tmp_path / "run", quiet=True)
     _, state = checkpoint.load_latest(tmp_path / "run")
-    pieces = state["buffer"]["pieces"]
+    pieces = state["run"]["buffer"]["pieces"]
     assert pieces and all({"obs_frames", "obs_index"} <= p.keys() and "obs" not in p for p in pieces)
     held = sum(len(p["actions"]) for p in pieces)
     assert held == 288 - 256  # 3 rounds of 96 steps collected, 2 batches of 128 used
@@ -196,10 +192,9 @@ def test_weights_reach_ray_actors_as_readonly_arrays_exactly(ray_local):
     import torch
 
     from rlscale.actors import RolloutWorker
-    from rlscale.ppo import Learner
 
     cfg = cfg_for()
-    learner = Learner(cfg, (4,), 2, torch.device("cpu"))
+    learner = make_learner(cfg)
     with torch.no_grad():
         for p in learner.model.parameters():
             p.add_(0.5)  # weights unlike a fresh model's
@@ -220,3 +215,95 @@ def test_weights_reach_ray_actors_as_readonly_arrays_exactly(ray_local):
     for k in weights:
         np.testing.assert_array_equal(got[k], weights[k])
     ray.kill(probe)
+
+
+def _count_requests(monkeypatch):
+    from rlscale.actors import LocalPool, RayPool
+
+    counts = {"submit": 0, "collect": 0}
+    for cls in (LocalPool, RayPool):
+        for name in ("submit", "collect"):
+            real = getattr(cls, name)
+
+            def wrapped(self, *a, _real=real, _name=name, **kw):
+                counts[_name] += 1
+                return _real(self, *a, **kw)
+
+            monkeypatch.setattr(cls, name, wrapped)
+    return counts
+
+
+OVERLAP_BIG_FRAGMENTS = ("workers.overlap=true", "workers.num_workers=2", "workers.num_envs_per_worker=4",
+                         "workers.fragment_length=128", "ppo.env_steps_per_iteration=256", "total_env_steps=4096",
+                         "checkpoint_interval=100")
+
+
+def test_overlap_never_drops_a_request_and_accounts_every_step(tmp_path, monkeypatch, ray_local):
+    # Rounds of 2 x 4 x 128 = 1,024 steps feed four batches of 256 each: a request is only sent
+    # when the buffer is short of the next batch, and every request sent is collected.
+    counts = _count_requests(monkeypatch)
+    s = train(cfg_for("workers.backend=local", *OVERLAP_BIG_FRAGMENTS), tmp_path / "local", quiet=True)
+    assert counts["submit"] == counts["collect"] == 4
+    assert s["env_steps"] == 4096 == s["env_steps_used"] + s["env_steps_buffered"] and s["env_steps_buffered"] == 0
+    counts.update(submit=0, collect=0)
+    r = train(cfg_for("workers.backend=ray", *OVERLAP_BIG_FRAGMENTS), tmp_path / "ray", quiet=True, init_ray=False)
+    assert counts["submit"] == counts["collect"] == 4
+    assert (r["env_steps"], r["episodes"]) == (s["env_steps"], s["episodes"])  # Ray plays what local plays
+    a, b = (strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in ("local", "ray"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_request_in_flight_at_the_stop_is_collected_and_counted(tmp_path, monkeypatch):
+    # stop_return ends the run while the next batch is being collected: its steps are counted.
+    counts = _count_requests(monkeypatch)
+    s = train(cfg_for("workers.backend=local", "workers.overlap=true", "total_env_steps=20000", "stop_return=15",
+                      "tracking.return_window=4"), tmp_path / "run", quiet=True)
+    assert s["env_steps_used"] < 20000 and counts["submit"] == counts["collect"]
+    assert s["env_steps"] == s["env_steps_used"] + s["env_steps_buffered"] and s["env_steps_buffered"] == 256
+
+
+def test_a_failure_inside_an_update_keeps_the_last_consistent_checkpoint(tmp_path, monkeypatch):
+    # The update of iteration 6 steps the optimizer, then fails (as Ctrl-C or an out-of-memory
+    # error would): no checkpoint of the half-updated model is written; the one of iteration 4
+    # stays the newest, and a resume from it accounts every step.
+    from rlscale import checkpoint
+    from rlscale.ppo import Learner
+
+    args = ("workers.backend=local", "total_env_steps=2560", "checkpoint_interval=4")
+    real = Learner.update
+
+    def failing(self, batch, lr, iteration=0, clip_coef=None):
+        if iteration == 5:
+            self.optimizer.step()
+            raise KeyboardInterrupt
+        return real(self, batch, lr, iteration, clip_coef)
+
+    monkeypatch.setattr(Learner, "update", failing)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(*args), tmp_path / "run", quiet=True)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")] == ["ckpt_00000004.pt"]
+    monkeypatch.setattr(Learner, "update", real)
+    s = train(cfg_for(*args), tmp_path / "run", resume=True, quiet=True)
+    assert s["iterations"] == 10 and s["env_steps_used"] == 2560
+    assert s["env_steps"] == s["env_steps_used"] + s["env_steps_buffered"]
+    # and the resumed run is the uninterrupted one, number for number (local mode)
+    train(cfg_for(*args), tmp_path / "whole", quiet=True)
+    a, b = (strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in ("run", "whole"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_progress_is_a_plain_line_when_stderr_is_not_a_terminal():
+    import io
+
+    from rlscale.tracking import Progress
+
+    stream = io.StringIO()  # not a tty, as a log file or a Ray job's log
+    clock = iter([0.0, 1.0, 2.0, 12.0, 13.0, 25.0]).__next__
+    p = Progress(1000, 0, stream=stream, interval_s=10.0)
+    p._clock, p._last = clock, 0.0
+    for n in (100, 200, 300, 400, 500):
+        p.update(n, ret="9.5")
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert lines == ["env steps: 400/1000 (40%) ret=9.5", "env steps: 500/1000 (50%) ret=9.5"]  # at 12 s, at the end
