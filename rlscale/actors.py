@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rlscale.envs import EnvSpec, make_vector_env
+from rlscale.envs import EnvFamily, EnvSpec, check_env_id, make_vector_env
 from rlscale.errors import ConfigError, WorkerFailure
 from rlscale.model import build_model
 from rlscale.rollout import Fragment, FrameStacks
@@ -38,7 +38,8 @@ class DenseRecorder:
     """
 
     def __init__(self, reuse: bool):
-        self.reuse, self._obs = reuse, None
+        self.reuse = reuse
+        self._obs: np.ndarray | None = None
 
     def start(self, T: int, obs: np.ndarray) -> None:
         shape = (T, *obs.shape)
@@ -46,9 +47,11 @@ class DenseRecorder:
             self._obs = np.empty(shape, dtype=obs.dtype)
 
     def add(self, t: int, obs: np.ndarray, reset: np.ndarray) -> None:
+        assert self._obs is not None, "start() first"
         self._obs[t] = obs
 
     def finish(self) -> np.ndarray:
+        assert self._obs is not None, "start() first"
         return self._obs
 
 
@@ -62,7 +65,8 @@ class FrameStackRecorder:
     """
 
     def __init__(self, reuse: bool):
-        self.reuse, self._frames = reuse, None  # [capacity, H, W]
+        self.reuse = reuse
+        self._frames: np.ndarray | None = None  # [capacity, H, W]
 
     def start(self, T: int, obs: np.ndarray) -> None:
         E, K = obs.shape[:2]
@@ -74,6 +78,7 @@ class FrameStackRecorder:
         self._n = 0
 
     def _store(self, frames: np.ndarray) -> np.ndarray:
+        assert self._frames is not None, "start() first"
         n, m = self._n, len(frames)
         if n + m > len(self._frames):
             grown = np.empty((max(2 * len(self._frames), n + m), *self._frames.shape[1:]), dtype=self._frames.dtype)
@@ -95,6 +100,7 @@ class FrameStackRecorder:
         self.index[t] = self._stack
 
     def finish(self) -> FrameStacks:
+        assert self._frames is not None, "start() first"
         return FrameStacks(self._frames[:self._n], self.index)
 
 
@@ -102,10 +108,12 @@ class RolloutWorker:
     """Steps E environments with a CPU copy of the policy; returns fragments [T, E]."""
 
     def __init__(self, env_cfg, model_cfg, num_envs: int, seed: int, env_offset: int, torch_threads: int | None = 1,
-                 reuse_buffers: bool = False):
+                 reuse_buffers: bool = False, family: EnvFamily | None = None):
         if torch_threads:  # in its own (Ray) process; in-process workers leave the learner's threads alone
             torch.set_num_threads(torch_threads)
-        self.env = make_vector_env(env_cfg, num_envs, seed)
+        # A Ray actor gets the family object from the driver, so families registered there (not
+        # only the built-in ones) work in actor processes too.
+        self.env = family.make(env_cfg, num_envs, seed) if family is not None else make_vector_env(env_cfg, num_envs, seed)
         self.policy = build_model(self.env.spec, model_cfg)
         self.policy.eval()
         self.generator = torch.Generator().manual_seed(seed)
@@ -147,6 +155,7 @@ class RolloutWorker:
     @torch.no_grad()
     def sample(self, num_steps: int, weights: dict | None = None, version: int | None = None) -> Fragment:
         if weights is not None:
+            assert version is not None, "weights come with their version"
             self.set_weights(weights, version)
         self._samples += 1
         if self._fail_after and self._samples > self._fail_after:
@@ -234,6 +243,14 @@ class _Pool:
 
     def sample(self, lengths: list[int], weights: dict, version: int) -> SampleResult:
         return self.collect(self.submit(lengths, weights, version))
+
+    def submit(self, lengths: list[int], weights: dict, version: int):
+        """Start sampling `lengths[i]` steps on worker i; returns a request for `collect`."""
+        raise NotImplementedError
+
+    def collect(self, request) -> SampleResult:
+        """The fragments of a request from `submit`, in worker order."""
+        raise NotImplementedError
 
 
 class LocalPool(_Pool):
@@ -323,8 +340,19 @@ class RayPool(_Pool):
         # SPREAD places actors across nodes of a multi-node cluster.
         return self.remote_cls.options(scheduling_strategy="SPREAD", **opts).remote(
             c.env, c.model, self.envs_per_worker[i], worker_seed(c.seed, i, self.restarts[i]), self.offsets[i],
-            reuse_buffers=True,
+            reuse_buffers=True, family=self._family(),
         )
+
+    def _family(self) -> EnvFamily:
+        """The env's family, shipped to the actors; a family defined outside rlscale travels
+        with its module's code (the actor's process may not be able to import that module)."""
+        import sys
+
+        family = check_env_id(self.cfg.env.id)
+        module = sys.modules.get(type(family).__module__)
+        if module is not None and module.__name__ != "__main__" and not module.__name__.startswith("rlscale."):
+            self.ray.cloudpickle.register_pickle_by_value(module)
+        return family
 
     def spec(self) -> EnvSpec:
         return self._spec

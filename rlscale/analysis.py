@@ -331,7 +331,7 @@ def pareto_entries(
 
     ``targets`` (from sweep.json) makes sure a target no trial reported still gets an entry.
     """
-    keys = set()
+    keys: set[tuple[str, float]] = set()
     for env, ts in (targets or {}).items():
         keys.update((env, float(t)) for t in ts)
     keys.update((e, float(t)) for e, t in table[["env_id", "target"]].itertuples(index=False)

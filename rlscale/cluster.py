@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from rlscale.errors import ConfigError
 
@@ -17,7 +18,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs = dict(ignore_reinit_error=True, log_to_driver=True, configure_logging=False)
+    kwargs: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=True, configure_logging=False)
     if address and address not in ("auto", "local") and not address.startswith("ray://"):
         _probe(address)
     try:

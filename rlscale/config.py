@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -256,7 +257,7 @@ def merge_into(schema_cls, *sources) -> Any:
         raise _describe(e, schema_cls) from None
 
 
-def load_train_config(path: str | Path | dict | None, overrides: list[str] = ()) -> TrainConfig:
+def load_train_config(path: str | Path | dict | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Schema <- YAML file (or a dict of its content) <- dotted overrides, then validate."""
     if isinstance(path, dict):
         sources = [OmegaConf.create(path)]

@@ -21,6 +21,7 @@ from rlscale.envs.base import EnvSpec
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Module:
     # Orthogonal init as in the PPO implementation details (Huang et al. 2022).
+    assert isinstance(layer.weight, torch.Tensor) and isinstance(layer.bias, torch.Tensor), "a layer with weight and bias"
     nn.init.orthogonal_(layer.weight, std)
     nn.init.constant_(layer.bias, bias)
     return layer
@@ -74,7 +75,7 @@ def nature_cnn(spec: EnvSpec, hidden_sizes) -> Networks:
         layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU(),
     )
     # NHWC kernels: oneDNN's and cuDNN's fast layout; only the weights' memory layout changes.
-    trunk.to(memory_format=torch.channels_last)
+    trunk.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's stub omits it
     return Networks(trunk, layer_init(nn.Linear(512, spec.num_actions), std=0.01), layer_init(nn.Linear(512, 1), std=1.0))
 
 

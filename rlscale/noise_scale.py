@@ -9,7 +9,8 @@ to the gradients the learner computes anyway. Pure torch, no Ray.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ def _sample_grad_fn(loss_fn: LossFn):
 
 
 def _sq_norm(tree: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    return sum(v.pow(2).sum() for v in tree.values())
+    return cast(torch.Tensor, sum(v.pow(2).sum() for v in tree.values()))  # a non-empty tree: never the int 0
 
 
 def _batch_len(batch: Batch) -> int:
@@ -215,7 +216,7 @@ def hessian_quadratic_forms(
     g = grad(loss_fn)
 
     def quad(v):
-        _, hv = jvp(lambda p: g(p, batch), (params,), (v,))
+        hv = jvp(lambda p: g(p, batch), (params,), (v,))[1]  # (output, jvp_out) without has_aux
         return sum((v[k] * hv[k]).sum() for k in params)
 
     if vectorize:
@@ -295,7 +296,7 @@ class NoiseProbe:
         self._part_acc: dict[str, list[torch.Tensor]] = {}
         self.kept_grads: list[list[torch.Tensor]] = []
 
-    def on_microbatch(self, grads: list[torch.Tensor], weight: float, full: bool,
+    def on_microbatch(self, grads: Sequence[torch.Tensor], weight: float, full: bool,
                       parts: dict[str, list[torch.Tensor]] | None = None) -> None:
         """grads: the micro-batch's mean-loss gradient; weight: its share of the minibatch;
         full: it holds microbatch_size samples (a short last one does not feed the estimate);

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch.distributions import Categorical
 from rlscale.config import check_minibatch
 from rlscale.envs.base import EnvSpec
 from rlscale.model import build_model
-from rlscale.noise_scale import NoiseProbe
+from rlscale.noise_scale import Batch, NoiseProbe, Params
 from rlscale.rollout import FrameStacks, microbatch_groups
 
 
@@ -101,8 +102,8 @@ class Learner:
         p = self.cfg.ppo
         clip_coef = p.clip_coef if clip_coef is None else clip_coef
         loss_kw = dict(clip_coef=clip_coef, clip_vloss=p.clip_vloss, vf_coef=p.vf_coef, ent_coef=p.ent_coef)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         t = self._to_device(batch)
         n = len(t["actions"])
         check_minibatch(n, p.num_minibatches)
@@ -132,6 +133,7 @@ class Learner:
                     parts, diags = ppo_loss(logits, values, t["actions"][j], t["logp"][j], t["values"][j], adv[c], t["returns"][j], **loss_kw)
                     w = len(c) / len(idx)  # micro-batch means -> minibatch mean
                     full = len(c) == p.microbatch_size
+                    g: list[torch.Tensor] | tuple[torch.Tensor, ...]
                     if probe.split:
                         g_pi, g_v = self._grads(parts.policy, retain=True), self._grads(parts.value)
                         g = torch._foreach_add(g_pi, g_v)
@@ -144,8 +146,8 @@ class Learner:
                     minibatch_kl = minibatch_kl + diags["losses/approx_kl"] * w
                     if epoch == 0 and m == 0:  # before any optimizer step: at the behaviour weights
                         logp_mismatch = torch.maximum(logp_mismatch, (parts.log_ratio.abs() * lag0[j]).max())
-                for q, g in zip(self.params, acc):
-                    q.grad = g
+                for q, q_grad in zip(self.params, acc):
+                    q.grad = q_grad
                 probe.on_minibatch(acc, len(idx))
                 if epoch == 0 and m == 0:
                     self._probe_extras(t, idx, adv, order_t, mb_size, loss_kw, iteration, acc)
@@ -171,14 +173,14 @@ class Learner:
         out.update(probe.end_update())
         return out
 
-    def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
+    def _to_device(self, batch: dict) -> dict[str, Any]:  # tensors, but 'obs' may be FrameStacks
         # uint8 frames go to the device as bytes (frame stacks as frames + index, gathered there
         # per micro-batch); the model scales them.
         with warnings.catch_warnings():
             # Fragments from Ray's object store are read-only views; the learner only reads them.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            t = {k: torch.from_numpy(np.asarray(batch[k])).to(self.device)
-                 for k in ("actions", "logp", "values", "advantages", "returns", "versions")}
+            t: dict[str, Any] = {k: torch.from_numpy(np.asarray(batch[k])).to(self.device)
+                                 for k in ("actions", "logp", "values", "advantages", "returns", "versions")}
         obs = batch["obs"]
         t["obs"] = obs.to(self.device) if isinstance(obs, FrameStacks) else torch.from_numpy(np.asarray(obs)).to(self.device)
         return t
@@ -216,7 +218,8 @@ class Learner:
 
         model = self.model
 
-        def loss_fn(params: dict, b: dict) -> torch.Tensor:
+        def loss_fn(params: Params, b: Batch) -> torch.Tensor:
+            assert isinstance(params, dict)  # torch.func passes the dict built below; functional_call takes dicts
             logits, values = torch.func.functional_call(model, params, (b["obs"],))
             parts, _ = ppo_loss(logits, values, b["actions"], b["logp"], b["values"], b["adv"], b["returns"], **loss_kw)
             return parts.total

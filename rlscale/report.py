@@ -14,7 +14,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -131,7 +131,7 @@ def plot_noise_over_training(sweep_dir: Path, table: pd.DataFrame, path: Path) -
         sizes = sorted(env_trials["B"].dropna().unique())
         plotted = False
         for color, b in zip(_colors(len(sizes)), sizes):
-            label = f"B = {b:g} env steps/iter"
+            label: str | None = f"B = {b:g} env steps/iter"
             for trial_id in env_trials.loc[env_trials["B"] == b, "trial_id"]:
                 metrics_path = sweep_dir / "trials" / str(trial_id) / "metrics.csv"
                 if not metrics_path.exists():
@@ -359,7 +359,7 @@ def log_to_wandb(sweep_dir: str | os.PathLike, analysis: dict | None = None,
         group=name,
         name=f"{name}-analysis",
         dir=str(sweep_dir),
-        mode=mode,
+        mode=cast(Literal["online", "offline", "disabled", "shared"], mode),  # wandb checks the value
         config={"sweep_name": name, "n_bootstrap": analysis.get("n_bootstrap")},
     )
     try:

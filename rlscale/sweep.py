@@ -145,7 +145,7 @@ def _trial_record(trial: Trial, status: str, error: str | None = None, summary: 
     }
 
 
-def run_trial(trial: Trial, base_config: dict, trial_dir: str) -> dict:
+def run_trial(trial: Trial, base_config: dict, trial_dir: str | Path) -> dict:
     """Train one trial (in a Ray task or in-process); never raises: failures are recorded."""
     from rlscale.train import train
 
@@ -278,6 +278,7 @@ def _run_on_ray(cfg: SweepConfig, todo: list[Trial], trial_cfgs: dict, sweep_dir
         raise ConfigError(f"one trial needs {need:g} CPUs (learner + rollout actors) but the cluster has {cluster_cpus:g}; lower workers.num_workers or use workers.backend=local in the sweep overrides")
     limit = cfg.max_concurrent or len(todo)
     base = OmegaConf.to_container(load_yaml(cfg.base_config))  # travels with the task, no path needed
+    assert isinstance(base, dict)
     queue = list(todo)
     running: dict = {}
     results = []

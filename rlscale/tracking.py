@@ -12,6 +12,7 @@ import csv
 import math
 import os
 from pathlib import Path
+from typing import Literal, cast
 
 from rlscale.util import atomic_write_text
 
@@ -68,7 +69,8 @@ class WandbRun:
         import wandb
 
         self.run = wandb.init(
-            mode=mode, dir=str(run_dir), project=project, name=name, group=group, config=config,
+            mode=cast(Literal["online", "offline", "disabled", "shared"], mode),  # wandb checks the value
+            dir=str(run_dir), project=project, name=name, group=group, config=config,
             job_type=job_type, id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )

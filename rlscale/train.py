@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,7 +254,8 @@ def _load_checkpoint(run_dir: Path, cfg: TrainConfig, quiet: bool) -> tuple[Path
 
 
 def _spec_of(state: dict) -> EnvSpec:
-    return EnvSpec(**{k: tuple(v) if k == "obs_shape" else v for k, v in state["spec"].items()})
+    spec_fields: dict[str, Any] = {k: tuple(v) if k == "obs_shape" else v for k, v in state["spec"].items()}
+    return EnvSpec(**spec_fields)
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig, saved) -> None:

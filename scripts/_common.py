@@ -119,6 +119,39 @@ def load_cfg(kind: str, overrides: list[str]):
     return load_train_config(path, BASE_OVERRIDES + list(overrides))
 
 
+def env_spec(obs_shape: tuple[int, ...], obs_dtype, num_actions: int, cfg=None):
+    """The rlscale.envs.EnvSpec the learner gets for synthetic observations: 84x84 uint8 frame
+    stacks are Atari's (Nature CNN, frame skip and stack of cfg.env when given, else 4 and K),
+    anything else a flat vector for the MLP."""
+    from rlscale.envs import EnvSpec
+
+    obs_shape, dtype = tuple(int(d) for d in obs_shape), str(np.dtype(obs_dtype))
+    if len(obs_shape) == 3 and dtype == "uint8":
+        skip = cfg.env.frame_skip if cfg is not None else 4
+        return EnvSpec(obs_shape, dtype, int(num_actions), frames_per_env_step=skip, frame_stack=obs_shape[0],
+                       encoder="nature_cnn")
+    return EnvSpec(obs_shape, dtype, int(num_actions))
+
+
+def configure_learner(device, threads: int = 0) -> None:
+    """What `rlscale train` does once per learner process (rlscale.util.configure_learner_process:
+    full-precision fp32 matmuls, threads, and on a CPU glibc's heap kept for reuse unless the
+    environment sets a MALLOC_*_ variable)."""
+    from rlscale.util import configure_learner_process
+
+    configure_learner_process(device, threads)
+
+
+def make_learner(cfg, spec, device):
+    """A Learner seeded as `rlscale train` seeds it (the global torch RNG at cfg.seed), so
+    learners built from configs with the same seed start from the same weights."""
+    from rlscale.ppo import Learner
+    from rlscale.util import seed_everything
+
+    seed_everything(cfg.seed)
+    return Learner(cfg, spec, device)
+
+
 def _tiled_uint8(rng, shape: tuple[int, ...], frame_pool: int) -> np.ndarray:
     pool = rng.integers(0, 256, size=(min(shape[0], frame_pool), *shape[1:]), dtype=np.uint8)
     out = np.empty(shape, dtype=np.uint8)

@@ -21,6 +21,17 @@ Learner.update copies to the device (obs, actions, logp, values, advantages, ret
     python scripts/bench_learner.py --max-log2 16 --repeats 5
     python scripts/bench_learner.py --quick            # smoke test: 2^10 .. 2^12, 1 repeat
 
+--page-faults measures instead what the CPU learner's heap settings (rlscale.util.keep_heap_memory,
+applied by configure_learner_process) are for: the minor page faults (getrusage ru_minflt) of
+one settled Atari update (B=256, one minibatch of two micro-batches of 128, 1 epoch, frame
+stacks), the fewest over --page-fault-repeats updates after 3 untimed ones, in three fresh CPU
+children: the learner's heap settings, glibc's defaults (configure_learner_process without
+keep_heap_memory) and a user's MALLOC_TRIM_THRESHOLD_=131072 (a user's MALLOC_*_ variable
+wins over the learner's settings). Each child starts with no MALLOC_*_ variable but its own.
+Takes seconds:
+
+    python scripts/bench_learner.py --page-faults      # page_faults_per_update_{heap_settings,glibc_default,user_trim_threshold}
+
 Prints one JSON object to stdout; progress to stderr.
 """
 
@@ -63,7 +74,7 @@ def child(args) -> None:
     C.set_threads(args.threads)
     import torch
 
-    from rlscale.ppo import Learner, resolve_device
+    from rlscale.ppo import resolve_device
     from rlscale.rollout import take_rows
 
     n = args.n
@@ -74,10 +85,11 @@ def child(args) -> None:
     ])
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
+    C.configure_learner(device, args.threads)  # as `rlscale train`, once per learner process
     rss0 = rss_now()
     batch = C.synthetic_batch(n, C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS, seed=args.seed, frame_stacks=args.obs_format == "stacks")
     rss_batch = rss_now()
-    learner = Learner(cfg, C.ATARI_OBS_SHAPE, NUM_ACTIONS, device)
+    learner = C.make_learner(cfg, C.env_spec(C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS, cfg), device)
     lr = cfg.ppo.lr
     times = []
     if not args.baseline:
@@ -119,6 +131,106 @@ def child(args) -> None:
         out["cuda_max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         out["cuda_max_memory_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
     print("CHILD_JSON " + json.dumps(out), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# --page-faults: one child per heap setting
+
+PAGE_FAULT_MODES = ("heap_settings", "glibc_default", "user_trim_threshold")
+USER_TRIM_THRESHOLD = 131072  # MALLOC_TRIM_THRESHOLD_ of the user_trim_threshold child
+PAGE_FAULT_B, PAGE_FAULT_MICROBATCH, PAGE_FAULT_WARMUP = 256, 128, 3
+
+
+def page_fault_child(args) -> None:
+    C.set_threads(args.threads)
+    import torch
+
+    from rlscale import util
+
+    mode = args.page_fault_child
+    device = torch.device("cpu")  # the heap settings are the CPU learner's
+    cfg = C.load_cfg("atari", [
+        f"ppo.env_steps_per_iteration={PAGE_FAULT_B}", "ppo.num_minibatches=1",
+        f"ppo.microbatch_size={PAGE_FAULT_MICROBATCH}", "ppo.epochs=1", "device=cpu",
+    ])
+    # configure_learner_process as `rlscale train` calls it; for glibc_default without its
+    # keep_heap_memory (everything else - precision, threads - the same). Records whether the
+    # heap settings were applied (not when a MALLOC_*_ variable is set: the user's wins).
+    keep = util.keep_heap_memory
+    applied = []
+
+    def keep_or_not() -> bool:
+        applied.append(mode != "glibc_default" and keep())
+        return applied[-1]
+
+    util.keep_heap_memory = keep_or_not
+    try:
+        C.configure_learner(device, args.threads)
+    finally:
+        util.keep_heap_memory = keep
+    batch = C.synthetic_batch(PAGE_FAULT_B, C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS, seed=args.seed, frame_stacks=True)
+    learner = C.make_learner(cfg, C.env_spec(C.ATARI_OBS_SHAPE, "uint8", NUM_ACTIONS, cfg), device)
+    lr = cfg.ppo.lr
+    for i in range(PAGE_FAULT_WARMUP):
+        learner.update(batch, lr=lr, iteration=i)
+    faults, times = [], []
+    for r in range(args.page_fault_repeats):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        learner.update(batch, lr=lr, iteration=PAGE_FAULT_WARMUP + r)
+        times.append(time.perf_counter() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    out = {
+        "mode": mode,
+        "heap_settings_applied": bool(applied and applied[-1]),
+        "malloc_env": {k: os.environ[k] for k in util.MALLOC_ENV if k in os.environ},
+        "page_faults_per_update": faults,
+        "update_s": times,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print("CHILD_JSON " + json.dumps(out), flush=True)
+
+
+def run_page_fault_child(args, mode: str) -> dict:
+    from rlscale.util import MALLOC_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    if mode == "user_trim_threshold":
+        env["MALLOC_TRIM_THRESHOLD_"] = str(USER_TRIM_THRESHOLD)
+    cmd = [sys.executable, os.path.abspath(__file__), "--page-fault-child", mode, "--threads", str(args.threads),
+           "--seed", str(args.seed), "--page-fault-repeats", str(args.page_fault_repeats)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)  # stderr: inherited
+    if p.returncode != 0:
+        raise RuntimeError(f"page-fault child ({mode}) failed with exit code {p.returncode}")
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("CHILD_JSON ")][-1]
+    out = json.loads(line[len("CHILD_JSON "):])
+    out["child_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def page_faults(args) -> None:
+    result = {
+        "benchmark": "bench_learner_page_faults",
+        "quick": args.quick,
+        "machine": C.machine_info("cpu"),
+        "settings": {"env_steps_per_iteration": PAGE_FAULT_B, "num_minibatches": 1,
+                     "microbatch_size": PAGE_FAULT_MICROBATCH, "epochs": 1, "obs_shape": list(C.ATARI_OBS_SHAPE),
+                     "obs_format": "stacks", "num_actions": NUM_ACTIONS, "device": "cpu",
+                     "warmup_updates": PAGE_FAULT_WARMUP, "repeats": args.page_fault_repeats,
+                     "threads": args.threads, "seed": args.seed, "user_trim_threshold": USER_TRIM_THRESHOLD,
+                     "measure": "fewest ru_minflt over the repeats, one settled update each"},
+        "children": {},
+    }
+    for mode in PAGE_FAULT_MODES:
+        C.log(f"page faults: child with {mode}")
+        r = run_page_fault_child(args, mode)
+        result["children"][mode] = r
+        # the fewest: now and then a torch thread's first allocation adds ~1,000 to one update
+        result[f"page_faults_per_update_{mode}"] = min(r["page_faults_per_update"])
+        C.log(f"page faults, {mode}: {r['page_faults_per_update']} per update "
+              f"(heap settings applied: {r['heap_settings_applied']}, update {min(r['update_s']):.2f}s)")
+    C.emit(result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,12 +290,24 @@ def main() -> None:
                          "per step) or dense [B, 4, 84, 84]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke test: up to 2^12, 1 repeat")
+    ap.add_argument("--page-faults", action="store_true",
+                    help="instead of the sizes: minor page faults per settled CPU update with the learner's "
+                         "heap settings, glibc's defaults and a user's MALLOC_TRIM_THRESHOLD_ (seconds)")
+    ap.add_argument("--page-fault-repeats", type=int, default=3,
+                    help="--page-faults: measured updates per child (the fewest faults is reported)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--page-fault-child", choices=PAGE_FAULT_MODES, help=argparse.SUPPRESS)
     ap.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
+        return
+    if args.page_fault_child:
+        page_fault_child(args)
+        return
+    if args.page_faults:
+        page_faults(args)
         return
     if args.quick:
         args.max_log2 = min(args.max_log2, 12)
@@ -197,7 +321,8 @@ def main() -> None:
         "benchmark": "bench_learner",
         "quick": args.quick,
         "machine": {**C.machine_info(device), "mem_available_bytes_at_start": mem_available()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("child", "baseline", "n")}
+        "settings": {k: v for k, v in vars(args).items()
+                     if k not in ("child", "baseline", "n", "page_faults", "page_fault_repeats", "page_fault_child")}
                     | {"obs_shape": list(C.ATARI_OBS_SHAPE), "obs_dtype": "uint8", "num_actions": NUM_ACTIONS,
                        "memory_measure": "cuda.max_memory_allocated" if cuda else "child ru_maxrss (os.wait4)"},
     }

@@ -53,7 +53,7 @@ def variant_overrides(name: str, per_example_samples: int) -> list[str]:
 def bench_task(task: str, args) -> dict:
     import torch
 
-    from rlscale.ppo import Learner, resolve_device
+    from rlscale.ppo import resolve_device
 
     spec = TASKS[task]
     common = [f"device={args.device}"]
@@ -69,9 +69,10 @@ def bench_task(task: str, args) -> dict:
     device = resolve_device(cfgs["off"].device)
     B = p.env_steps_per_iteration
     batch = C.synthetic_batch(B, spec["obs_shape"], spec["obs_dtype"], spec["num_actions"], seed=args.seed)
+    env_spec = C.env_spec(spec["obs_shape"], spec["obs_dtype"], spec["num_actions"], cfgs["off"])
     learners = {}
-    for v in VARIANTS:
-        learners[v] = Learner(cfgs[v], spec["obs_shape"], spec["num_actions"], device)
+    for v in VARIANTS:  # each seeded alike: the same initial weights
+        learners[v] = C.make_learner(cfgs[v], env_spec, device)
     it = {v: 0 for v in VARIANTS}
     metric_keys: dict[str, list[str]] = {}
 
@@ -160,6 +161,8 @@ def main() -> None:
 
     from rlscale.ppo import resolve_device
 
+    # the learner process's settings, as `rlscale train` applies them (once per process)
+    C.configure_learner(resolve_device(args.device), args.threads)
     tasks = [args.only] if args.only else ["cartpole", "atari"]
     result = {
         "benchmark": "bench_noise",

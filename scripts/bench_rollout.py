@@ -43,14 +43,12 @@ import argparse
 import contextlib
 import time
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
-
 import rlscale.actors as actors_mod
 from rlscale.actors import RolloutWorker
-
 
 # ---------------------------------------------------------------------------------------------
 # the trivial policy
@@ -102,7 +100,7 @@ def worker_class(cls):
 
 def game_ids(game: str) -> tuple[str, str]:
     """'Pong' -> ('ALE/Pong-v5', 'pong')."""
-    from rlscale.envs import atari_game
+    from rlscale.envs.atari import atari_game
 
     env_id = f"ALE/{game}-v5"
     return env_id, atari_game(env_id)
@@ -153,7 +151,7 @@ def bench_limit(game: str, num_envs: int, num_threads: int, steps: int, warmup: 
 
 
 def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> dict:
-    from rlscale.model import ActorCritic
+    from rlscale.model import build_model
 
     env_id, _ = game_ids(game)
     cfg = C.load_cfg("atari", [
@@ -167,7 +165,7 @@ def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> 
     try:
         spec = pool.spec()
         startup = time.perf_counter() - t0
-        model = ActorCritic(spec.obs_shape, spec.num_actions, cfg.model.hidden_sizes, cfg.model.precision)
+        model = build_model(spec, cfg.model)  # the workers' policy (spec: an rlscale.envs.EnvSpec)
         weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}  # as Learner.get_weights
         W, E, T = len(pool.envs_per_worker), args.envs_per_worker, args.fragment_length
         lengths = [T] * W
@@ -183,7 +181,7 @@ def bench_pool(game: str, backend: str, policy: str, args, num_workers: int) -> 
                 raise RuntimeError(f"pool returned {got} steps (expected {n}), failures={res.failures}")
 
         times = []
-        for r in range(args.pool_repeats):  # strict: a round is requested when the last one is in
+        for _ in range(args.pool_repeats):  # strict: a round is requested when the last one is in
             t0 = time.perf_counter()
             check(pool.sample(lengths, weights, version))
             times.append(time.perf_counter() - t0)

@@ -188,6 +188,7 @@ def test_bad_sweep_input(capsys, tmp_path, text, fragment):
     assert not (tmp_path / "sw").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_unreachable_ray_address(tmp_path):
     # A fresh process: this test session's own local Ray must not answer for the address.
     import subprocess
@@ -205,6 +206,7 @@ def test_unreachable_ray_address(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_more_rollout_workers_than_the_cluster_has_cpus_is_refused(ray_local, capsys, tmp_path):
     out = tmp_path / "run"
     code, err = run_cli(capsys, "train", CP, "tracking.wandb_mode=disabled", "tracking.progress_bar=false",
@@ -214,6 +216,7 @@ def test_more_rollout_workers_than_the_cluster_has_cpus_is_refused(ray_local, ca
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_rollout_workers_that_cannot_start_in_time_fail_with_the_numbers(ray_local, capsys, tmp_path):
     # The cluster has the CPUs, but another job holds them: the wait is bounded.
     from ray.util.placement_group import placement_group, remove_placement_group

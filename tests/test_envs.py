@@ -97,3 +97,13 @@ def test_the_encoder_comes_from_the_spec_not_from_the_observation_rank():
     frames = EnvSpec((4, 84, 84), "uint8", 4, frames_per_env_step=4, frame_stack=4, encoder="nature_cnn")
     assert convs(ActorCritic(frames)) == 3
     assert convs(ActorCritic(frames, encoder="mlp")) == 0  # model.encoder overrides the family's default
+
+
+@pytest.mark.slow
+def test_a_registered_family_reaches_ray_actors(toy_family, ray_local, tmp_path):
+    from rlscale.train import train
+    from tests.helpers import cfg_for
+
+    cfg = cfg_for("env.id=Toy/Signal-v0", "workers.backend=ray", "workers.num_workers=2", "total_env_steps=1024", "targets=[]")
+    s = train(cfg, tmp_path / "run", quiet=True, init_ray=False)
+    assert s["env_family"] == "toy_signal" and s["env_steps_used"] == 1024

@@ -14,6 +14,7 @@ SUMMARY_KEYS = {"env_id", "seed", "env_steps", "frames", "iterations", "optimize
                 "wall_time_s", "env_steps_per_s", "episode_return_mean_last20", "git_sha"}
 
 
+@pytest.mark.slow
 def test_ray_two_actors_full_run_dir(ray_local, tmp_path):
     cfg = cfg_for("workers.backend=ray", "workers.num_workers=2", "workers.num_envs_per_worker=2",
                   "total_env_steps=2048", "checkpoint_interval=4", "tracking.wandb_mode=offline")
@@ -183,6 +184,7 @@ def test_overlap_collects_next_batch_with_lag_one(tmp_path):
     assert m["charts/policy_lag_max"].tolist() == [0] + [1] * 9  # the first batch has nothing to overlap with
 
 
+@pytest.mark.slow
 def test_weights_reach_ray_actors_as_readonly_arrays_exactly(ray_local):
     """Learner.get_weights gives NumPy arrays; an actor loads the object store's read-only views
     exactly and without warnings, and acts with them."""
@@ -238,6 +240,7 @@ OVERLAP_BIG_FRAGMENTS = ("workers.overlap=true", "workers.num_workers=2", "worke
                          "checkpoint_interval=100")
 
 
+@pytest.mark.slow
 def test_overlap_never_drops_a_request_and_accounts_every_step(tmp_path, monkeypatch, ray_local):
     # Rounds of 2 x 4 x 128 = 1,024 steps feed four batches of 256 each: a request is only sent
     # when the buffer is short of the next batch, and every request sent is collected.

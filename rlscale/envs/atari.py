@@ -30,6 +30,7 @@ class AtariVecEnv(VecEnv):
 
     def __init__(self, cfg, num_envs: int, seed: int, num_threads: int = 1):
         from ale_py.vector_env import AtariVectorEnv
+        from gymnasium.spaces import Discrete
 
         super().__init__(num_envs, cfg.clip_rewards)
         self._env = AtariVectorEnv(
@@ -51,13 +52,15 @@ class AtariVecEnv(VecEnv):
         self.episodic_life = cfg.episodic_life
         self.obs_shape = (cfg.frame_stack, 84, 84)
         self.obs_dtype = np.dtype(np.uint8)
-        self.num_actions = int(self._env.single_action_space.n)
+        action_space = self._env.single_action_space
+        assert isinstance(action_space, Discrete)  # ale-py's default: discrete actions
+        self.num_actions = int(action_space.n)
         self.frames_per_env_step = cfg.frame_skip
         self.frame_stack = cfg.frame_stack
         # ALE seeds env i with seed + i as a C int: fold the (up to 32-bit) worker seed into
         # [0, 2^31 - num_envs). Seeds already in that range are kept as they are.
         self._seed = int(seed) % (2**31 - num_envs)
-        self._lives = None
+        self._lives: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
         obs, info = self._env.reset(seed=self._seed)

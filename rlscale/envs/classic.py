@@ -40,7 +40,9 @@ class ClassicVecEnv(VecEnv):
         space = self._env.single_action_space
         if not isinstance(space, gym.spaces.Discrete):
             raise ConfigError(f"env.id '{env_id}' has {type(space).__name__} actions; only discrete actions are supported")
-        self.obs_shape = tuple(self._env.single_observation_space.shape)
+        obs_shape = self._env.single_observation_space.shape
+        assert obs_shape is not None, "gymnasium envs here have Box observations"
+        self.obs_shape = tuple(obs_shape)
         self.obs_dtype = np.dtype(np.float32)
         self.num_actions = int(space.n)
         self._seed = seed
