@@ -44,7 +44,7 @@ def save(run_dir: Path, iteration: int, state: dict, keep: int = 3) -> Path:
     buf = io.BytesIO()
     torch.save(_to_torch({"format": FORMAT, **state}), buf)
     atomic_write_bytes(path, buf.getvalue())
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
         workers_path(old).unlink(missing_ok=True)
     return path

@@ -49,6 +49,19 @@ def _analyze(args) -> int:
     return 0
 
 
+def _noise_probe(args) -> int:
+    from rlscale.noise_probe import noise_probe
+
+    rows = noise_probe(Path(args.run_dir), args.checkpoints, args.batches, args.env_steps, args.burn_in, args.gap, args.seed)
+    from rlscale.util import to_jsonable
+
+    for r in rows:
+        print(json.dumps(to_jsonable({k: r[k] for k in ("iteration", "env_steps", "part", "reference_b_simple", "reference_b_simple_ci",
+                                             "inloop_b_simple", "inloop_b_simple_random", "inloop_b_simple_env")})))
+    print(f"written: {Path(args.run_dir) / 'noise_probe.json'}, noise_probe.png", file=sys.stderr)
+    return 0
+
+
 def _submit(args) -> int:
     from rlscale.submit import submit
 
@@ -77,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("sweep_dir")
     a.add_argument("--wandb-mode", default=os.environ.get("WANDB_MODE", "offline"), choices=["offline", "online", "disabled"])
     a.set_defaults(func=_analyze)
+
+    n = sub.add_parser("noise-probe", help="reference noise scale from independent batches at a run's checkpoints, beside the in-loop estimates")
+    n.add_argument("run_dir")
+    n.add_argument("--checkpoints", type=int, nargs="+", metavar="ITERATION", help="checkpoint iterations (default: all kept)")
+    n.add_argument("--batches", type=int, default=30, help="independent batches K per checkpoint (default 30)")
+    n.add_argument("--env-steps", type=int, nargs="+", metavar="B", help="env steps per batch (default: the run's)")
+    n.add_argument("--burn-in", type=int, default=500, help="env steps per env played before the first batch (default 500)")
+    n.add_argument("--gap", type=int, default=None, help="env steps per env played between batches (default: 2 fragments)")
+    n.add_argument("--seed", type=int, default=12345, help="seed of the probe's own workers")
+    n.set_defaults(func=_noise_probe)
 
     j = sub.add_parser("submit", help="submit an rlscale command as a Ray job")
     j.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")

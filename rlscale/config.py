@@ -172,6 +172,8 @@ class TrainConfig:
     """Learner intra-op threads; 0 leaves torch's default."""
     checkpoint_interval: int = 50
     """Iterations between checkpoints (the final one is always written)."""
+    checkpoint_keep: int = 3
+    """Newest checkpoints kept (0 keeps all, e.g. for `rlscale noise-probe` along the run)."""
     targets: list[float] = field(default_factory=list)
     """Returns whose first crossing by the smoothed return is recorded in summary.json."""
     stop_return: float | None = None
@@ -318,6 +320,7 @@ def validate(cfg: TrainConfig) -> None:
     _at_least("seed", cfg.seed, 0)
     _positive("total_env_steps", cfg.total_env_steps)
     _positive("checkpoint_interval", cfg.checkpoint_interval)
+    _at_least("checkpoint_keep", cfg.checkpoint_keep, 0, " (0 keeps all)")
     _at_least("torch_threads", cfg.torch_threads, 0, " (0 = torch's default)")
     # workers
     _at_least("workers.num_workers", w.num_workers, 0, " (0 = one per CPU)")

@@ -30,6 +30,8 @@ __all__ = [
     "b_noise_estimates",
     "sq_norm",
     "NoiseProbe",
+    "between_batch_estimates",
+    "bootstrap_interval",
 ]
 
 
@@ -130,6 +132,48 @@ class NoiseScaleEMA:
         self.skipped = int(d["skipped"])
         self._ema_grad_sq = float(d["ema_grad_sq"])
         self._ema_trace_cov = float(d["ema_trace_cov"])
+
+
+# ----------------------------------------------------------------------------- between batches
+
+
+def between_batch_estimates(batch_grads: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(|G|^2, tr(Sigma_eff)) from K independent batch gradients, the reference for RL batches.
+
+    batch_grads [K, D]: the mean-loss gradients of K batches of `batch_size` examples each,
+    collected independently at the same parameters (correlations inside a batch included).
+    tr(Sigma_eff) = batch_size x trace of their unbiased covariance, the per-example noise a
+    batch of this shape really has; |G|^2 = |mean|^2 - trace(cov)/K. Both unbiased.
+    """
+    g = batch_grads.double()
+    k = g.shape[0]
+    if k < 2:
+        raise ValueError(f"between-batch estimates need at least 2 batches, got {k}")
+    mean = g.mean(0)
+    trace_cov = float(((g - mean) ** 2).sum()) / (k - 1)
+    return float(mean.pow(2).sum()) - trace_cov / k, batch_size * trace_cov
+
+
+def bootstrap_interval(batch_grads: torch.Tensor, batch_size: int, n_boot: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of B_simple = tr(Sigma_eff) / |G|^2 over resamples of the K batches
+    (a resample whose |G|^2 is not positive counts as an unbounded B_simple)."""
+    g = batch_grads.double()
+    k = g.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    # Gram matrix: every resample's statistics from K x K inner products, not D-dim vectors.
+    gram = g @ g.T
+    ratios = []
+    for _ in range(n_boot):
+        ix = torch.randint(0, k, (k,), generator=gen)
+        sub = gram[ix][:, ix]
+        mean_sq = float(sub.sum()) / k**2
+        trace_cov = (float(sub.diagonal().sum()) / k - mean_sq) * k / (k - 1)
+        grad_sq = mean_sq - trace_cov / k
+        ratios.append(batch_size * trace_cov / grad_sq if grad_sq > 0 else math.inf)
+    # no interpolation: an unbounded resample (|G|^2 <= 0) gives an unbounded end, not nan
+    lo, hi = np.quantile(np.array(ratios), [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(lo), float(hi)
 
 
 # ----------------------------------------------------------------------------- per-example

@@ -233,7 +233,7 @@ class _Run:
             "config": to_dict(self.cfg), "spec": asdict(self.spec), "learner": self.learner.state_dict(),
             "run": self.state.state_dict(), "schedule": self.schedule.state_dict(),
             "torch_rng": torch.get_rng_state(), "wandb_id": self.wb.id,
-        })
+        }, keep=self.cfg.checkpoint_keep)
 
     def print_header(self, device) -> None:
         cfg, pool, B = self.cfg, self.pool, self.schedule.env_steps_per_iteration(0, float("nan"))

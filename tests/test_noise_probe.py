@@ -1,0 +1,48 @@
+"""`rlscale noise-probe` on a short CartPole run: rows, figure, bad input."""
+
+import json
+
+import pytest
+
+from rlscale.cli import main
+from tests.helpers import CARTPOLE
+
+KEYS = {"iteration", "env_steps", "part", "reference_b_simple", "reference_b_simple_ci", "inloop_b_simple",
+        "inloop_b_simple_random", "inloop_b_simple_env", "successive_batch_cosine"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe") / "run"
+    assert main(["train", str(CARTPOLE), "workers.backend=local", "tracking.wandb_mode=disabled", "tracking.progress_bar=false",
+                 "total_env_steps=2048", "checkpoint_interval=2", "checkpoint_keep=0", "--out", str(out)]) == 0
+    return out
+
+
+def test_probe_writes_rows_per_checkpoint_and_part_and_a_figure(run_dir, capsys):
+    assert main(["noise-probe", str(run_dir), "--checkpoints", "2", "8", "--batches", "4", "--burn-in", "50"]) == 0
+    rows = json.loads((run_dir / "noise_probe.json").read_text())
+    assert [(r["iteration"], r["part"]) for r in rows] == [(i, p) for i in (2, 8) for p in ("policy", "value", "combined")]
+    for r in rows:
+        assert KEYS <= r.keys() and r["batches"] == 4 and r["env_steps_per_batch"] == 256
+        assert r["inloop_b_simple"] == r["inloop_b_simple_random"]  # the run's own mode is its headline
+        assert r["reference_trace_cov"] > 0
+    assert (run_dir / "noise_probe.png").stat().st_size > 10_000
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(printed) == 6
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--checkpoints", "3"], "no checkpoint at iteration(s) [3]"),
+    (["--batches", "2"], "--batches must be at least 3"),
+    (["--env-steps", "0"], "must be a positive multiple"),
+])
+def test_probe_bad_input(run_dir, capsys, argv, fragment):
+    assert main(["noise-probe", str(run_dir), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
+
+
+def test_probe_of_a_non_run(tmp_path, capsys):
+    assert main(["noise-probe", str(tmp_path)]) == 2
+    assert "holds no rlscale run" in capsys.readouterr().err
