@@ -11,6 +11,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -304,12 +305,18 @@ class RayPool(_Pool):
         self.remote_cls = ray.remote(RolloutWorker)
         self.restarts = [0] * len(envs_per_worker)
         self.failures = 0
+        # Inside a sweep trial the actors go into the trial's placement group (bundle 1 + i).
+        self.placement_group = ray.util.get_current_placement_group()
         self._check_resources()
         self.actors = [self._make(i) for i in range(len(envs_per_worker))]
         self._spec = self._wait_started()
 
     def _check_resources(self) -> None:
-        """Refuse at once what the cluster can never place (Ray would wait forever)."""
+        """Refuse at once what a local cluster can never place (Ray would wait forever). A cluster
+        joined by address may autoscale, and a trial's placement group has reserved its CPUs:
+        there only the bounded start wait applies."""
+        if self.placement_group is not None or self.cfg.workers.address or os.environ.get("RAY_ADDRESS"):
+            return
         w = self.cfg.workers
         need = len(self.envs_per_worker) * w.num_cpus_per_worker
         total = self.ray.cluster_resources().get("CPU", 0.0)
@@ -329,7 +336,13 @@ class RayPool(_Pool):
             raise ConfigError(
                 f"only {len(ready)} of {len(refs)} rollout workers started within workers.start_timeout_s={timeout:g} s "
                 f"({free:g} CPUs free in the cluster now); free resources, lower workers.num_workers, or raise the timeout")
-        return self.ray.get(refs[0])
+        try:
+            specs = self.ray.get(ready)
+        except self.ray.exceptions.RayError as e:  # an actor's constructor failed (its env, its model)
+            self.close()
+            lines = [x for x in str(e).splitlines() if x.strip()]
+            raise ConfigError(f"a rollout worker failed to start: {lines[-1][:300] if lines else type(e).__name__}") from None
+        return specs[0]
 
     def _make(self, i: int):
         c = self.cfg
@@ -337,8 +350,12 @@ class RayPool(_Pool):
         inject = {k: os.environ[k] for k in ("RLSCALE_FAIL_AFTER_SAMPLES", "RLSCALE_FAIL_MODE") if k in os.environ}
         if inject:
             opts["runtime_env"] = {"env_vars": inject}
-        # SPREAD places actors across nodes of a multi-node cluster.
-        return self.remote_cls.options(scheduling_strategy="SPREAD", **opts).remote(
+        strategy: Any = "SPREAD"  # across the nodes of a multi-node cluster
+        if self.placement_group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            strategy = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=1 + i)
+        return self.remote_cls.options(scheduling_strategy=strategy, **opts).remote(
             c.env, c.model, self.envs_per_worker[i], worker_seed(c.seed, i, self.restarts[i]), self.offsets[i],
             reuse_buffers=True, family=self._family(),
         )

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlscale: error: {e}", file=sys.stderr)
         return 2
     except WorkerFailure as e:
-        print(f"rlscale: error: {e}; a checkpoint was written, resume with --resume RUN_DIR", file=sys.stderr)
+        print(f"rlscale: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rlscale: interrupted; the last checkpoint is in the run directory (resume with --resume)", file=sys.stderr)

@@ -423,6 +423,7 @@ class NoiseProbe:
     def load_state_dict(self, state: Mapping) -> None:
         for k, e in self.ema.items():
             e.load_state_dict(state["ema"][k])
+            e.beta = float(self.cfg.ema_beta)  # a resumed run's noise.ema_beta wins
         self.history = [float(x) for x in state["history"]]
 
     # -- inside --------------------------------------------------------------------------------

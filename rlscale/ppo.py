@@ -112,6 +112,7 @@ class Learner:
         probe.start_update()
         logs = _Sums()
         logp_mismatch = torch.zeros((), device=self.device)
+        compared = torch.zeros((), dtype=torch.bool, device=self.device)  # a lag-0 step was compared
         lag0 = t["versions"] == self.version  # steps collected with the current weights
         stopped = False
         for epoch in range(p.epochs):
@@ -146,6 +147,7 @@ class Learner:
                     minibatch_kl = minibatch_kl + diags["losses/approx_kl"] * w
                     if epoch == 0 and m == 0:  # before any optimizer step: at the behaviour weights
                         logp_mismatch = torch.maximum(logp_mismatch, (parts.log_ratio.abs() * lag0[j]).max())
+                        compared = compared | lag0[j].any()
                 for q, q_grad in zip(self.params, acc):
                     q.grad = q_grad
                 probe.on_minibatch(acc, len(idx))
@@ -166,7 +168,7 @@ class Learner:
             y, v = t["returns"], t["values"]
             var_y = y.var()
             out["losses/explained_variance"] = float("nan") if var_y == 0 else float(1 - (y - v).var() / var_y)
-        out["losses/logp_mismatch"] = float(logp_mismatch) if bool(lag0.any()) else float("nan")
+        out["losses/logp_mismatch"] = float(logp_mismatch) if bool(compared) else float("nan")
         out["charts/learning_rate"] = lr
         out["charts/clip_coef"] = clip_coef
         out["losses/early_stop"] = float(stopped)

@@ -18,7 +18,7 @@ from rlscale import checkpoint, schedules
 from rlscale.actors import make_pool
 from rlscale.config import TrainConfig, to_dict, to_yaml
 from rlscale.envs import EnvSpec, check_env_id
-from rlscale.errors import ConfigError
+from rlscale.errors import ConfigError, WorkerFailure
 from rlscale.ppo import Learner, resolve_device
 from rlscale.run_state import RunState
 from rlscale.tracking import MetricsTable, Progress, WandbRun
@@ -159,17 +159,25 @@ class _Run:
                     progress.update(c.env_steps_used, ret=f"{row['charts/episode_return_smoothed']:.1f}",
                                     sps=f"{c.env_steps / max(c.wall_time_s, 1e-9):.0f}")
                 if c.iteration % cfg.checkpoint_interval == 0:
+                    self.collect_inflight()  # a checkpoint holds every step played so far
                     self.save()
-            if self.inflight is not None:  # played steps are delivered and counted, never dropped
-                state.absorb(self.pool.collect(self.inflight))
-                self.inflight = None
+            self.collect_inflight()  # played steps are delivered and counted, never dropped
             self.save()
             exit_code = 0
-        except BaseException:
+        except BaseException as e:
             # Keep what was learned, but only a consistent state: a failure inside an update
             # (its model half-stepped, its batch out of the buffer) keeps the last checkpoint.
+            saved = False
             if consistent and c.iteration:
-                self.save()
+                try:
+                    self.save()
+                    saved = True
+                except Exception as save_error:  # never hide the error that stopped the run
+                    print(f"warning: no checkpoint written after the error ({save_error})", file=sys.stderr)
+            if isinstance(e, WorkerFailure):
+                where = (f"a checkpoint of iteration {c.iteration} was written; resume with --resume {self.run_dir}"
+                         if saved else "no checkpoint was written")
+                raise WorkerFailure(f"{e}; {where}") from e
             raise
         finally:
             if progress:
@@ -178,6 +186,11 @@ class _Run:
         summary = make_summary(cfg, self)
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def collect_inflight(self) -> None:
+        if self.inflight is not None:
+            self.state.absorb(self.pool.collect(self.inflight))
+            self.inflight = None
 
     def fill(self, B: int, weights: dict) -> None:
         """Sampling rounds (one request in flight at most) until the buffer holds B steps."""

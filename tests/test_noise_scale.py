@@ -359,3 +359,21 @@ def test_b_simple_stays_correct_when_the_batch_size_changes():
         for g2, tr in chunks:
             ema.update(float(g2[i]), float(tr[i]))
     assert abs(ema.b_simple / truth["b_simple"] - 1.0) < 0.05
+
+
+def test_probe_state_round_trips_and_a_resumed_ema_beta_wins():
+    from types import SimpleNamespace
+
+    from rlscale.noise_scale import NoiseProbe
+
+    def cfg(beta):
+        return SimpleNamespace(enabled=True, epochs="first", split_policy_value=False, ema_beta=beta,
+                               per_example_interval=0, b_noise_interval=0)
+
+    a = NoiseProbe(cfg(0.95), 8)
+    a.ema["combined"].update(2.0, 10.0)
+    a.history.append(5.0)
+    b = NoiseProbe(cfg(0.5), 8)
+    b.load_state_dict(a.state_dict())
+    assert b.history == [5.0] and b.ema["combined"].n == 1 and b.b_simple == pytest.approx(5.0)
+    assert b.ema["combined"].beta == 0.5

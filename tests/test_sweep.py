@@ -66,3 +66,22 @@ def test_ci_study_end_to_end(ray_local, tmp_path):
     (tdir / "trial.json").write_text(json.dumps(rec))
     again = run_sweep(CI_SWEEP, [], out, quiet=True)
     assert again["ran"] == 1 and again["completed"] == 1
+
+
+@pytest.mark.slow
+def test_trial_with_ray_rollout_actors_places_them_in_its_placement_group(ray_local, tmp_path):
+    # The trial's group reserves 1 CPU for the learner and 1 per actor: the whole 2-CPU cluster.
+    # Actors placed outside the group would find no CPU and the trial would time out.
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"""name: ray_actors
+base_config: {ROOT / "configs" / "cartpole.yaml"}
+overrides: {{workers.backend: ray, workers.num_workers: 1, workers.start_timeout_s: 60, tracking.progress_bar: false,
+             tracking.wandb_mode: disabled}}
+envs: [{{id: CartPole-v1, targets: [1000], total_env_steps: 512}}]
+env_steps_per_iteration: [256]
+seeds: [1]
+""")
+    r = run_sweep(sweep, [], tmp_path / "out", quiet=True)
+    rec = json.loads((tmp_path / "out" / "trials" / "CartPole-v1_B256_fixed_s1" / "trial.json").read_text())
+    assert r["completed"] == 1, rec["error"]
+    assert rec["env_steps"] == 512

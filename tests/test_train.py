@@ -310,3 +310,27 @@ def test_progress_is_a_plain_line_when_stderr_is_not_a_terminal():
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue()
     assert lines == ["env steps: 400/1000 (40%) ret=9.5", "env steps: 500/1000 (50%) ret=9.5"]  # at 12 s, at the end
+
+
+def test_overlap_run_resumes_exactly_from_a_periodic_checkpoint(tmp_path, monkeypatch):
+    # A periodic checkpoint in overlap mode holds the batch being collected, so the resumed run
+    # is the uninterrupted one, number for number (local mode).
+    from rlscale.ppo import Learner
+
+    args = ("workers.backend=local", "workers.overlap=true", "total_env_steps=2560", "checkpoint_interval=4")
+    real = Learner.update
+
+    def failing(self, batch, lr, iteration=0, clip_coef=None):
+        if iteration == 5:
+            raise KeyboardInterrupt
+        return real(self, batch, lr, iteration, clip_coef)
+
+    monkeypatch.setattr(Learner, "update", failing)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(*args), tmp_path / "run", quiet=True)
+    monkeypatch.setattr(Learner, "update", real)
+    train(cfg_for(*args), tmp_path / "run", resume=True, quiet=True)
+    train(cfg_for(*args), tmp_path / "whole", quiet=True)
+    a, b = (strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in ("run", "whole"))
+    pd.testing.assert_frame_equal(a, b)
+    assert a["charts/policy_lag_max"].tolist() == [0] + [1] * 9
