@@ -147,7 +147,9 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
             "env_steps_per_batch": env_steps, "batches": batches,
             "reference_grad_sq": grad_sq, "reference_trace_cov": trace_cov,
             "reference_b_simple": _ratio(grad_sq, trace_cov), "reference_b_simple_ci": [lo, hi],
-            # successive batches should be independent: their deviations' mean cosine is ~0
+            # a diagnostic of dependence between successive batches: the mean cosine of their
+            # deviations from the mean (about -1/(K-1) for independent batches whose noise is
+            # spread over many directions; a few dominant directions spread it wider)
             "successive_batch_cosine": float(cos.mean()),
         }
         for mode in MODES:
