@@ -297,6 +297,11 @@ def sq_norm(tensors) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors)).pow(2).sum() if tensors else torch.zeros(())
 
 
+def weighted_sq_norm(tensors, weights) -> torch.Tensor:
+    """sum_i w_i g_i^2 over all parameters: g^T P g for a diagonal P given per parameter."""
+    return torch.stack([(w * g * g).sum() for g, w in zip(tensors, weights)]).sum()
+
+
 class NoiseProbe:
     """The learner's gradient-noise measurement, apart from the update it observes.
 
@@ -313,7 +318,7 @@ class NoiseProbe:
     minibatches it measures (``noise.split_policy_value``).
     """
 
-    PARTS = ("combined", "policy", "value", "per_example", "b_noise")
+    PARTS = ("combined", "policy", "value", "adam", "per_example", "b_noise")
     MAX_KEPT_GRADS = 8  # micro-batch gradients kept for B_noise
 
     def __init__(self, cfg, microbatch_size: int):
@@ -330,13 +335,17 @@ class NoiseProbe:
     def start_update(self) -> None:
         self._sums, self._counts = {}, {}
 
-    def start_minibatch(self, iteration: int, epoch: int, minibatch: int, num_microbatches: int) -> None:
+    def start_minibatch(self, iteration: int, epoch: int, minibatch: int, num_microbatches: int,
+                        preconditioner: list[torch.Tensor] | None = None) -> None:
+        """preconditioner: the optimizer's diagonal P (Adam: 1 / (sqrt(v_hat) + eps)) per parameter,
+        for the preconditioned noise scale tr(P Sigma) / (G^T P G); None before Adam's first step."""
         c = self.cfg
+        self._precond = preconditioner
         self.measuring = c.enabled and num_microbatches >= 2 and (c.epochs == "all" or epoch == 0)
         self.split = self.measuring and c.split_policy_value
         # B_noise uses the first minibatch's micro-batch gradients (see extras)
         self._keep = self.measuring and self._due(c.b_noise_interval, iteration) and epoch == 0 and minibatch == 0
-        self._small_sq: dict[str, list[torch.Tensor]] = {"combined": [], "policy": [], "value": []}
+        self._small_sq: dict[str, list[torch.Tensor]] = {"combined": [], "policy": [], "value": [], "adam": []}
         self._part_acc: dict[str, list[torch.Tensor]] = {}
         self.kept_grads: list[list[torch.Tensor]] = []
 
@@ -354,6 +363,8 @@ class NoiseProbe:
                 self._small_sq[k].append(sq_norm(g))
         if full:
             self._small_sq["combined"].append(sq_norm(grads))
+            if self._precond is not None:
+                self._small_sq["adam"].append(weighted_sq_norm(grads, self._precond))
             if self._keep and len(self.kept_grads) < self.MAX_KEPT_GRADS:
                 self.kept_grads.append([x.detach().clone() for x in grads])
 
@@ -361,9 +372,11 @@ class NoiseProbe:
         """grads: the accumulated minibatch gradient (before clipping)."""
         if not (self.measuring and self._small_sq["combined"]):
             return
-        self._two_batch("combined", self._small_sq["combined"], grads, minibatch_size)
+        self._two_batch("combined", self._small_sq["combined"], sq_norm(grads), minibatch_size)
         for k, acc in self._part_acc.items():
-            self._two_batch(k, self._small_sq[k], acc, minibatch_size)
+            self._two_batch(k, self._small_sq[k], sq_norm(acc), minibatch_size)
+        if self._precond is not None and self._small_sq["adam"]:
+            self._two_batch("adam", self._small_sq["adam"], weighted_sq_norm(grads, self._precond), minibatch_size)
 
     def extras(self, iteration: int, loss_fn: LossFn, params: Params, samples: Batch,
                hessian_samples: Callable[[], Batch], big_grads: list[torch.Tensor], minibatch_size: int) -> None:
@@ -397,6 +410,8 @@ class NoiseProbe:
         combined = self.ema["combined"]
         out.update({"noise/b_simple_ema": combined.ratio, "noise/grad_sq_ema": combined.grad_sq,
                     "noise/trace_cov_ema": combined.trace_cov})
+        if self.ema["adam"].n:
+            out["noise/b_simple_adam_ema"] = self.ema["adam"].ratio
         if c.split_policy_value:
             out["noise/b_simple_policy_ema"] = self.ema["policy"].ratio
             out["noise/b_simple_value_ema"] = self.ema["value"].ratio
@@ -436,10 +451,10 @@ class NoiseProbe:
         self._sums[key] = self._sums.get(key, 0.0) + value
         self._counts[key] = self._counts.get(key, 0) + 1
 
-    def _two_batch(self, key: str, small_sq: list[torch.Tensor], big_grads: list[torch.Tensor], b_big: int) -> None:
+    def _two_batch(self, key: str, small_sq: list[torch.Tensor], sq_big: torch.Tensor, b_big: int) -> None:
         # Sync point (once per measured minibatch): the EMA keeps python floats.
         sq_small = torch.stack(small_sq).mean()
-        grad_sq, trace_cov = two_batch_estimates(float(sq_small), float(sq_norm(big_grads)), self.microbatch_size, b_big)
+        grad_sq, trace_cov = two_batch_estimates(float(sq_small), float(sq_big), self.microbatch_size, b_big)
         self.ema[key].update(grad_sq, trace_cov)
         # combined: noise/grad_sq, noise/b_simple; parts: noise/policy_grad_sq, noise/b_simple_policy
         prefix, suffix = ("noise/", "") if key == "combined" else (f"noise/{key}_", f"_{key}")

@@ -125,7 +125,7 @@ class Learner:
                 # minibatch's steps, and so its gradient, are the same either way.
                 micro = [torch.from_numpy(c).to(self.device) for c in microbatch_groups(
                     batch, order[m * mb_size:(m + 1) * mb_size], p.microbatch_size, self.cfg.noise.microbatch_mode)]
-                probe.start_minibatch(iteration, epoch, m, len(micro))
+                probe.start_minibatch(iteration, epoch, m, len(micro), self._adam_preconditioner() if self.cfg.noise.enabled else None)
                 acc = [torch.zeros_like(q) for q in self.params]
                 minibatch_kl = torch.zeros((), device=self.device)
                 for c in micro:
@@ -173,6 +173,20 @@ class Learner:
         out["charts/clip_coef"] = clip_coef
         out["losses/early_stop"] = float(stopped)
         out.update(probe.end_update())
+        return out
+
+    def _adam_preconditioner(self) -> list[torch.Tensor] | None:
+        """Adam's diagonal preconditioner 1 / (sqrt(v / (1 - beta2^t)) + eps) per parameter (the
+        step it would take is lr m_hat P); None before its first step."""
+        group = self.optimizer.param_groups[0]
+        beta2, eps = group["betas"][1], group["eps"]
+        out = []
+        for q in self.params:
+            st = self.optimizer.state.get(q, {})
+            if "exp_avg_sq" not in st:
+                return None
+            bias = 1 - beta2 ** float(st["step"])
+            out.append(1.0 / ((st["exp_avg_sq"] / bias).sqrt() + eps))
         return out
 
     def _to_device(self, batch: dict) -> dict[str, Any]:  # tensors, but 'obs' may be FrameStacks

@@ -114,3 +114,30 @@ def test_bootstrap_interval_covers_the_truth_about_as_often_as_it_says():
         assert lo < hi
         hits += lo <= truth <= hi
     assert hits >= 32  # nominal 95%: at least 80% of 40 intervals cover (binomial tail < 1e-3)
+
+
+def test_adam_preconditioned_estimate_recovers_tr_P_sigma_and_G_P_G():
+    # Independent per-example gradients g ~ N(G, diag(s^2)) and a fixed diagonal P: the two-batch
+    # estimate on P-weighted norms is unbiased for G^T P G and tr(P Sigma).
+    rng = np.random.default_rng(5)
+    G = np.array([0.5, -0.2, 0.1, 0.0])
+    s2 = np.array([1.0, 4.0, 0.25, 2.0])
+    P = np.array([2.0, 0.1, 10.0, 1.0])
+    cfg = SimpleNamespace(enabled=True, epochs="first", split_policy_value=False, ema_beta=0.95,
+                          per_example_interval=0, b_noise_interval=0)
+    b, n = 8, 64
+    est = []
+    for _ in range(3000):
+        probe = NoiseProbe(cfg, microbatch_size=b)
+        g = torch.from_numpy(G + rng.normal(size=(n, 4)) * np.sqrt(s2))
+        probe.start_update()
+        probe.start_minibatch(0, 0, 0, n // b, preconditioner=[torch.from_numpy(P)])
+        for i in range(0, n, b):
+            probe.on_microbatch([g[i:i + b].mean(0)], b / n, full=True)
+        probe.on_minibatch([g.mean(0)], n)
+        out = probe.end_update()
+        est.append((out["noise/adam_grad_sq"], out["noise/adam_trace_cov"]))
+    est = np.array(est)
+    for col, truth in ((0, float(G @ (P * G))), (1, float(P @ s2))):
+        m, se = mean_and_se(est[:, col])
+        assert abs(m - truth) < 3 * se, (col, m, truth, se)
