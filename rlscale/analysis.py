@@ -38,7 +38,7 @@ DIMINISHING_REDUCTION = 0.2
 TABLE_COLUMNS = [
     "trial_id", "env_id", "target", "B", "num_minibatches", "lr_rule", "lr", "seed",
     "status", "error", "reached", "iterations", "env_steps", "optimizer_steps",
-    "wall_time_s", "b_simple_mean",
+    "wall_time_s", "b_simple_to_target",
 ]
 
 
@@ -225,11 +225,12 @@ def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
                 "env_steps": res.get("env_steps"),
                 "optimizer_steps": res.get("optimizer_steps"),
                 "wall_time_s": res.get("wall_time_s"),
-                "b_simple_mean": res.get("b_simple_mean"),
+                # the ratio of averaged estimates up to the target (sweeps before it: a mean of ratios)
+                "b_simple_to_target": res.get("b_simple", res.get("b_simple_mean")),
             })
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for col in ["B", "num_minibatches", "lr", "seed", "target", "iterations", "env_steps",
-                "optimizer_steps", "wall_time_s", "b_simple_mean"]:
+                "optimizer_steps", "wall_time_s", "b_simple_to_target"]:
         table[col] = pd.to_numeric(table[col], errors="coerce")
     return table.sort_values(["env_id", "target", "B", "lr_rule", "lr", "seed"], ignore_index=True)
 
@@ -303,10 +304,10 @@ def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, flo
     keys = set(zip(reached["B"], reached["lr_rule"], reached["lr"]))
     mask = [(b, rule, lr) in keys for b, rule, lr in zip(rows["B"], rows["lr_rule"], rows["lr"])]
     sel = rows[np.asarray(mask, dtype=bool)]
-    sel = sel[np.isfinite(sel["b_simple_mean"].to_numpy(dtype=float))]
+    sel = sel[np.isfinite(sel["b_simple_to_target"].to_numpy(dtype=float))]
     if sel.empty:
         return None, None, 0
-    per_gradient = sel["b_simple_mean"].to_numpy(dtype=float)
+    per_gradient = sel["b_simple_to_target"].to_numpy(dtype=float)
     # One gradient sees B/num_minibatches env steps, so scale up to the rollout batch B.
     minibatches = sel["num_minibatches"].fillna(1).to_numpy(dtype=float)
     return float(per_gradient.mean()), float((per_gradient * minibatches).mean()), int(len(sel))

@@ -27,7 +27,7 @@ def _train(args) -> int:
         cfg = load_train_config(args.config, args.overrides)
         summary = train(cfg, Path(args.out) if args.out else None, overwrite=args.overwrite)
     print(json.dumps({k: summary[k] for k in ("env_id", "seed", "env_steps", "iterations", "wall_time_s",
-                                             "env_steps_per_s", "episode_return_mean_last20", "b_simple_mean", "run_dir")}))
+                                             "env_steps_per_s", "episode_return_mean_last20", "b_simple", "run_dir")}))
     return 0
 
 

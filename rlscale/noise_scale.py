@@ -302,6 +302,31 @@ def weighted_sq_norm(tensors, weights) -> torch.Tensor:
     return torch.stack([(w * g * g).sum() for g, w in zip(tensors, weights)]).sum()
 
 
+SUMMARY_PARTS = ("combined", "policy", "value", "adam")
+
+
+def ratio_of_means(grad_sq: np.ndarray, trace_cov: np.ndarray, n_boot: int = 500, level: float = 0.95,
+                   seed: int = 0) -> tuple[float | None, float | None, float | None]:
+    """mean(trace_cov) / mean(grad_sq) over a sequence of estimates, with a moving-block
+    bootstrap interval (blocks of about n^(1/3) consecutive estimates keep their serial
+    correlation). None where the averaged |G|^2 is not positive (B_simple unresolved)."""
+    ok = np.isfinite(grad_sq) & np.isfinite(trace_cov)
+    g, t = grad_sq[ok], trace_cov[ok]
+    n = len(g)
+    if n == 0:
+        return None, None, None
+    ratio = float(t.mean() / g.mean()) if g.mean() > 0 else None
+    if n < 3:
+        return ratio, None, None
+    block = max(1, round(n ** (1 / 3)))
+    starts = np.random.default_rng(seed).integers(0, n - block + 1, size=(n_boot, -(-n // block)))
+    ix = (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]
+    gm, tm = g[ix].mean(1), t[ix].mean(1)
+    ratios = np.where(gm > 0, tm / np.where(gm > 0, gm, 1.0), np.inf)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return ratio, float(lo), (float(hi) if np.isfinite(hi) else None)
+
+
 class NoiseProbe:
     """The learner's gradient-noise measurement, apart from the update it observes.
 
@@ -326,6 +351,7 @@ class NoiseProbe:
         self.microbatch_size = microbatch_size
         self.ema = {k: NoiseScaleEMA(cfg.ema_beta) for k in self.PARTS}
         self.history: list[float] = []  # combined B_simple EMA after each update
+        self.raw: dict[str, list[tuple[float, float]]] = {}  # part -> (|G|^2, tr(Sigma)) per measured update
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self.measuring = False
@@ -404,6 +430,10 @@ class NoiseProbe:
         """This update's estimates (means over its measured minibatches) and the EMAs."""
         self.history.append(self.ema["combined"].ratio)
         out = {k: float(v) / self._counts[k] for k, v in self._sums.items()}
+        for part in SUMMARY_PARTS:  # raw (|G|^2, tr(Sigma)) of this update, for unbiased summaries
+            prefix = "noise/" if part == "combined" else f"noise/{part}_"
+            if f"{prefix}grad_sq" in out:
+                self.raw.setdefault(part, []).append((out[f"{prefix}grad_sq"], out[f"{prefix}trace_cov"]))
         c = self.cfg
         if not c.enabled:
             return out
@@ -427,19 +457,27 @@ class NoiseProbe:
         """The combined B_simple EMA so far (examples per gradient; nan before any estimate)."""
         return self.ema["combined"].ratio
 
-    def b_simple_mean(self) -> float | None:
-        """Mean of the finite B_simple EMAs after each update so far (None if there is none)."""
-        finite = [x for x in self.history if math.isfinite(x)]
-        return float(np.mean(finite)) if finite else None
+    def summary(self, seed: int = 0) -> dict[str, dict]:
+        """Per part, B_simple over the run so far as the ratio of the averaged tr(Sigma) and |G|^2
+        estimates (every measured update counts, resolved or not), with a block-bootstrap
+        interval over updates: {'combined': {'b_simple', 'b_simple_ci', 'updates'}, ...}."""
+        out = {}
+        for part, pairs in self.raw.items():
+            a = np.array(pairs, dtype=float)
+            ratio, lo, hi = ratio_of_means(a[:, 0], a[:, 1], seed=seed)
+            out[part] = {"b_simple": ratio, "b_simple_ci": [lo, hi], "updates": len(a)}
+        return out
 
     def state_dict(self) -> dict:
-        return {"ema": {k: e.state_dict() for k, e in self.ema.items()}, "history": list(self.history)}
+        return {"ema": {k: e.state_dict() for k, e in self.ema.items()}, "history": list(self.history),
+                "raw": {k: [list(p) for p in v] for k, v in self.raw.items()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         for k, e in self.ema.items():
             e.load_state_dict(state["ema"][k])
             e.beta = float(self.cfg.ema_beta)  # a resumed run's noise.ema_beta wins
         self.history = [float(x) for x in state["history"]]
+        self.raw = {k: [(float(a), float(b)) for a, b in v] for k, v in state["raw"].items()}
 
     # -- inside --------------------------------------------------------------------------------
     @staticmethod

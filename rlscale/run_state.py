@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -60,8 +61,9 @@ class RunState:
     def smoothed_return(self) -> float:
         return float(np.mean(self.returns)) if self.returns else float("nan")
 
-    def record_targets(self, targets: list[float], row: dict, b_simple_mean: float | None) -> None:
-        """First crossing of each target by the smoothed return, once the window is full."""
+    def record_targets(self, targets: list[float], row: dict, noise_summary: Callable[[], dict]) -> None:
+        """First crossing of each target by the smoothed return, once the window is full, with
+        the noise scale measured up to it (noise_summary(): NoiseProbe.summary, per part)."""
         mean_ret = self.smoothed_return
         if not targets or not self.window_full or not math.isfinite(mean_ret):
             return
@@ -70,8 +72,12 @@ class RunState:
             key = str(tgt)
             if key in c.targets or mean_ret < tgt:
                 continue
+            noise = noise_summary()
+            combined = noise.get("combined", {})
             c.targets[key] = {"reached": True, "iterations": c.iteration, "optimizer_steps": row["optimizer_steps"],
-                              "env_steps": c.env_steps, "wall_time_s": c.wall_time_s, "b_simple_mean": b_simple_mean}
+                              "env_steps": c.env_steps, "wall_time_s": c.wall_time_s,
+                              "b_simple": combined.get("b_simple"), "b_simple_ci": combined.get("b_simple_ci"),
+                              "b_simple_parts": noise}
 
     def state_dict(self) -> dict:
         return {"counters": asdict(self.counters), "returns": list(self.returns),

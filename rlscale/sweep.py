@@ -139,7 +139,7 @@ def _trial_record(trial: Trial, status: str, error: str | None = None, summary: 
         "trial_id": trial.trial_id, "env_id": trial.env_id, "seed": trial.seed,
         "env_steps_per_iteration": trial.env_steps_per_iteration, "num_minibatches": s.get("num_minibatches", nmb),
         "lr_rule": trial.lr_rule, "lr": trial.lr, "status": status, "error": error,
-        "targets": s.get("targets", {}), "b_simple_mean": s.get("b_simple_mean"),
+        "targets": s.get("targets", {}), "b_simple": s.get("b_simple"),
         "env_steps": s.get("env_steps"), "iterations": s.get("iterations"), "wall_time_s": s.get("wall_time_s"),
         "overrides": trial.overrides,
     }

@@ -152,7 +152,7 @@ class _Run:
                 # -- log ------------------------------------------------------------------------
                 c.wall_time_s = t3 - start
                 row = self.row(B, lag, metrics, (t0, t1, t2, t3))
-                state.record_targets(targets, row, learner.probe.b_simple_mean())
+                state.record_targets(targets, row, learner.probe.summary)
                 self.table.append(row)
                 self.wb.log(row, step=c.iteration)
                 if progress:
@@ -301,10 +301,11 @@ def _restore(saved: tuple[Path, dict], learner: Learner, state: RunState, schedu
 
 def make_summary(cfg: TrainConfig, run: _Run) -> dict:
     state, learner, c = run.state, run.learner, run.state.counters
-    empty = {"reached": False, "iterations": None, "optimizer_steps": None, "env_steps": None,
-             "wall_time_s": None, "b_simple_mean": None}
+    empty: dict[str, Any] = {"reached": False, "iterations": None, "optimizer_steps": None, "env_steps": None,
+             "wall_time_s": None, "b_simple": None, "b_simple_ci": None, "b_simple_parts": {}}
     targets = {str(t): c.targets.get(str(t), empty) for t in sorted(float(x) for x in cfg.targets)}
     last20 = list(state.last20)
+    noise = learner.probe.summary()
     return {
         "env_id": cfg.env.id,
         "env_family": check_env_id(cfg.env.id).name,
@@ -327,7 +328,10 @@ def make_summary(cfg: TrainConfig, run: _Run) -> dict:
         "num_minibatches": cfg.ppo.num_minibatches,
         "num_envs": sum(run.pool.envs_per_worker),
         "worker_failures": c.worker_failures,
-        "b_simple_mean": learner.probe.b_simple_mean(),
+        # B_simple over the whole run: ratio of the averaged estimates, per part (examples per gradient)
+        "b_simple": noise.get("combined", {}).get("b_simple"),
+        "b_simple_ci": noise.get("combined", {}).get("b_simple_ci"),
+        "b_simple_parts": noise,
         "targets": targets,
         "atari": check_env_id(cfg.env.id).name == "atari",
         "git_sha": git_sha(),

@@ -180,7 +180,7 @@ def test_steps_to_target_table(tmp_path):
     n_trials = len(SWEEP_SIZES) * 2 * 3 + 2
     assert len(table) == 2 * n_trials  # every trial gets a row per sweep target
     assert {"env_id", "target", "B", "lr_rule", "lr", "seed", "status", "reached", "iterations",
-            "env_steps", "optimizer_steps", "wall_time_s", "b_simple_mean"} <= set(table.columns)
+            "env_steps", "optimizer_steps", "wall_time_s", "b_simple_to_target"} <= set(table.columns)
     failed = table[table["trial_id"] == "b256_failed"]
     assert set(failed["status"]) == {"failed"}
     assert set(table.loc[table["trial_id"] == "b512_pending", "reached"]) == {False}

@@ -377,3 +377,19 @@ def test_probe_state_round_trips_and_a_resumed_ema_beta_wins():
     b.load_state_dict(a.state_dict())
     assert b.history == [5.0] and b.ema["combined"].n == 1 and b.b_simple == pytest.approx(5.0)
     assert b.ema["combined"].beta == 0.5
+
+
+def test_summary_is_a_ratio_of_averaged_estimates_unresolved_updates_included():
+    import numpy as np
+
+    from rlscale.noise_scale import ratio_of_means
+
+    # |G|^2 of the second update is not resolved (negative); it still counts in the average.
+    ratio, lo, hi = ratio_of_means(np.array([1.0, -0.5, 1.5]), np.array([10.0, 10.0, 10.0]))
+    assert ratio == pytest.approx(15.0)  # 30 / 2; the mean of the resolved ratios would be 8.33
+    assert ratio_of_means(np.array([1.0, -2.0]), np.array([1.0, 1.0]))[0] is None  # averaged |G|^2 <= 0
+    rng = np.random.default_rng(0)
+    g = 1.0 + 0.3 * rng.normal(size=400)
+    t = 50.0 + 10 * rng.normal(size=400)
+    ratio, lo, hi = ratio_of_means(g, t)
+    assert lo < ratio < hi and lo < 50.0 < hi and hi - lo < 10

@@ -41,7 +41,7 @@ def test_ci_study_end_to_end(ray_local, tmp_path):
     rec = json.loads((out / "trials" / "CartPole-v1_B128_sqrt_s1" / "trial.json").read_text())
     assert rec["status"] == "completed" and rec["targets"]["100.0"]["reached"]
     t100 = rec["targets"]["100.0"]
-    assert t100["env_steps"] == 128 * t100["iterations"] and t100["b_simple_mean"] > 0
+    assert t100["env_steps"] == 128 * t100["iterations"] and t100["b_simple"] > 0 and t100["b_simple_ci"][0] <= t100["b_simple"]
     assert (out / "wandb_sweep_CartPole-v1.yaml").is_file()
 
     result = analyze(out, wandb_mode="offline")

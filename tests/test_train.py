@@ -63,7 +63,9 @@ def test_cartpole_learns(tmp_path):
     s = train(cfg, tmp_path / "run", quiet=True)
     assert s["targets"]["195.0"]["reached"], s
     assert s["targets"]["100.0"]["env_steps"] <= s["targets"]["195.0"]["env_steps"]
-    assert s["b_simple_mean"] is not None and s["b_simple_mean"] > 0
+    assert s["b_simple"] is not None and s["b_simple"] > 0
+    t = s["targets"]["195.0"]
+    assert t["b_simple_ci"][0] <= t["b_simple"] and t["b_simple_parts"]["combined"]["updates"] == t["iterations"]
 
 
 def test_atari_preprocessing_and_raw_scores():
