@@ -405,9 +405,11 @@ class NoiseProbe:
             self._two_batch("adam", self._small_sq["adam"], weighted_sq_norm(grads, self._precond), minibatch_size)
 
     def extras(self, iteration: int, loss_fn: LossFn, params: Params, samples: Batch,
-               hessian_samples: Callable[[], Batch], big_grads: list[torch.Tensor], minibatch_size: int) -> None:
-        """Per-example B_simple on `samples` and B_noise with the Hessian on other samples
-        (`hessian_samples()`, so that H is independent of the gradients), when due."""
+               hessian_samples: Callable[[], Batch], small_grads: list[list[torch.Tensor]],
+               big_grads: list[torch.Tensor], b_big: int) -> None:
+        """Per-example B_simple on `samples`, and B_noise from micro-batch gradients `small_grads`
+        and their batch's gradient `big_grads` (b_big examples) with the Hessian on samples
+        disjoint from both (`hessian_samples()`, so that H is independent of them), when due."""
         c = self.cfg
         if c.enabled and self._due(c.per_example_interval, iteration):
             grad_sq, trace_cov = (float(x) for x in per_example_estimates(loss_fn, params, samples, chunk_size=64))
@@ -415,12 +417,12 @@ class NoiseProbe:
             self._add("noise/per_example_grad_sq", grad_sq)
             self._add("noise/per_example_trace_cov", trace_cov)
             self._add("noise/b_simple_per_example", b_simple_ratio(grad_sq, trace_cov))
-        if c.enabled and self._due(c.b_noise_interval, iteration) and self.kept_grads:
+        if c.enabled and self._due(c.b_noise_interval, iteration) and small_grads and b_big > self.microbatch_size:
             names = list(params)
             as_dict = lambda gs: dict(zip(names, gs))  # noqa: E731
             ghg, tr_hs = (float(x) for x in b_noise_estimates(
-                loss_fn, params, hessian_samples(), [as_dict(g) for g in self.kept_grads], as_dict(big_grads),
-                self.microbatch_size, minibatch_size))
+                loss_fn, params, hessian_samples(), [as_dict(g) for g in small_grads], as_dict(big_grads),
+                self.microbatch_size, b_big))
             self.ema["b_noise"].update(ghg, tr_hs)
             self._add("noise/gHg", ghg)
             self._add("noise/trace_H_cov", tr_hs)

@@ -152,7 +152,7 @@ class Learner:
                     q.grad = q_grad
                 probe.on_minibatch(acc, len(idx))
                 if epoch == 0 and m == 0:
-                    self._probe_extras(t, idx, adv, order_t, mb_size, loss_kw, iteration, acc)
+                    self._probe_extras(t, idx, adv, order_t, mb_size, micro, loss_kw, iteration, acc)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, p.max_grad_norm if p.max_grad_norm > 0 else math.inf)
                 logs.add("losses/grad_norm", grad_norm)
                 self.optimizer.step()
@@ -219,17 +219,28 @@ class Learner:
         gs = torch.autograd.grad(loss, self.params, retain_graph=retain, allow_unused=True)
         return [torch.zeros_like(q) if g is None else g for q, g in zip(self.params, gs)]
 
-    def _probe_extras(self, t, idx, adv, order, mb_size, loss_kw, iteration, big_grads) -> None:
-        """The per-example and B_noise estimates on the first minibatch, when due."""
+    def _probe_extras(self, t, idx, adv, order, mb_size, micro, loss_kw, iteration, big_grads) -> None:
+        """The per-example and B_noise estimates on the first minibatch, when due.
+
+        B_noise takes its Hessian on samples the gradients did not see: the next minibatch; with
+        one minibatch per epoch, the micro-batches after the kept ones (the last kept one is
+        given up for it if need be), the big gradient then being the kept micro-batches' mean.
+        """
         k = min(len(idx), self.cfg.noise.per_example_samples)
+        small = self.probe.kept_grads
+        h_idx = order[mb_size:2 * mb_size]
+        b_big = len(idx)
+        if self.cfg.ppo.num_minibatches == 1:
+            small = small[:len(micro) - 1]
+            h_idx = idx[torch.cat(micro[len(small):])]
+            b_big = len(small) * self.cfg.ppo.microbatch_size
+            big_grads = [torch.stack(gs).mean(0) for gs in zip(*small)] if small else big_grads
 
         def samples(ix, a):
             return {"obs": t["obs"][ix], "actions": t["actions"][ix], "logp": t["logp"][ix],
                     "values": t["values"][ix], "adv": a, "returns": t["returns"][ix]}
 
         def hessian_samples():
-            # Other samples than the gradients' (the next minibatch) keep H independent of them.
-            h_idx = order[mb_size:2 * mb_size] if self.cfg.ppo.num_minibatches > 1 else idx
             return samples(h_idx[:k], self._normalized(t["advantages"][h_idx[:k]]))
 
         model = self.model
@@ -241,7 +252,7 @@ class Learner:
             return parts.total
 
         params = {name: q.detach() for name, q in zip(self.param_names, self.params)}
-        self.probe.extras(iteration, loss_fn, params, samples(idx[:k], adv[:k]), hessian_samples, big_grads, len(idx))
+        self.probe.extras(iteration, loss_fn, params, samples(idx[:k], adv[:k]), hessian_samples, small, big_grads, b_big)
 
     # -- checkpoint state -------------------------------------------------------------------
     def state_dict(self) -> dict:

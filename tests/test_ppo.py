@@ -221,3 +221,27 @@ def test_learner_process_computes_float32_at_full_precision():
     configure_learner_process(torch.device("cpu"))
     assert torch.get_float32_matmul_precision() == "highest"
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
+
+def test_b_noise_hessian_is_taken_on_samples_disjoint_from_the_gradients_with_one_minibatch():
+    cfg = cfg_for("ppo.microbatch_size=32", "ppo.epochs=1", "ppo.num_minibatches=1", "ppo.env_steps_per_iteration=128",
+                  "noise.b_noise_interval=1", "noise.per_example_samples=32")
+    learner = make_learner(cfg)
+    seen, calls = {}, []
+    forward = learner.model.forward
+
+    def spy_forward(obs):
+        calls.append(obs.detach().clone())
+        return forward(obs)
+
+    def spy_extras(iteration, loss_fn, params, samples, hessian_samples, small, big, b_big):
+        seen.update(h=hessian_samples()["obs"], small=len(small), b_big=b_big)
+
+    learner.model.forward = spy_forward
+    learner.probe.extras = spy_extras
+    learner.update(random_batch(128), lr=1e-3)
+    assert seen["small"] == 3 and seen["b_big"] == 96  # 4 micro-batches: 3 for the gradients, 1 for H
+    grad_rows = {tuple(r.tolist()) for x in calls[:3] for r in x}
+    h_rows = {tuple(r.tolist()) for r in seen["h"]}
+    assert len(h_rows) == 32 and not grad_rows & h_rows
+    assert h_rows == {tuple(r.tolist()) for r in calls[3]}
