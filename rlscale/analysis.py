@@ -295,10 +295,11 @@ def _bootstrap_fits(rows: pd.DataFrame, n_bootstrap: int, rng: np.random.Generat
     return np.array(fits).reshape(-1, 3)
 
 
-def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, float | None, int]:
+def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, float | None, int, np.ndarray]:
     """Mean b_simple at this target over the best-config trials of the batch sizes that reached.
 
-    Returns (per gradient, in env steps per iteration, number of trials averaged).
+    Returns (per gradient, in env steps per iteration, number of trials averaged, the trials'
+    values in env steps per iteration).
     """
     reached = best[np.isfinite(best["median_iterations"])]
     keys = set(zip(reached["B"], reached["lr_rule"], reached["lr"]))
@@ -306,11 +307,12 @@ def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, flo
     sel = rows[np.asarray(mask, dtype=bool)]
     sel = sel[np.isfinite(sel["b_simple_to_target"].to_numpy(dtype=float))]
     if sel.empty:
-        return None, None, 0
+        return None, None, 0, np.array([])
     per_gradient = sel["b_simple_to_target"].to_numpy(dtype=float)
     # One gradient sees B/num_minibatches env steps, so scale up to the rollout batch B.
     minibatches = sel["num_minibatches"].fillna(1).to_numpy(dtype=float)
-    return float(per_gradient.mean()), float((per_gradient * minibatches).mean()), int(len(sel))
+    per_iteration = per_gradient * minibatches
+    return float(per_gradient.mean()), float(per_iteration.mean()), int(len(sel)), per_iteration
 
 
 def _ci(samples: np.ndarray, n_min: int = 2) -> list[float] | None:
@@ -358,8 +360,11 @@ def pareto_entries(
         entry["batch_sizes"] = reached["B"].tolist()
         entry["steps"] = reached["median_iterations"].tolist()
         entry["env_steps"] = (reached["B"] * reached["median_iterations"]).tolist()
-        b_grad, b_iter, n_b = _b_simple(rows, best)
+        b_grad, b_iter, n_b, b_trials = _b_simple(rows, best)
         entry.update(b_simple_per_gradient=b_grad, b_simple=b_iter, n_b_simple_trials=n_b)
+        # interval of the mean over the trials (seeds x best-config batch sizes), by bootstrap
+        entry["b_simple_ci"] = _ci(np.array([rng.choice(b_trials, len(b_trials)).mean() for _ in range(n_bootstrap)])
+                                   if len(b_trials) >= 2 else np.array([]))
         if len(reached) < 2:
             entry["status"] = "too_few_batch_sizes"
             entries.append(entry)

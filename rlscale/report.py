@@ -180,13 +180,16 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
         # Bootstrap CIs as asymmetric error bars; a missing CI gets none.
         lo = np.array([e["b_crit"] - e["b_crit_ci"][0] if e["b_crit_ci"] else 0.0 for e in pts])
         hi = np.array([e["b_crit_ci"][1] - e["b_crit"] if e["b_crit_ci"] else 0.0 for e in pts])
-        ax.errorbar(x, y, yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)], fmt=markers[i % len(markers)],
+        xlo = np.array([e["b_simple"] - e["b_simple_ci"][0] if e.get("b_simple_ci") else 0.0 for e in pts])
+        xhi = np.array([e["b_simple_ci"][1] - e["b_simple"] if e.get("b_simple_ci") else 0.0 for e in pts])
+        ax.errorbar(x, y, yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)],
+                    xerr=[np.clip(xlo, 0, None), np.clip(xhi, 0, None)], fmt=markers[i % len(markers)],
                     color=color, capsize=3, label=env)
         for e, xi, yi in zip(pts, x, y):
             ax.annotate(f"{e['target']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     values = [e["b_simple"] for e in points] + [e["b_crit"] for e in points]
     for e in points:
-        values += e["b_crit_ci"] or []
+        values += (e["b_crit_ci"] or []) + (e.get("b_simple_ci") or [])
     values = [v for v in values if v and v > 0]
     lim = (min(values) / 3, max(values) * 3)
     ax.plot(lim, lim, "k--", lw=1, label="B_crit = B_simple")
@@ -194,7 +197,7 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
     ax.set_ylim(lim)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("B_simple (env steps per iteration; mean to target)")
+    ax.set_xlabel("B_simple (env steps per iteration; to the target, 95% CI over trials)")
     ax.set_ylabel("B_crit = E_min / S_min (env steps per iteration)")
     ax.legend(fontsize=8)
     return _save(fig, path)

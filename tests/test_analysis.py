@@ -212,6 +212,8 @@ def test_analysis_json_fit_and_best_lr(analysed):
     assert math.isclose(low["b_simple_per_gradient"], 61.0)
     assert math.isclose(low["b_simple"], 61.0 * NUM_MINIBATCHES)
     assert math.isclose(low["ratio"], low["b_crit"] / (61.0 * NUM_MINIBATCHES))
+    lo, hi = low["b_simple_ci"]  # over the trials' 60, 61, 62 per gradient
+    assert 60.0 * NUM_MINIBATCHES <= lo <= low["b_simple"] <= hi <= 62.0 * NUM_MINIBATCHES
 
 
 def test_too_few_batch_sizes_and_failed_trials(analysed):
