@@ -121,14 +121,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_compatible(state: dict, config: dict, spec) -> None:
+def check_compatible(state: dict, config: dict, spec=None) -> None:
     """Refuse to resume `state` under `config` (a resolved config dict) if the environment, the
-    network or the seed would change: those overrides cannot be honoured. Others are."""
+    network or the seed would change: those overrides cannot be honoured. Others are. With the
+    env's `spec`, also refuse observations or actions unlike the checkpoint's."""
     saved, now = _flat(state["config"]), _flat(config)
     for key in sorted(set(saved) | set(now)):
         if key.split(".")[0] in FROZEN_ON_RESUME and saved.get(key) != now.get(key):
             raise ConfigError(f"cannot change {key} on resume (the run has {saved.get(key)!r}, asked {now.get(key)!r}); "
                               "resume without that override, or start a new run")
+    if spec is None:
+        return
     if tuple(state["spec"]["obs_shape"]) != tuple(spec.obs_shape) or state["spec"]["num_actions"] != spec.num_actions:
         raise CheckpointError(
             f"checkpoint is for observations {tuple(state['spec']['obs_shape'])} with {state['spec']['num_actions']} actions, "

@@ -74,15 +74,21 @@ def batch_gradients(learner: Learner, batch: dict, clip_coef: float) -> dict[str
     return {k: torch.cat([x.flatten() for x in v]).cpu() for k, v in sums.items()}
 
 
-def inloop_estimates(cfg: TrainConfig, spec, state: dict, batch: dict, mode: Literal["random", "env"]) -> dict[str, tuple[float, float]]:
-    """(|G|^2, tr(Sigma)) per part from the learner's own free estimator on one batch."""
+def inloop_learner(cfg: TrainConfig, spec, state: dict, mode: Literal["random", "env"]) -> Learner:
+    """A learner at the checkpoint's weights whose free estimator measures every minibatch of one
+    epoch, policy and value apart, with the given micro-batch grouping."""
     c = copy.deepcopy(cfg)
     c.noise.enabled, c.noise.microbatch_mode, c.noise.split_policy_value = True, mode, True
     c.noise.epochs, c.noise.per_example_interval, c.noise.b_noise_interval = "first", 0, 0
     c.ppo.epochs, c.ppo.target_kl = 1, None
     learner = Learner(c, spec, torch.device("cpu"))
     learner.model.load_state_dict(state["model"])
-    learner.version = state["version"]
+    return learner
+
+
+def inloop_estimates(learner: Learner, batch: dict, version: int) -> dict[str, tuple[float, float]]:
+    """(|G|^2, tr(Sigma)) per part from the learner's own free estimator on one batch."""
+    learner.version = version  # the batch was collected at lag 0
     m = learner.update(batch, lr=0.0)  # lr 0: every minibatch at the checkpoint's parameters
     keys = {"combined": ("noise/grad_sq", "noise/trace_cov"), "policy": ("noise/policy_grad_sq", "noise/policy_trace_cov"),
             "value": ("noise/value_grad_sq", "noise/value_trace_cov")}
@@ -117,6 +123,7 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
                 pool.sample([T] * len(envs), weights, version)
                 n_per_env -= T
 
+        inloop_learners = {mode: inloop_learner(cfg, spec, learner_state, mode) for mode in MODES}
         steps(burn_in)
         grads: dict[str, list[torch.Tensor]] = {k: [] for k in PARTS}
         inloop: dict[str, dict[str, list[tuple[float, float]]]] = {m: {k: [] for k in PARTS} for m in MODES}
@@ -129,7 +136,7 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
             for k, g in batch_gradients(learner, batch, cfg.ppo.clip_coef).items():
                 grads[k].append(g)
             for mode in MODES:
-                for k, est in inloop_estimates(cfg, spec, learner_state, batch, mode).items():
+                for k, est in inloop_estimates(inloop_learners[mode], batch, version).items():
                     inloop[mode][k].append(est)
             steps(gap)
     finally:

@@ -362,13 +362,14 @@ class NoiseProbe:
         self._sums, self._counts = {}, {}
 
     def start_minibatch(self, iteration: int, epoch: int, minibatch: int, num_microbatches: int,
-                        preconditioner: list[torch.Tensor] | None = None) -> None:
-        """preconditioner: the optimizer's diagonal P (Adam: 1 / (sqrt(v_hat) + eps)) per parameter,
-        for the preconditioned noise scale tr(P Sigma) / (G^T P G); None before Adam's first step."""
+                        preconditioner: Callable[[], list[torch.Tensor] | None] | list[torch.Tensor] | None = None) -> None:
+        """preconditioner: gives the optimizer's diagonal P (Adam: 1 / (sqrt(v_hat) + eps)) per
+        parameter, for the preconditioned noise scale tr(P Sigma) / (G^T P G), or None before
+        Adam's first step; asked only when this minibatch is measured."""
         c = self.cfg
-        self._precond = preconditioner
         self.measuring = c.enabled and num_microbatches >= 2 and (c.epochs == "all" or epoch == 0)
         self.split = self.measuring and c.split_policy_value
+        self._precond = (preconditioner() if callable(preconditioner) else preconditioner) if self.measuring else None
         # B_noise uses the first minibatch's micro-batch gradients (see extras)
         self._keep = self.measuring and self._due(c.b_noise_interval, iteration) and epoch == 0 and minibatch == 0
         self._small_sq: dict[str, list[torch.Tensor]] = {"combined": [], "policy": [], "value": [], "adam": []}

@@ -115,6 +115,8 @@ class Learner:
         compared = torch.zeros((), dtype=torch.bool, device=self.device)  # a lag-0 step was compared
         lag0 = t["versions"] == self.version  # steps collected with the current weights
         stopped = False
+        # random grouping cuts every minibatch at the same positions: computed once
+        fixed_micro = self._microbatches(batch, np.arange(mb_size)) if self.cfg.noise.microbatch_mode == "random" else None
         for epoch in range(p.epochs):
             order = self.rng.permutation(n)  # [n] numpy; the training minibatches
             order_t = torch.from_numpy(order).to(self.device)
@@ -123,9 +125,8 @@ class Learner:
                 adv = self._normalized(t["advantages"][idx])  # constants for the micro-batches
                 # How a minibatch is cut into micro-batches only matters to the probe: the
                 # minibatch's steps, and so its gradient, are the same either way.
-                micro = [torch.from_numpy(c).to(self.device) for c in microbatch_groups(
-                    batch, order[m * mb_size:(m + 1) * mb_size], p.microbatch_size, self.cfg.noise.microbatch_mode)]
-                probe.start_minibatch(iteration, epoch, m, len(micro), self._adam_preconditioner() if self.cfg.noise.enabled else None)
+                micro = fixed_micro or self._microbatches(batch, order[m * mb_size:(m + 1) * mb_size])
+                probe.start_minibatch(iteration, epoch, m, len(micro), self._adam_preconditioner)
                 acc = [torch.zeros_like(q) for q in self.params]
                 minibatch_kl = torch.zeros((), device=self.device)
                 for c in micro:
@@ -174,6 +175,11 @@ class Learner:
         out["losses/early_stop"] = float(stopped)
         out.update(probe.end_update())
         return out
+
+    def _microbatches(self, batch: dict, minibatch: np.ndarray) -> list[torch.Tensor]:
+        """Positions into the minibatch of each micro-batch, on the device."""
+        groups = microbatch_groups(batch, minibatch, self.cfg.ppo.microbatch_size, self.cfg.noise.microbatch_mode)
+        return [torch.from_numpy(c).to(self.device) for c in groups]
 
     def _adam_preconditioner(self) -> list[torch.Tensor] | None:
         """Adam's diagonal preconditioner 1 / (sqrt(v / (1 - beta2^t)) + eps) per parameter (the

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Literal, cast
 
@@ -100,9 +102,6 @@ class Progress:
     hundreds of updates per line there."""
 
     def __init__(self, total: int, initial: int, stream=None, interval_s: float = 10.0, desc: str = "env steps"):
-        import sys
-        import time
-
         self.total, self.n, self.desc = total, initial, desc
         self.stream = stream or sys.stderr
         self.interval_s = interval_s

@@ -262,13 +262,8 @@ class _Run:
 def _load_checkpoint(run_dir: Path, cfg: TrainConfig, quiet: bool) -> tuple[Path, dict]:
     path, state = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
     # The environment, network and seed cannot change on resume: refuse before anything starts.
-    checkpoint.check_compatible(state, to_dict(cfg), _spec_of(state))
+    checkpoint.check_compatible(state, to_dict(cfg))
     return path, state
-
-
-def _spec_of(state: dict) -> EnvSpec:
-    spec_fields: dict[str, Any] = {k: tuple(v) if k == "obs_shape" else v for k, v in state["spec"].items()}
-    return EnvSpec(**spec_fields)
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig, saved) -> None:
@@ -306,9 +301,10 @@ def make_summary(cfg: TrainConfig, run: _Run) -> dict:
     targets = {str(t): c.targets.get(str(t), empty) for t in sorted(float(x) for x in cfg.targets)}
     last20 = list(state.last20)
     noise = learner.probe.summary()
+    family = check_env_id(cfg.env.id).name
     return {
         "env_id": cfg.env.id,
-        "env_family": check_env_id(cfg.env.id).name,
+        "env_family": family,
         "seed": cfg.seed,
         "env_steps": c.env_steps,
         "env_steps_used": c.env_steps_used,
@@ -333,7 +329,7 @@ def make_summary(cfg: TrainConfig, run: _Run) -> dict:
         "b_simple_ci": noise.get("combined", {}).get("b_simple_ci"),
         "b_simple_parts": noise,
         "targets": targets,
-        "atari": check_env_id(cfg.env.id).name == "atari",
+        "atari": family == "atari",
         "git_sha": git_sha(),
         "run_dir": str(run.run_dir),
     }
