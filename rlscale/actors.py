@@ -139,7 +139,10 @@ class RolloutWorker:
         import cloudpickle
 
         s = cloudpickle.loads(blob)
-        self.env, self.obs, self.version = s["env"], s["obs"], s["version"]
+        self.env, self.obs = s["env"], s["obs"]
+        # The policy's weights are not in the state: the next sample must load them whatever
+        # version it names (the saved version may equal the one the learner sends next).
+        self.version = -1
         self.generator.set_state(s["gen"])
 
     def spec(self) -> EnvSpec:

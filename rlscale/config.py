@@ -118,10 +118,13 @@ class NoiseConfig:
     """Measure B_simple for free from the micro-batch gradients."""
     epochs: Literal["first", "all"] = "first"
     """Epochs that feed the estimate: 'first' (every minibatch of the first epoch) or 'all'."""
-    microbatch_mode: Literal["random", "env"] = "random"
-    """How a minibatch is cut into the micro-batches the estimate compares: 'random' (in the
-    minibatch's random order) or 'env' (its steps grouped by env slice, in time order). The
-    training minibatches are the same either way."""
+    microbatch_mode: Literal["random", "env"] = "env"
+    """How a minibatch is cut into the micro-batches the estimate compares: 'env' (its steps
+    grouped by env slice, in time order: the micro-batches are then independent given the
+    policy, and the estimate agrees with the between-batch reference of `rlscale noise-probe`,
+    docs/noise_scale.md) or 'random' (the minibatch's random order: correlated steps of one env
+    fall into every micro-batch, and tr(Sigma) reads several times too low). The training
+    minibatches are the same either way."""
     ema_beta: float = 0.95
     """Smoothing of |G|^2 and tr(Sigma) (bias-corrected EMA, updated once per minibatch)."""
     per_example_interval: int = 0

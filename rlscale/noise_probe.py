@@ -1,9 +1,9 @@
 """`rlscale noise-probe`: the noise a batch of RL data really has, beside the in-loop estimates.
 
-At each chosen checkpoint of a run the policy is frozen; the run's own workers (same envs per
-worker and fragment shape, their own seeds) burn in so that episodes are in progress, then
-collect K batches of B env steps, each after a gap of steps that decorrelates it from the one
-before. Per loss part (policy: clipped surrogate minus the entropy bonus; value; combined) the
+At each chosen checkpoint of a run the policy is frozen; the run's own worker layout (same envs
+per worker and fragment shape, the probe's own action seeds) continues the run's environments
+where the checkpoint saved them (local backend; new episodes otherwise), burns in, then collects
+K batches of B env steps, each after a gap of steps that decorrelates it from the one before. Per loss part (policy: clipped surrogate minus the entropy bonus; value; combined) the
 batch gradients give the between-batch reference (rlscale.noise_scale.between_batch_estimates,
 a bootstrap interval over the batches). On the same K batches every in-loop estimator runs
 through the learner's own code (Learner.update at learning rate 0, so every minibatch is
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rlscale import checkpoint
-from rlscale.actors import make_pool
+from rlscale.actors import make_pool, worker_seed
 from rlscale.config import TrainConfig, load_train_config
 from rlscale.errors import ConfigError
 from rlscale.noise_scale import between_batch_estimates, bootstrap_interval
@@ -74,6 +74,21 @@ def batch_gradients(learner: Learner, batch: dict, clip_coef: float) -> dict[str
     return {k: torch.cat([x.flatten() for x in v]).cpu() for k, v in sums.items()}
 
 
+def _continue_run_envs(pool, path: Path, seed: int) -> bool:
+    """Put the run's own environments, as saved beside the checkpoint (local backend), into the
+    probe's workers, with the probe's action streams. New episodes started together would keep
+    the envs in step where every episode runs to the time limit (a solved CartPole): the
+    between-batch reference would then hold a phase shared by all envs of a batch that training,
+    whose envs fell out of step early, does not have. Returns whether the states were restored."""
+    blobs = checkpoint.load_workers(path) if hasattr(pool, "set_state") else None
+    if blobs is None or len(blobs) != len(pool.envs_per_worker):
+        return False
+    pool.set_state(blobs)
+    for i, w in enumerate(pool.workers):
+        w.generator.manual_seed(worker_seed(seed, i))
+    return True
+
+
 def inloop_learner(cfg: TrainConfig, spec, state: dict, mode: Literal["random", "env"]) -> Learner:
     """A learner at the checkpoint's weights whose free estimator measures every minibatch of one
     epoch, policy and value apart, with the given micro-batch grouping."""
@@ -107,6 +122,7 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
     probe_cfg.seed = seed  # the workers' own streams, not the run's
     pool = make_pool(probe_cfg)
     try:
+        resumed = _continue_run_envs(pool, path, seed)
         spec = pool.spec()
         seed_everything(cfg.seed)
         learner = Learner(cfg, spec, torch.device("cpu"))
@@ -158,6 +174,9 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
             # deviations from the mean (about -1/(K-1) for independent batches whose noise is
             # spread over many directions; a few dominant directions spread it wider)
             "successive_batch_cosine": float(cos.mean()),
+            # True: the envs continue from the run's own states at the checkpoint (their episodes
+            # at the phases training had); False: new episodes, all started at once
+            "envs_from_run": resumed,
         }
         for mode in MODES:
             pairs = np.array(inloop[mode][part], dtype=float)  # [K, 2]: (|G|^2, tr(Sigma)) per batch

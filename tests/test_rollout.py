@@ -102,3 +102,25 @@ def test_env_grouping_cuts_a_minibatch_into_env_slices_in_time_order():
         assert b["time"][steps].tolist() == [0, 1, 2, 3]
     random = microbatch_groups(b, minibatch, 8, "random")  # runs of the minibatch's own order
     assert [g.tolist() for g in random] == [list(range(0, 8)), list(range(8, 16)), list(range(16, 20))]
+
+
+def test_a_restored_worker_acts_with_the_weights_it_is_sent_even_at_its_saved_version():
+    # The saved state holds envs and RNG, not weights: a worker restored into a new process must
+    # load the weights of the next request even when it names the version the state was saved at.
+    import torch
+
+    from rlscale.actors import RolloutWorker
+    from rlscale.config import load_train_config
+    from tests.helpers import CARTPOLE
+
+    cfg = load_train_config(CARTPOLE, [])
+    trained = RolloutWorker(cfg.env, cfg.model, 2, seed=1, env_offset=0)
+    torch.manual_seed(0)
+    weights = {k: torch.randn_like(v).numpy() for k, v in trained.policy.state_dict().items()}
+    trained.sample(4, weights, version=7)
+    fresh = RolloutWorker(cfg.env, cfg.model, 2, seed=99, env_offset=0)
+    fresh.set_state(trained.get_state())
+    frag = fresh.sample(4, weights, version=7)
+    again = trained.sample(4)  # the same envs, RNG and weights, continued in place
+    np.testing.assert_array_equal(frag.actions, again.actions)
+    np.testing.assert_allclose(frag.logp, again.logp, rtol=1e-6)
