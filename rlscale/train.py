@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from rlscale.actors import make_pool
 from rlscale.config import TrainConfig, to_dict, to_yaml
 from rlscale.envs import EnvSpec, check_env_id
 from rlscale.errors import ConfigError, WorkerFailure
+from rlscale.noise_scale import NoiseProbe
 from rlscale.ppo import Learner, resolve_device
 from rlscale.run_state import RunState
 from rlscale.tracking import MetricsTable, Progress, WandbRun
@@ -73,7 +74,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
     """Train PPO as `cfg` says; write the run directory; return the summary."""
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     check_run_dir(run_dir, resume, overwrite)
-    saved = _load_checkpoint(run_dir, cfg, quiet) if resume else None  # checked before anything starts
+    saved = load_checkpoint(run_dir, cfg) if resume else None  # checked before anything starts
     device = resolve_device(cfg.device)
     configure_learner_process(device, cfg.torch_threads)
     if cfg.workers.backend == "ray" and init_ray:
@@ -83,17 +84,9 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
     pool = make_pool(cfg)  # workers are up before the run directory exists: a failure leaves nothing
     try:
         spec = pool.spec()
-        if saved is not None:
-            checkpoint.check_compatible(saved[1], to_dict(cfg), spec)
-        else:
-            create_run_dir(run_dir, overwrite)
-        _write_config(run_dir, cfg, saved)
         seed_everything(cfg.seed)
         learner = Learner(cfg, spec, device)
-        state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
-        schedule = schedules.make_batch_schedule(cfg.ppo)
-        wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
-        run = _Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id)
+        run = open_run(cfg, run_dir, spec, pool, learner, saved, overwrite, quiet)
         if not quiet:
             run.print_header(device)
         return run.loop(quiet)
@@ -101,13 +94,47 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
         pool.close()
 
 
-class _Run:
-    """One run's parts, so that the loop below reads as one screen."""
+def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunLearner,
+             saved: tuple[Path, dict] | None, overwrite: bool, quiet: bool) -> Run:
+    """A run's directory and parts around its built learner: the checkpoint `saved` (from
+    `load_checkpoint`, None for a new run) checked against the env and restored, or a fresh
+    directory; config.yaml written either way."""
+    if saved is not None:
+        checkpoint.check_compatible(saved[1], to_dict(cfg), spec)
+    else:
+        create_run_dir(run_dir, overwrite)
+    _write_config(run_dir, cfg, saved)
+    state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
+    schedule = schedules.make_batch_schedule(cfg.ppo)
+    wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
+    return Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id)
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: Learner, state: RunState,
+
+class RunLearner(Protocol):
+    """What a run reads of its learner besides `update`: a Learner, or one member of a
+    population (rlscale.population)."""
+
+    probe: NoiseProbe
+    version: int
+    optimizer_steps: int
+
+    def get_weights(self) -> dict[str, np.ndarray]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, s: dict) -> None: ...
+
+
+class Run:
+    """One run's parts, so that the loop below reads as one screen. A population
+    (rlscale.population) drives one Run per member through the same steps, its own sampling
+    and update in place of `fill` and `Learner.update`."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunLearner, state: RunState,
                  schedule, wandb_id: str | None):
         self.cfg, self.run_dir, self.spec, self.pool = cfg, run_dir, spec, pool
         self.learner, self.state, self.schedule = learner, state, schedule
+        self.targets = sorted(float(x) for x in cfg.targets)
         self.table = MetricsTable(run_dir / "metrics.csv")
         self.table.truncate_after(state.counters.iteration)  # rows past the checkpoint are recomputed
         self.wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, cfg.tracking.name or run_dir.name,
@@ -115,18 +142,16 @@ class _Run:
         self.inflight = None  # at most one sampling request in flight
 
     def loop(self, quiet: bool) -> dict:
-        cfg, c, learner, state = self.cfg, self.state.counters, self.learner, self.state
-        targets = sorted(float(x) for x in cfg.targets)
-        progress = None
-        if cfg.tracking.progress_bar and not quiet:
-            progress = Progress(cfg.total_env_steps, min(c.env_steps_used, cfg.total_env_steps),
-                                interval_s=cfg.tracking.progress_interval_s)
+        cfg, c, state = self.cfg, self.state.counters, self.state
+        learner = self.learner
+        assert isinstance(learner, Learner), "a population member's run is driven by rlscale.population"
+        progress = self.progress(quiet)
         start = time.perf_counter() - c.wall_time_s
         weights = learner.get_weights()
         consistent = True  # the state is at an iteration boundary: a checkpoint of it is valid
         exit_code = 1
         try:
-            while c.env_steps_used < cfg.total_env_steps and not self.reached_stop():
+            while not self.finished():
                 B = self.schedule.env_steps_per_iteration(c.iteration, learner.probe.b_simple)
                 t0 = time.perf_counter()
                 # -- sample: fragments of any size until the buffer holds one batch -------------
@@ -137,9 +162,7 @@ class _Run:
                     self.prefetch(B, weights)  # actors collect the next batch while we update
                 t1 = time.perf_counter()
                 # -- update -------------------------------------------------------------------
-                progress_frac = c.env_steps_used / cfg.total_env_steps
-                lr = schedules.learning_rate(cfg.ppo, B, learner.probe.b_simple, progress_frac)
-                clip = schedules.clip_coef(cfg.ppo, progress_frac)
+                lr, clip = self.schedule_values(B)
                 lag = learner.version - batch["versions"]
                 metrics = learner.update(batch, lr, iteration=c.iteration, clip_coef=clip)
                 c.iteration += 1
@@ -150,30 +173,14 @@ class _Run:
                 weights = learner.get_weights()
                 t3 = time.perf_counter()
                 # -- log ------------------------------------------------------------------------
-                c.wall_time_s = t3 - start
-                row = self.row(B, lag, metrics, (t0, t1, t2, t3))
-                state.record_targets(targets, row, learner.probe.summary)
-                self.table.append(row)
-                self.wb.log(row, step=c.iteration)
-                if progress:
-                    progress.update(c.env_steps_used, ret=f"{row['charts/episode_return_smoothed']:.1f}",
-                                    sps=f"{c.env_steps / max(c.wall_time_s, 1e-9):.0f}")
-                if c.iteration % cfg.checkpoint_interval == 0:
-                    self.collect_inflight()  # a checkpoint holds every step played so far
-                    self.save()
+                self.record(B, lag, metrics, (t0, t1, t2, t3), start, progress)
             self.collect_inflight()  # played steps are delivered and counted, never dropped
             self.save()
             exit_code = 0
         except BaseException as e:
             # Keep what was learned, but only a consistent state: a failure inside an update
             # (its model half-stepped, its batch out of the buffer) keeps the last checkpoint.
-            saved = False
-            if consistent and c.iteration:
-                try:
-                    self.save()
-                    saved = True
-                except Exception as save_error:  # never hide the error that stopped the run
-                    print(f"warning: no checkpoint written after the error ({save_error})", file=sys.stderr)
+            saved = consistent and c.iteration > 0 and self.save_after_error()
             if isinstance(e, WorkerFailure):
                 where = (f"a checkpoint of iteration {c.iteration} was written; resume with --resume {self.run_dir}"
                          if saved else "no checkpoint was written")
@@ -183,7 +190,53 @@ class _Run:
             if progress:
                 progress.close()
             self.wb.finish(exit_code)
-        summary = make_summary(cfg, self)
+        return self.write_summary()
+
+    def finished(self) -> bool:
+        """The env-step budget is used up or the stop return reached."""
+        return self.state.counters.env_steps_used >= self.cfg.total_env_steps or self.reached_stop()
+
+    def progress(self, quiet: bool) -> Progress | None:
+        c, cfg = self.state.counters, self.cfg
+        if not cfg.tracking.progress_bar or quiet:
+            return None
+        return Progress(cfg.total_env_steps, min(c.env_steps_used, cfg.total_env_steps), interval_s=cfg.tracking.progress_interval_s)
+
+    def schedule_values(self, B: int) -> tuple[float, float]:
+        """The learning rate and PPO clip range of the next update of B env steps."""
+        progress_frac = self.state.counters.env_steps_used / self.cfg.total_env_steps
+        return (schedules.learning_rate(self.cfg.ppo, B, self.learner.probe.b_simple, progress_frac),
+                schedules.clip_coef(self.cfg.ppo, progress_frac))
+
+    def record(self, B: int, lag, metrics: dict, times: tuple[float, float, float, float], start: float,
+               progress: Progress | None) -> None:
+        """Log an iteration whose counters are updated: its metrics row, target crossings, W&B,
+        progress, and a checkpoint when one is due. `start`: the run's clock origin."""
+        c = self.state.counters
+        c.wall_time_s = times[-1] - start
+        row = self.row(B, lag, metrics, times)
+        self.state.record_targets(self.targets, row, self.learner.probe.summary)
+        self.table.append(row)
+        self.wb.log(row, step=c.iteration)
+        if progress:
+            progress.update(c.env_steps_used, ret=f"{row['charts/episode_return_smoothed']:.1f}",
+                            sps=f"{c.env_steps / max(c.wall_time_s, 1e-9):.0f}")
+        if c.iteration % self.cfg.checkpoint_interval == 0:
+            self.collect_inflight()  # a checkpoint holds every step played so far
+            self.save()
+
+    def save_after_error(self) -> bool:
+        """A checkpoint of a consistent state after an error; never raises (the error that
+        stopped the run is the one to report). Returns whether it was written."""
+        try:
+            self.save()
+            return True
+        except Exception as save_error:
+            print(f"warning: no checkpoint written after the error ({save_error})", file=sys.stderr)
+            return False
+
+    def write_summary(self) -> dict:
+        summary = make_summary(self.cfg, self)
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
@@ -259,7 +312,7 @@ class _Run:
         )
 
 
-def _load_checkpoint(run_dir: Path, cfg: TrainConfig, quiet: bool) -> tuple[Path, dict]:
+def load_checkpoint(run_dir: Path, cfg: TrainConfig) -> tuple[Path, dict]:
     path, state = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
     # The environment, network and seed cannot change on resume: refuse before anything starts.
     checkpoint.check_compatible(state, to_dict(cfg))
@@ -276,7 +329,7 @@ def _write_config(run_dir: Path, cfg: TrainConfig, saved) -> None:
     atomic_write_text(path, text)
 
 
-def _restore(saved: tuple[Path, dict], learner: Learner, state: RunState, schedule, pool, quiet: bool) -> str | None:
+def _restore(saved: tuple[Path, dict], learner: RunLearner, state: RunState, schedule, pool, quiet: bool) -> str | None:
     """The checkpoint into the learner, run state, schedule and (where saved) the workers."""
     path, s = saved
     learner.load_state_dict(s["learner"])
@@ -294,7 +347,7 @@ def _restore(saved: tuple[Path, dict], learner: Learner, state: RunState, schedu
     return s.get("wandb_id")
 
 
-def make_summary(cfg: TrainConfig, run: _Run) -> dict:
+def make_summary(cfg: TrainConfig, run: Run) -> dict:
     state, learner, c = run.state, run.learner, run.state.counters
     empty: dict[str, Any] = {"reached": False, "iterations": None, "optimizer_steps": None, "env_steps": None,
              "wall_time_s": None, "b_simple": None, "b_simple_ci": None, "b_simple_parts": {}}

@@ -1,0 +1,663 @@
+"""Populations: N PPO trials trained in one process as one vectorised model.
+
+The trials of a critical-batch study that share the environment, the batch size, the fragment
+shape and the network differ only in scalars: the seed, the learning rate, the clip, entropy
+and value coefficients, the gradient clip. A population trains them together (as PureJaxRL
+vmaps whole training runs): the members' parameters are stacked (``torch.func.
+stack_module_state``) and every forward and backward runs once for all members through
+``torch.func.vmap``; each member keeps its own Adam state, learning rate, minibatch order,
+noise probe, run state and run directory. Members never mix data: member i's loss reads only
+what member i's own policy collected on member i's own environments.
+
+A member is the standalone trial of its config: at step 0 its weights, its rollout workers
+(seeds, env offsets), its minibatch order and its Adam steps are those of ``rlscale train``
+with workers.backend=local (tests/test_population.py checks gradients, one update and the
+first iteration against a standalone Learner and run). A member whose loss or gradient turns
+non-finite is frozen and reported (``diverged.json`` in its run directory); the others go on.
+
+Populations use the local backend only (the workers step in this process, in lockstep, so that
+one batched forward acts for every member), without overlap, W&B, or the per-example and
+B_noise estimates; `check_population` refuses anything else with a one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from rlscale.actors import LocalPool, RolloutWorker, SampleResult, plan_envs
+from rlscale.config import TrainConfig, check_minibatch, to_dict
+from rlscale.envs import EnvSpec
+from rlscale.errors import ConfigError
+from rlscale.model import build_model
+from rlscale.noise_scale import NoiseProbe
+from rlscale.ppo import ppo_loss, resolve_device
+from rlscale.rollout import Fragment, FrameStacks, microbatch_groups
+from rlscale.tracking import Progress
+from rlscale.train import Run, check_run_dir, fragment_lengths, load_checkpoint, open_run
+from rlscale.util import atomic_write_json, configure_learner_process, seed_everything
+
+# Config keys the members of one population may set apart: scalars that change no tensor shape
+# and no control flow shared by the members. Every other key must be equal.
+MEMBER_KEYS = (
+    "seed", "total_env_steps", "targets", "stop_return", "checkpoint_interval", "checkpoint_keep", "tracking.",
+    "ppo.lr", "ppo.lr_rule", "ppo.lr_reference_env_steps", "ppo.anneal_lr", "ppo.anneal_clip", "ppo.gamma",
+    "ppo.gae_lambda", "ppo.clip_coef", "ppo.ent_coef", "ppo.vf_coef", "ppo.max_grad_norm",
+)
+_LOSS_DIAGS = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _is_member_key(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MEMBER_KEYS)
+
+
+def check_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> None:
+    """Refuse, before anything starts, a population its members cannot share (one line each)."""
+    if not cfgs:
+        raise ConfigError("a population needs at least one member config")
+    if len(run_dirs) != len(cfgs):
+        raise ConfigError(f"a population of {len(cfgs)} members needs {len(cfgs)} run directories, got {len(run_dirs)}")
+    if len({Path(d).resolve() for d in run_dirs}) != len(run_dirs):
+        raise ConfigError("population members need distinct run directories")
+    first = _flat(to_dict(cfgs[0]))
+    for cfg in cfgs:
+        if cfg.workers.backend != "local":
+            raise ConfigError("populations step their members' envs in-process: set workers.backend=local")
+        if cfg.workers.overlap:
+            raise ConfigError("populations do not overlap sampling and updates: set workers.overlap=false")
+        if cfg.tracking.wandb_mode != "disabled":
+            raise ConfigError("populations log to metrics.csv only: set tracking.wandb_mode=disabled")
+        if cfg.noise.per_example_interval or cfg.noise.b_noise_interval:
+            raise ConfigError("populations measure B_simple only: set noise.per_example_interval=0 and noise.b_noise_interval=0")
+        flat = _flat(to_dict(cfg))
+        for key in sorted(set(first) | set(flat)):
+            if not _is_member_key(key) and first.get(key) != flat.get(key):
+                raise ConfigError(f"population members must share {key} (got {first.get(key)!r} and {flat.get(key)!r}); "
+                                  f"only {', '.join(k.rstrip('.') for k in MEMBER_KEYS)} may differ")
+
+
+def _per_member(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """x [n] shaped to broadcast against a stacked tensor [n, ...]."""
+    return x.view(-1, *([1] * (like.dim() - 1)))
+
+
+def member_grads(params: dict[str, torch.Tensor], loss: torch.Tensor, retain: bool = False) -> list[torch.Tensor]:
+    """Gradients [N, ...] of the sum of the members' losses: row i is member i's own gradient
+    (a member's loss reads only its own rows); zeros where a part reads no parameter."""
+    gs = torch.autograd.grad(loss, list(params.values()), retain_graph=retain, allow_unused=True)
+    return [torch.zeros_like(q) if g is None else g for q, g in zip(params.values(), gs)]
+
+
+class Member:
+    """Member i of a population as its run sees a learner (train.RunLearner): noise probe,
+    version and optimizer-step counters, weights and a checkpoint state in the format of a
+    standalone Learner's (a member's run directory resumes alone too)."""
+
+    def __init__(self, population: PopulationLearner, index: int, cfg: TrainConfig):
+        self.population, self.index = population, index
+        self.probe = NoiseProbe(cfg.noise, cfg.ppo.microbatch_size)
+        self.rng = np.random.default_rng(cfg.seed)  # minibatch order, drawn as Learner.update draws it
+        self.version = 0
+        self.optimizer_steps = 0
+        self.diverged = False
+        self.lr = cfg.ppo.lr  # the last learning rate, as the optimizer's param group keeps it
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.population.member_params(self.index).items()}
+
+    def state_dict(self) -> dict:
+        pop, i = self.population, self.index
+        steps = float(pop.steps[i])
+        state = {} if steps == 0 else {
+            j: {"step": torch.tensor(steps), "exp_avg": pop.exp_avg[k][i].clone(), "exp_avg_sq": pop.exp_avg_sq[k][i].clone()}
+            for j, k in enumerate(pop.names)}
+        group = {**pop.adam_group, "lr": self.lr}
+        return {"model": {k: v.clone() for k, v in pop.member_params(i).items()},
+                "optimizer": {"state": state, "param_groups": [group]}, "version": self.version,
+                "optimizer_steps": self.optimizer_steps, "probe": self.probe.state_dict(), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, s: dict) -> None:
+        pop, i = self.population, self.index
+        with torch.no_grad():
+            for j, k in enumerate(pop.names):
+                pop.params[k][i] = s["model"][k].to(pop.device)
+                st = s["optimizer"]["state"].get(j)
+                pop.exp_avg[k][i] = st["exp_avg"].to(pop.device) if st else 0.0
+                pop.exp_avg_sq[k][i] = st["exp_avg_sq"].to(pop.device) if st else 0.0
+                pop.steps[i] = float(st["step"]) if st else 0.0
+        self.lr = s["optimizer"]["param_groups"][0]["lr"]
+        self.version, self.optimizer_steps = s["version"], s["optimizer_steps"]
+        self.probe.load_state_dict(s["probe"])
+        self.rng.bit_generator.state = s["rng"]
+
+
+@dataclass
+class _Batches:
+    """The active members' batches stacked on the device: [n, B] per key ('obs' [n, B, ...],
+    or one FrameStacks per member), plus the host arrays the micro-batch grouping reads."""
+
+    host: list[dict]
+    t: dict[str, torch.Tensor]
+    obs: torch.Tensor | list[FrameStacks]
+
+    def rows(self, key: str, ix: torch.Tensor) -> torch.Tensor:
+        return torch.gather(self.t[key], 1, ix)
+
+    def obs_rows(self, ix: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.obs, list):
+            return torch.stack([fs[j] for fs, j in zip(self.obs, ix)])
+        return self.obs[torch.arange(len(ix), device=ix.device)[:, None], ix]
+
+
+class PopulationLearner:
+    """PPO updates of N members at once: the stacked model, per-member Adam and noise probes.
+
+    cfgs: the members' configs (checked by `check_population`); member i's model is built as a
+    standalone Learner builds it (seed_everything(seed_i), then build_model), so at step 0 its
+    weights equal the standalone model's.
+    """
+
+    def __init__(self, cfgs: Sequence[TrainConfig], spec: EnvSpec, device: torch.device):
+        self.cfgs, self.spec, self.device = list(cfgs), spec, device
+        self.cfg = cfgs[0]  # what the members share
+        models = []
+        for cfg in cfgs:
+            seed_everything(cfg.seed)
+            models.append(build_model(spec, cfg.model).to(device))
+        params, buffers = stack_module_state(models)
+        if buffers:
+            raise ConfigError(f"populations stack parameters only; model.encoder={models[0].encoder} has buffers")
+        self.params: dict[str, torch.Tensor] = params
+        self.names = list(params)
+        p = self.cfg.ppo
+        self.adam_group = torch.optim.Adam(models[0].parameters(), lr=p.lr, eps=p.adam_eps, foreach=True).state_dict()["param_groups"][0]
+        self.betas: tuple[float, float] = self.adam_group["betas"]
+        self.base = copy.deepcopy(models[0]).to("meta")  # the architecture; weights come from self.params
+        with torch.no_grad():
+            self.exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
+            self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.steps = torch.zeros(len(cfgs), dtype=torch.float64, device=device)  # Adam steps per member
+        as_tensor = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
+        self.vf_coef = as_tensor([c.ppo.vf_coef for c in cfgs])
+        self.ent_coef = as_tensor([c.ppo.ent_coef for c in cfgs])
+        self.max_grad_norm = as_tensor([c.ppo.max_grad_norm if c.ppo.max_grad_norm > 0 else math.inf for c in cfgs])
+        self.members = [Member(self, i, cfg) for i, cfg in enumerate(cfgs)]
+        self._forward = vmap(self._member_forward)
+        self._losses = vmap(self._member_losses)
+
+    # -- the vectorised model ----------------------------------------------------------------
+    def _member_forward(self, params: dict[str, torch.Tensor], obs: torch.Tensor):
+        return functional_call(self.base, params, (obs,))
+
+    def _member_losses(self, params, obs, actions, logp, values, adv, returns, clip_coef, vf_coef, ent_coef):
+        logits, v = functional_call(self.base, params, (obs,))
+        parts, diags = ppo_loss(logits, v, actions, logp, values, adv, returns, clip_coef=clip_coef,
+                                clip_vloss=self.cfg.ppo.clip_vloss, vf_coef=vf_coef, ent_coef=ent_coef)
+        return parts.policy, parts.value, parts.log_ratio, diags
+
+    def member_params(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v.detach()[i] for k, v in self.params.items()}
+
+    @torch.no_grad()
+    def forward(self, members: Sequence[int], obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [n, m, A] and values [n, m] of the members' policies on their observations
+        obs [n, m, ...]: one batched forward (the acting step of every member at once)."""
+        return self._forward(self._take(members, self.params), obs)
+
+    @torch.no_grad()
+    def value(self, member: int, obs: torch.Tensor) -> torch.Tensor:
+        """One member's values of obs [m, ...], as its standalone model computes them."""
+        return functional_call(self.base, self.member_params(member), (obs,))[1]
+
+    def _take(self, members: Sequence[int], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if len(members) == len(self.members):
+            return {k: v.detach() for k, v in tensors.items()}
+        ix = torch.tensor(list(members), device=self.device)
+        return {k: v.detach()[ix] for k, v in tensors.items()}
+
+    # -- one PPO iteration for every member --------------------------------------------------
+    def update(self, batches: Sequence[dict | None], lrs: Sequence[float], iterations: Sequence[int],
+               clip_coefs: Sequence[float]) -> list[dict[str, float] | None]:
+        """One PPO iteration of every member whose batch is given (None: the member sits this
+        one out, e.g. finished); per member what Learner.update returns, or None.
+
+        Member i trains on batches[i] with lrs[i] and clip_coefs[i], its minibatches drawn from
+        its own rng as Learner.update draws them; all members' micro-batches go through one
+        vmapped forward and backward. A member whose loss or gradient turns non-finite is left
+        at its last finite parameters and marked diverged.
+        """
+        active = [i for i, b in enumerate(batches) if b is not None and not self.members[i].diverged]
+        out: list[dict[str, float] | None] = [None] * len(self.members)
+        if not active:
+            return out
+        full = len(active) == len(self.members)
+        ix = torch.tensor(active, device=self.device)
+        state = [self.params, self.exp_avg, self.exp_avg_sq]
+        if not full:  # the active members' rows, written back below
+            state = [{k: v.detach()[ix] for k, v in t.items()} for t in state]
+            state[0] = {k: v.requires_grad_() for k, v in state[0].items()}
+        step = _Update(self, active, [batches[i] for i in active], *state,
+                       lrs=[lrs[i] for i in active], clip_coefs=[clip_coefs[i] for i in active],
+                       iterations=[iterations[i] for i in active])
+        metrics = step.run()
+        with torch.no_grad():
+            self.steps[ix] = step.steps
+            if not full:
+                for dst, src in zip([self.params, self.exp_avg, self.exp_avg_sq], state):
+                    for name, v in dst.items():
+                        v[ix] = src[name].detach()
+        for k, i in enumerate(active):
+            m = self.members[i]
+            m.version += 1
+            m.lr = lrs[i]
+            m.optimizer_steps += step.optimizer_steps[k]
+            m.diverged = step.diverged[k]
+            out[i] = {**metrics[k], "charts/learning_rate": lrs[i], "charts/clip_coef": clip_coefs[i],
+                      "losses/early_stop": float(step.early_stop[k]), **m.probe.end_update()}
+        return out
+
+    def adam_preconditioner(self, exp_avg_sq: dict[str, torch.Tensor], k: int, step: float) -> list[torch.Tensor] | None:
+        """Adam's diagonal preconditioner 1 / (sqrt(v / (1 - beta2^t)) + eps) of row k of
+        `exp_avg_sq` after `step` steps, as Learner's; None before the first step."""
+        if step == 0:
+            return None
+        bias = 1 - self.betas[1] ** step
+        return [1.0 / ((v[k] / bias).sqrt() + self.adam_group["eps"]) for v in exp_avg_sq.values()]
+
+
+class _Update:
+    """One PPO iteration of the active members: the state of Learner.update's loop, batched.
+
+    Rows k = 0 .. n-1 are the active members; `live[k]` says whether member k still trains in
+    this iteration (not stopped early by target_kl, nothing non-finite seen).
+    """
+
+    def __init__(self, pop: PopulationLearner, active: list[int], batches: list, params, exp_avg, exp_avg_sq, *,
+                 lrs: list[float], clip_coefs: list[float], iterations: list[int]):
+        dev = pop.device
+        self.pop, self.cfg = pop, pop.cfg
+        self.members = [pop.members[i] for i in active]
+        self.params, self.exp_avg, self.exp_avg_sq = params, exp_avg, exp_avg_sq
+        ix = torch.tensor(active, device=dev)
+        self.steps = pop.steps[ix].clone()
+        self.lrs = torch.tensor(lrs, dtype=torch.float64, device=dev)
+        self.coefs = (torch.tensor(clip_coefs, dtype=torch.float32, device=dev), pop.vf_coef[ix], pop.ent_coef[ix])
+        self.max_grad_norm = pop.max_grad_norm[ix]
+        self.iterations = iterations
+        self.data = self._stack(batches)
+        n = len(active)
+        self.live = torch.ones(n, dtype=torch.bool, device=dev)
+        self.early_stop = [False] * n
+        self.diverged = [False] * n
+        self.optimizer_steps = [0] * n
+        self.sums = {k: torch.zeros(n, device=dev) for k in (*_LOSS_DIAGS, "losses/grad_norm")}
+        self.minibatches = torch.zeros(n, device=dev)
+
+    def _stack(self, batches: list[dict]) -> _Batches:
+        dev = self.pop.device
+        t = {k: torch.from_numpy(np.stack([np.asarray(b[k]) for b in batches])).to(dev)
+             for k in ("actions", "logp", "values", "advantages", "returns", "versions")}
+        if isinstance(batches[0]["obs"], FrameStacks):
+            return _Batches(batches, t, [b["obs"].to(dev) for b in batches])
+        return _Batches(batches, t, torch.from_numpy(np.stack([np.asarray(b["obs"]) for b in batches])).to(dev))
+
+    def run(self) -> list[dict[str, float]]:
+        p, d = self.cfg.ppo, self.data
+        n_steps = d.t["actions"].shape[1]
+        check_minibatch(n_steps, p.num_minibatches)
+        mb_size = n_steps // p.num_minibatches
+        for m in self.members:
+            m.probe.start_update()
+        versions = torch.tensor([m.version for m in self.members], device=self.pop.device)
+        self.lag0 = d.t["versions"] == versions[:, None]  # steps collected with the current weights
+        self.logp_mismatch = torch.zeros(len(self.members), device=self.pop.device)
+        self.compared = torch.zeros(len(self.members), dtype=torch.bool, device=self.pop.device)
+        orders = [np.arange(n_steps)] * len(self.members)
+        for epoch in range(p.epochs):
+            orders = [m.rng.permutation(n_steps) if not stop else o for m, o, stop in zip(self.members, orders, self.early_stop)]
+            order = torch.from_numpy(np.stack(orders)).to(self.pop.device)
+            kl = torch.zeros(len(self.members), device=self.pop.device)
+            for mb in range(p.num_minibatches):
+                part = slice(mb * mb_size, (mb + 1) * mb_size)
+                kl = self._minibatch(epoch, mb, order[:, part], [o[part] for o in orders])
+            # Early stop on the approx KL of the epoch's last minibatch, per member, as Learner.
+            if p.target_kl is not None:
+                for k, value in enumerate(kl.tolist()):
+                    self.early_stop[k] = self.early_stop[k] or (bool(self.live[k]) and value > p.target_kl)
+                self.live &= ~torch.tensor(self.early_stop, device=self.pop.device)
+                if all(self.early_stop):
+                    break
+        return self._metrics()
+
+    def _minibatch(self, epoch: int, mb: int, idx: torch.Tensor, host_idx: list[np.ndarray]) -> torch.Tensor:
+        """One minibatch of every live member: micro-batch gradients accumulated, clipped, one
+        Adam step. Returns the members' approx KL on it."""
+        p, d, pop = self.cfg.ppo, self.data, self.pop
+        adv = d.rows("advantages", idx)
+        if p.norm_adv and idx.shape[1] > 1:
+            adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
+        training = [k for k, stop in enumerate(self.early_stop) if not stop]
+        n_micro = -(-idx.shape[1] // p.microbatch_size)
+        for k in training:
+            self.members[k].probe.start_minibatch(self.iterations[k], epoch, mb, n_micro, self._preconditioner(k))
+        micro = self._microbatches(idx, host_idx, training)
+        split = any(self.members[k].probe.split for k in training)
+        acc = [torch.zeros_like(v) for v in self.params.values()]
+        kl = torch.zeros(len(self.members), device=pop.device)
+        finite = torch.ones_like(self.live)
+        for c in micro:
+            j = torch.gather(idx, 1, c)
+            pol, val, log_ratio, diags = pop._losses(self.params, d.obs_rows(j), d.rows("actions", j), d.rows("logp", j),
+                                                     d.rows("values", j), torch.gather(adv, 1, c), d.rows("returns", j), *self.coefs)
+            w = c.shape[1] / idx.shape[1]  # micro-batch means -> minibatch mean
+            g = self._grads(pol, val, split)
+            for k in training:
+                parts = {"policy": [x[k] for x in g[1]], "value": [x[k] for x in g[2]]} if split else None
+                self.members[k].probe.on_microbatch([x[k] for x in g[0]], w, c.shape[1] == p.microbatch_size, parts)
+            torch._foreach_add_(acc, g[0], alpha=w)
+            finite &= torch.isfinite(pol + val)
+            for key in _LOSS_DIAGS:
+                self.sums[key] += torch.where(self.live, diags[key] * w, 0.0)
+            kl = kl + diags["losses/approx_kl"] * w
+            if epoch == 0 and mb == 0:  # before any optimizer step: at the behaviour weights
+                lag0 = torch.gather(self.lag0, 1, j)
+                self.logp_mismatch = torch.maximum(self.logp_mismatch, (log_ratio.abs() * lag0).amax(1))
+                self.compared |= lag0.any(1)
+        for k in training:
+            self.members[k].probe.on_minibatch([x[k] for x in acc], idx.shape[1])
+        self._step(acc, finite)
+        return kl
+
+    def _preconditioner(self, k: int):
+        return lambda: self.pop.adam_preconditioner(self.exp_avg_sq, k, float(self.steps[k]))
+
+    def _microbatches(self, idx: torch.Tensor, host_idx: list[np.ndarray], training: list[int]) -> list[torch.Tensor]:
+        """Positions [n, m] into each member's minibatch of every micro-batch. Grouped by
+        noise.microbatch_mode where a probe measures this minibatch, as Learner groups them;
+        elsewhere cut in order (the grouping changes only how the minibatch's gradient is
+        summed, not the gradient)."""
+        p, n = self.cfg.ppo, len(self.members)
+        measured = any(self.members[k].probe.measuring for k in training)
+        mode = self.cfg.noise.microbatch_mode if measured else "random"
+        groups = [microbatch_groups(b, ix, p.microbatch_size, mode) for b, ix in zip(self.data.host, host_idx)] \
+            if mode == "env" else [microbatch_groups({}, host_idx[0], p.microbatch_size, mode)] * n
+        return [torch.from_numpy(np.stack(cs)).to(self.pop.device) for cs in zip(*groups)]
+
+    def _grads(self, policy: torch.Tensor, value: torch.Tensor, split: bool):
+        """(total, policy, value) gradients [n, ...] per parameter; member k's rows are the
+        gradients of member k's own losses (the sum over members separates them)."""
+        if not split:
+            return member_grads(self.params, (policy + value).sum()), (), ()
+        g_pi = member_grads(self.params, policy.sum(), retain=True)
+        g_v = member_grads(self.params, value.sum())
+        return torch._foreach_add(g_pi, g_v), g_pi, g_v
+
+    @torch.no_grad()
+    def _step(self, grads: list[torch.Tensor], finite: torch.Tensor) -> None:
+        """Per-member global-norm clipping and one Adam step (torch.optim.Adam's formula), on
+        the live members with finite losses and gradient; others keep their state."""
+        norm = torch.stack([g.flatten(1).norm(dim=1) for g in grads], 1).norm(dim=1)  # [n], as clip_grad_norm_
+        train = self.live & finite & torch.isfinite(norm)
+        newly = (self.live & ~train).tolist()
+        self.diverged = [a or b for a, b in zip(self.diverged, newly)]
+        self.sums["losses/grad_norm"] += torch.where(self.live, norm, 0.0)
+        self.minibatches += self.live.float()
+        self.optimizer_steps = [s + int(t) for s, t in zip(self.optimizer_steps, train.tolist())]
+        self.live = train
+        scale = (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+        beta1, beta2 = self.pop.betas
+        self.steps += train.double()
+        step_size = (self.lrs / (1 - beta1 ** self.steps)).float()
+        bias2_sqrt = (1 - beta2 ** self.steps).sqrt().float()
+        eps = self.pop.adam_group["eps"]
+        for (k, q), g in zip(self.params.items(), grads):
+            keep = _per_member(train, q)
+            g = g * _per_member(scale, g)
+            m, v = self.exp_avg[k], self.exp_avg_sq[k]
+            m_new = torch.lerp(m, g, 1 - beta1)
+            v_new = v * beta2 + (1 - beta2) * g * g
+            q_new = q - _per_member(step_size, q) * m_new / (v_new.sqrt() / _per_member(bias2_sqrt, q) + eps)
+            m.copy_(torch.where(keep, m_new, m))
+            v.copy_(torch.where(keep, v_new, v))
+            q.copy_(torch.where(keep, q_new, q))
+
+    def _metrics(self) -> list[dict[str, float]]:
+        d = self.data
+        y, v = d.t["returns"], d.t["values"]
+        var_y = y.var(1)
+        explained = torch.where(var_y == 0, float("nan"), 1 - (y - v).var(1) / var_y)
+        means = {k: (s / self.minibatches.clamp(min=1)).tolist() for k, s in self.sums.items()}
+        mismatch = torch.where(self.compared, self.logp_mismatch, float("nan")).tolist()
+        explained_l = explained.tolist()
+        return [{**{key: means[key][k] for key in (*_LOSS_DIAGS, "losses/grad_norm")},
+                 "losses/explained_variance": explained_l[k], "losses/logp_mismatch": mismatch[k]}
+                for k in range(len(self.members))]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+class _WorkerRollout:
+    """One rollout worker's fragment in the making, one step at a time: the arrays and steps of
+    RolloutWorker.sample, with the actions drawn from probabilities computed for all members."""
+
+    def __init__(self, worker: RolloutWorker, T: int):
+        self.worker, self.T = worker, T
+        E = worker.env.num_envs
+        worker.recorder.start(T, worker.obs)
+        self.reset = np.ones(E, dtype=bool)  # a fragment's first observations are stored whole
+        self.arrays: dict[str, np.ndarray] = {"actions": np.empty((T, E), dtype=np.int64), "logp": np.empty((T, E), dtype=np.float32),
+                       "values": np.empty((T + 1, E), dtype=np.float32), "rewards": np.empty((T, E), dtype=np.float32),
+                       "terminated": np.empty((T, E), dtype=bool), "truncated": np.empty((T, E), dtype=bool)}
+        self.bootstrap: list[tuple[int, np.ndarray, np.ndarray]] = []  # (t, envs, V(final obs)) of truncations
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+
+    def step(self, t: int, probs: torch.Tensor, log_probs: torch.Tensor, values: torch.Tensor, value_fn) -> None:
+        """Act at step t from the policy's probs [E, A], log-probs [E, A] and values [E]."""
+        w, a = self.worker, self.arrays
+        w.recorder.add(t, w.obs, self.reset)
+        actions = torch.multinomial(probs, 1, generator=w.generator)
+        a["actions"][t], a["logp"][t] = actions.squeeze(-1).numpy(), log_probs.gather(-1, actions).squeeze(-1).numpy()
+        a["values"][t] = values.numpy()
+        out = w.env.step(a["actions"][t])
+        a["rewards"][t], a["terminated"][t], a["truncated"][t] = out.reward, out.terminated, out.truncated
+        cut = np.flatnonzero(out.truncated & ~out.terminated)  # bootstrap from the final state's value
+        if len(cut):
+            self.bootstrap.append((t, cut, value_fn(torch.from_numpy(out.final_obs[cut])).numpy()))
+        self.returns += out.episode_returns
+        self.lengths += out.episode_lengths
+        w.obs, self.reset = out.obs, out.reset
+
+    def fragment(self, last_values: torch.Tensor, version: int) -> Fragment:
+        a = self.arrays
+        a["values"][self.T] = last_values.numpy()
+        next_values = a["values"][1:].copy()
+        for t, envs, v in self.bootstrap:
+            next_values[t, envs] = v
+        return Fragment(obs=self.worker.recorder.finish(), values=a["values"][:self.T], next_values=next_values,
+                        policy_version=version, env_ids=self.worker.env_ids, episode_returns=self.returns,
+                        episode_lengths=self.lengths, **{k: a[k] for k in ("actions", "logp", "rewards", "terminated", "truncated")})
+
+
+class PopulationSampler:
+    """Every member's rollout workers stepped in lockstep, one batched forward acting for all.
+
+    The workers are those of each member's own LocalPool, so member i steps the envs, seeds,
+    env offsets and sampling generator of its standalone local run; at each step the members'
+    observations go through one vmapped forward of their own weights, then each worker draws
+    its actions from its own generator. Member i's fragments are those its standalone pool
+    would return (up to float rounding of the batched forward).
+    """
+
+    def __init__(self, learner: PopulationLearner, pools: Sequence[LocalPool]):
+        self.learner, self.pools = learner, list(pools)
+
+    @torch.no_grad()
+    def sample(self, members: Sequence[int], lengths: list[int]) -> dict[int, SampleResult]:
+        """`lengths[w]` steps on worker w of each member (its pools share one shape)."""
+        rollouts = [[_WorkerRollout(w, T) for w, T in zip(self.pools[i].workers, lengths) if T > 0] for i in members]
+        for t in range(max(lengths)):
+            k_live = [j for j, r in enumerate(rollouts[0]) if r.T > t]
+            obs = np.stack([np.concatenate([rs[j].worker.obs for j in k_live]) for rs in rollouts])
+            logits, values = self.learner.forward(members, torch.from_numpy(obs))
+            probs, log_probs = torch.softmax(logits, -1), logits - logits.logsumexp(-1, keepdim=True)
+            for k, (i, rs) in enumerate(zip(members, rollouts)):
+                start = 0
+                for j in k_live:
+                    e = slice(start, start + rs[j].worker.env.num_envs)
+                    rs[j].step(t, probs[k, e], log_probs[k, e], values[k, e], lambda x, i=i: self.learner.value(i, x))
+                    start = e.stop
+        obs = np.stack([np.concatenate([r.worker.obs for r in rs]) for rs in rollouts])
+        _, last = self.learner.forward(members, torch.from_numpy(obs))
+        out = {}
+        for k, (i, rs) in enumerate(zip(members, rollouts)):
+            version, frags, start = self.learner.members[i].version, [], 0
+            for r in rs:
+                frags.append(r.fragment(last[k, start:start + r.worker.env.num_envs], version))
+                start += r.worker.env.num_envs
+            out[i] = SampleResult(frags, 0, 0)
+        return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resume: bool = False, overwrite: bool = False,
+                     quiet: bool = False) -> list[dict]:
+    """Train the members `cfgs` as one population, member i into run_dirs[i]; their summaries.
+
+    Each run directory gets what `rlscale train` writes (config.yaml, metrics.csv, checkpoints,
+    summary.json; time columns are the population's shared iteration times); with `resume`
+    each member continues from its newest checkpoint. A member leaves the population when its
+    budget is used, its stop return reached, or it diverges (then diverged.json says where).
+    Local backend only (see the module docstring).
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    check_population(cfgs, run_dirs)
+    for d in run_dirs:
+        check_run_dir(d, resume, overwrite)
+    saved = [load_checkpoint(d, cfg) if resume else None for cfg, d in zip(cfgs, run_dirs)]
+    device = resolve_device(cfgs[0].device)
+    configure_learner_process(device, cfgs[0].torch_threads)
+    pools = [LocalPool(cfg, plan_envs(cfg)) for cfg in cfgs]  # as make_pool builds a local run's
+    try:
+        spec = pools[0].spec()
+        learner = PopulationLearner(cfgs, spec, device)
+        runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet)
+                for cfg, d, pool, member, s in zip(cfgs, run_dirs, pools, learner.members, saved)]
+        return _PopulationLoop(learner, runs).loop(quiet)
+    finally:
+        for pool in pools:
+            pool.close()
+
+
+class _PopulationLoop:
+    """The members' runs driven together: sample all, update all, log each (train.Run's steps)."""
+
+    def __init__(self, learner: PopulationLearner, runs: list[Run]):
+        self.learner, self.runs = learner, runs
+        self.sampler = PopulationSampler(learner, [r.pool for r in runs])
+        self.summaries: dict[int, dict] = {}
+
+    def loop(self, quiet: bool) -> list[dict]:
+        runs, learner = self.runs, self.learner
+        active = [i for i, r in enumerate(runs) if not r.finished()]
+        for i in set(range(len(runs))) - set(active):
+            self.finish(i)
+        progress = self.progress(quiet)
+        clock = time.perf_counter()
+        starts = [clock - r.state.counters.wall_time_s for r in runs]  # each member's clock origin
+        consistent = True
+        try:
+            while active:
+                B = {i: runs[i].schedule.env_steps_per_iteration(runs[i].state.counters.iteration, learner.members[i].probe.b_simple)
+                     for i in active}
+                t0 = time.perf_counter()
+                self.fill(active, B)
+                batches: list[dict | None] = [None] * len(runs)
+                for i in active:
+                    batches[i] = runs[i].state.buffer.take(B[i])
+                consistent = False
+                t1 = time.perf_counter()
+                hyper = {i: runs[i].schedule_values(B[i]) for i in active}
+                lags = {i: learner.members[i].version - batches[i]["versions"] for i in active}  # type: ignore[index]
+                metrics = learner.update(batches, [hyper.get(i, (0.0, 0.0))[0] for i in range(len(runs))],
+                                         [r.state.counters.iteration for r in runs], [hyper.get(i, (0.0, 0.0))[1] for i in range(len(runs))])
+                for i in active:
+                    runs[i].state.counters.iteration += 1
+                    runs[i].state.counters.env_steps_used += B[i]
+                consistent = True
+                t2 = time.perf_counter()
+                for i in active:
+                    runs[i].record(B[i], lags[i], metrics[i] or {}, (t0, t1, t2, t2), starts[i], None)
+                if progress:
+                    progress.update(sum(r.state.counters.env_steps_used for r in runs), members=str(len(active)))
+                for i in [i for i in active if learner.members[i].diverged or runs[i].finished()]:
+                    self.finish(i)
+                    active.remove(i)
+        except BaseException:
+            # as a single run: keep only consistent states (never one inside an update)
+            for i in active if consistent else []:
+                if runs[i].state.counters.iteration:
+                    runs[i].save_after_error()
+            raise
+        finally:
+            if progress:
+                progress.close()
+        return [self.summaries[i] for i in range(len(runs))]
+
+    def progress(self, quiet: bool) -> Progress | None:
+        cfg = self.runs[0].cfg
+        if quiet or not cfg.tracking.progress_bar:
+            return None
+        total = sum(r.cfg.total_env_steps for r in self.runs)
+        done = sum(min(r.state.counters.env_steps_used, r.cfg.total_env_steps) for r in self.runs)
+        return Progress(total, done, interval_s=cfg.tracking.progress_interval_s, desc=f"population of {len(self.runs)}: env steps")
+
+    def fill(self, active: list[int], B: dict[int, int]) -> None:
+        """Sampling rounds until every active member's buffer holds its batch; members short of
+        the same number of steps sample together (in practice all of them)."""
+        while True:
+            short: dict[int, list[int]] = {}
+            for i in active:
+                need = B[i] - len(self.runs[i].state.buffer)
+                if need > 0:
+                    short.setdefault(need, []).append(i)
+            if not short:
+                return
+            for need, members in short.items():
+                run = self.runs[members[0]]
+                lengths = fragment_lengths(run.cfg, run.pool.envs_per_worker, need)
+                for i, result in self.sampler.sample(members, lengths).items():
+                    self.runs[i].state.absorb(result)
+
+    def finish(self, i: int) -> None:
+        """Member i leaves the population: its final checkpoint (none after a divergence: the
+        last one holds finite weights) and summary."""
+        run, member = self.runs[i], self.learner.members[i]
+        if member.diverged:
+            c = run.state.counters
+            atomic_write_json(run.run_dir / "diverged.json", {"iteration": c.iteration, "env_steps": c.env_steps,
+                                                              "reason": "non-finite loss or gradient; weights frozen before it"})
+            print(f"population: member {i} ({run.run_dir}) diverged at iteration {c.iteration}; the others go on", file=sys.stderr)
+        else:
+            run.save()
+        run.wb.finish(0)
+        self.summaries[i] = run.write_summary()

@@ -1,0 +1,187 @@
+"""Populations: a member is its standalone trial (weights at step 0, per-part gradients on one
+batch, one full update, its checkpoint state), a NaN member stops alone, and what members may not
+share is refused."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlscale.actors import LocalPool, plan_envs
+from rlscale.envs import EnvSpec
+from rlscale.errors import ConfigError
+from rlscale.population import PopulationLearner, check_population, member_grads
+from rlscale.ppo import ppo_loss
+from rlscale.rollout import FragmentBuffer
+from tests.helpers import cfg_for, make_learner
+
+SPEC = EnvSpec((4,), "float32", 2, encoder="mlp")
+# members differ in every scalar a population lets them set apart
+MEMBERS = [
+    ["seed=1", "ppo.lr=1e-3"],
+    ["seed=2", "ppo.lr=5e-4", "ppo.clip_coef=0.1", "ppo.ent_coef=0.01", "ppo.vf_coef=0.25", "ppo.max_grad_norm=0.1"],
+    ["seed=3", "ppo.lr=2e-3", "ppo.max_grad_norm=0"],
+]
+# two minibatches of two micro-batches over three epochs: Adam's preconditioner, the minibatch
+# order and the env grouping of the noise estimate all come into play
+SHAPE = ["workers.backend=local", "ppo.num_minibatches=2", "ppo.microbatch_size=64", "ppo.epochs=3"]
+
+
+def member_cfgs(*extra):
+    return [cfg_for(*SHAPE, *m, *extra) for m in MEMBERS]
+
+
+def cartpole_batch(cfg, steps=256):
+    """One batch of real CartPole steps, collected as `rlscale train` collects it."""
+    pool = LocalPool(cfg, plan_envs(cfg))
+    learner = make_learner(cfg)
+    buf = FragmentBuffer(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    for frag in pool.sample([steps // 8] * 2, learner.get_weights(), 0).fragments:
+        buf.add(frag)
+    return buf.take(steps)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return cartpole_batch(cfg_for("workers.backend=local", "seed=7"))
+
+
+def test_members_start_with_their_standalone_weights():
+    cfgs = member_cfgs()
+    pop = PopulationLearner(cfgs, SPEC, torch.device("cpu"))
+    for i, cfg in enumerate(cfgs):
+        alone = make_learner(cfg)
+        for name, q in alone.model.named_parameters():
+            assert torch.equal(pop.params[name][i], q), name
+
+
+def test_member_gradients_equal_the_standalone_learners_per_part(batch):
+    cfgs = member_cfgs()
+    pop = PopulationLearner(cfgs, SPEC, torch.device("cpu"))
+    t = {k: torch.from_numpy(np.asarray(batch[k])) for k in ("obs", "actions", "logp", "values", "advantages", "returns")}
+    n = len(cfgs)
+    rows = {k: v[:128].expand(n, *v[:128].shape) for k, v in t.items()}
+    coefs = [torch.tensor([float(getattr(c.ppo, name)) for c in cfgs]) for name in ("clip_coef", "vf_coef", "ent_coef")]
+    policy, value, _, _ = pop._losses(pop.params, rows["obs"], rows["actions"], rows["logp"], rows["values"],
+                                      rows["advantages"], rows["returns"], *coefs)
+    pop_grads = {"policy": member_grads(pop.params, policy.sum(), retain=True), "value": member_grads(pop.params, value.sum())}
+    for i, cfg in enumerate(cfgs):
+        alone = make_learner(cfg)
+        p = cfg.ppo
+        logits, v = alone.model(t["obs"][:128])
+        parts, _ = ppo_loss(logits, v, t["actions"][:128], t["logp"][:128], t["values"][:128], t["advantages"][:128],
+                            t["returns"][:128], clip_coef=p.clip_coef, clip_vloss=p.clip_vloss, vf_coef=p.vf_coef, ent_coef=p.ent_coef)
+        for part in ("policy", "value"):
+            expected = alone._grads(getattr(parts, part), retain=True)
+            assert sum(bool(g.abs().max() > 0) for g in expected) >= 3, part  # a tower's weights and biases
+            for name, got, want in zip(pop.names, pop_grads[part], expected):
+                torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-7, msg=f"member {i} {part} {name}")
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_one_update_leaves_each_member_where_its_standalone_update_does(batch, split):
+    cfgs = member_cfgs(f"noise.split_policy_value={split}")
+    pop = PopulationLearner(cfgs, SPEC, torch.device("cpu"))
+    lrs, clips = [c.ppo.lr for c in cfgs], [c.ppo.clip_coef for c in cfgs]
+    got = pop.update([batch] * len(cfgs), lrs, [0] * len(cfgs), clips)
+    for i, cfg in enumerate(cfgs):
+        alone = make_learner(cfg)
+        want = alone.update(batch, lrs[i], iteration=0, clip_coef=clips[i])
+        for name, q in alone.model.named_parameters():
+            torch.testing.assert_close(pop.params[name][i], q, rtol=1e-5, atol=1e-6, msg=f"member {i} {name}")
+        m = got[i]
+        assert m is not None and list(m) == list(want)  # the same metrics, in the same order
+        for key, value in want.items():
+            assert m[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
+        assert pop.members[i].optimizer_steps == alone.optimizer_steps
+        assert pop.members[i].probe.ema["combined"].n == alone.probe.ema["combined"].n > 0
+        # the member's checkpoint state is a standalone Learner's: it loads and holds its weights
+        other = make_learner(cfg)
+        other.load_state_dict(pop.members[i].state_dict())
+        for name, q in other.model.named_parameters():
+            assert torch.equal(q, pop.params[name][i])
+        assert other.optimizer.state_dict()["state"][0]["step"] == alone.optimizer.state_dict()["state"][0]["step"]
+
+
+def test_a_diverged_member_is_frozen_and_leaves_the_others_unchanged(batch):
+    cfgs = member_cfgs()
+    healthy = PopulationLearner(cfgs, SPEC, torch.device("cpu"))
+    sick = PopulationLearner(cfgs, SPEC, torch.device("cpu"))
+    bad = {**batch, "advantages": np.full_like(batch["advantages"], np.nan)}
+    before = {k: v[1].detach().clone() for k, v in sick.params.items()}
+    lrs, clips = [c.ppo.lr for c in cfgs], [c.ppo.clip_coef for c in cfgs]
+    healthy.update([batch] * 3, lrs, [0] * 3, clips)
+    out = sick.update([batch, bad, batch], lrs, [0] * 3, clips)
+    assert [m.diverged for m in sick.members] == [False, True, False]
+    assert sick.members[1].optimizer_steps == 0
+    assert out[1] is not None and math.isnan(out[1]["losses/policy_loss"])
+    for name, v in sick.params.items():
+        assert torch.equal(v[1], before[name])  # frozen at its last finite weights
+        for i in (0, 2):
+            assert torch.equal(v[i], healthy.params[name][i])  # neighbours bit for bit unchanged
+    # a diverged member sits out later updates; the others train on
+    out = sick.update([batch] * 3, lrs, [1] * 3, clips)
+    assert out[1] is None and out[0] is not None and out[2] is not None
+    assert sick.members[0].optimizer_steps == 2 * healthy.members[0].optimizer_steps
+
+
+def test_members_that_sit_out_an_update_keep_their_state(batch):
+    cfgs = member_cfgs()
+    pop = PopulationLearner(cfgs, SPEC, torch.device("cpu"))
+    before = {k: v[0].detach().clone() for k, v in pop.params.items()}
+    lrs, clips = [c.ppo.lr for c in cfgs], [c.ppo.clip_coef for c in cfgs]
+    pop.update([None, batch, batch], lrs, [0] * 3, clips)
+    alone = make_learner(cfgs[2])
+    alone.update(batch, lrs[2], clip_coef=clips[2])
+    for name, q in alone.model.named_parameters():
+        assert torch.equal(pop.params[name][0], before[name])
+        torch.testing.assert_close(pop.params[name][2], q, rtol=1e-5, atol=1e-6)
+    assert pop.members[0].version == 0 and pop.members[2].version == 1
+
+
+@pytest.mark.parametrize("override, match", [
+    ("env.id=Acrobot-v1", "must share env.id"),
+    ("ppo.env_steps_per_iteration=512", "must share ppo.env_steps_per_iteration"),
+    ("model.hidden_sizes=[32,32]", "must share model.hidden_sizes"),
+    ("workers.backend=ray", "workers.backend=local"),
+    ("tracking.wandb_mode=offline", "wandb_mode=disabled"),
+    ("noise.b_noise_interval=2", "B_simple only"),
+])
+def test_what_members_cannot_share_is_refused(tmp_path, override, match):
+    cfgs = [cfg_for("workers.backend=local"), cfg_for("workers.backend=local", "seed=2", override)]
+    with pytest.raises(ConfigError, match=match):
+        check_population(cfgs, [tmp_path / "a", tmp_path / "b"])
+    check_population(cfgs[:1] * 2, [tmp_path / "a", tmp_path / "b"])  # settings members may differ in pass
+
+
+@pytest.mark.slow
+def test_population_runs_write_standalone_run_dirs_and_member_zero_is_its_standalone_run(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from rlscale.population import train_population
+    from rlscale.train import train
+    from tests.helpers import strip_times
+
+    base = ["workers.backend=local", "total_env_steps=2048", "checkpoint_interval=4"]
+    cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4", "ppo.ent_coef=0.01")]
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    # the first half, then a resume to the full budget
+    train_population([cfg_for(*base, "seed=1", "total_env_steps=1024"), cfg_for(*base, "seed=2", "ppo.lr=5e-4", "ppo.ent_coef=0.01",
+                                                                                "total_env_steps=1024")], dirs, quiet=True)
+    summaries = train_population(cfgs, dirs, resume=True, quiet=True)
+    alone = train(cfgs[0], tmp_path / "alone", quiet=True)
+    a = strip_times(pd.read_csv(tmp_path / "alone" / "metrics.csv"))
+    for d, s in zip(dirs, summaries):
+        m = strip_times(pd.read_csv(d / "metrics.csv"))
+        assert list(m.columns) == list(a.columns) and list(m["iteration"]) == list(range(1, 9))
+        assert sorted(json.loads((d / "summary.json").read_text())) == sorted(alone) == sorted(s)
+        assert (d / "config.yaml").is_file() and (d / "checkpoints" / "ckpt_00000008.pt").is_file()
+    m0 = strip_times(pd.read_csv(dirs[0] / "metrics.csv"))
+    assert m0.loc[0, "env_steps"] == a.loc[0, "env_steps"] and m0.loc[0, "episodes"] == a.loc[0, "episodes"]
+    for key in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/grad_norm", "noise/grad_sq"):
+        assert m0.loc[0, key] == pytest.approx(a.loc[0, key], rel=1e-4, abs=1e-7), key
+    # member 1 differs from member 0 (own seed and settings), as it should
+    assert not strip_times(pd.read_csv(dirs[1] / "metrics.csv")).equals(m0)
