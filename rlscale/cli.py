@@ -1,4 +1,4 @@
-"""`rlscale train | sweep | analyze | submit`: the command line."""
+"""`rlscale train | train-population | sweep | analyze | submit`: the command line."""
 
 from __future__ import annotations
 
@@ -28,6 +28,34 @@ def _train(args) -> int:
         summary = train(cfg, Path(args.out) if args.out else None, overwrite=args.overwrite)
     print(json.dumps({k: summary[k] for k in ("env_id", "seed", "env_steps", "iterations", "wall_time_s",
                                              "env_steps_per_s", "episode_return_mean_last20", "b_simple", "run_dir")}))
+    return 0
+
+
+def _train_population(args) -> int:
+    from rlscale.config import load_train_config
+    from rlscale.errors import ConfigError
+    from rlscale.population import train_population
+
+    if not args.seeds or not args.lrs:
+        raise ConfigError("a population needs --seeds and --lrs, e.g. --seeds 1 2 3 --lrs 1e-3 5e-4")
+    if min(args.lrs) <= 0:
+        raise ConfigError(f"--lrs must be positive, got {args.lrs}")
+    members = [(seed, lr) for lr in args.lrs for seed in args.seeds]
+    if len(set(members)) != len(members):
+        raise ConfigError("--seeds and --lrs repeat a member; list each value once")
+    out = Path(args.out)
+    dirs = [out / f"s{seed}_lr{lr:g}" for seed, lr in members]
+    if args.resume:  # with --resume there is no CONFIG: every positional argument is an override
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        cfgs = [load_train_config(d / "config.yaml", overrides) for d in dirs]
+    else:
+        if not args.config:
+            raise ConfigError("no config given; run e.g. `rlscale train-population configs/cartpole.yaml --seeds 1 2 --lrs 1e-3`")
+        cfgs = [load_train_config(args.config, [*args.overrides, f"seed={seed}", f"ppo.lr={lr!r}"]) for seed, lr in members]
+    summaries = train_population(cfgs, dirs, resume=args.resume, overwrite=args.overwrite)
+    for s in summaries:
+        print(json.dumps({k: s[k] for k in ("env_id", "seed", "env_steps", "iterations", "wall_time_s",
+                                             "episode_return_mean_last20", "b_simple", "run_dir")}))
     return 0
 
 
@@ -79,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.set_defaults(func=_train)
+
+    tp = sub.add_parser("train-population", help="train seeds x learning rates of one config as one vectorised population")
+    tp.add_argument("config", nargs="?", help="YAML config (workers.backend=local, tracking.wandb_mode=disabled), e.g. configs/cartpole.yaml")
+    tp.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides shared by every member")
+    tp.add_argument("--seeds", type=int, nargs="+", required=True, help="member seeds")
+    tp.add_argument("--lrs", type=float, nargs="+", required=True, help="member learning rates (ppo.lr); members are seeds x lrs")
+    tp.add_argument("--out", required=True, help="directory of the members' run directories (OUT/s<seed>_lr<lr>)")
+    tp.add_argument("--resume", action="store_true", help="continue every member from its last valid checkpoint")
+    tp.add_argument("--overwrite", action="store_true", help="replace existing member run directories")
+    tp.set_defaults(func=_train_population)
 
     s = sub.add_parser("sweep", help="run a grid of trials (env x batch size x lr rule x seed) on Ray")
     s.add_argument("config", help="sweep YAML, e.g. configs/sweeps/cartpole_ci.yaml")

@@ -68,3 +68,15 @@ def test_bench_learner_page_faults_reports_faults_per_update_per_heap_setting():
         assert not ch["user_trim_threshold"]["heap_settings_applied"]  # the user's setting wins
         assert ch["user_trim_threshold"]["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "131072"}
         assert d["page_faults_per_update_heap_settings"] < d["page_faults_per_update_glibc_default"]
+
+
+@pytest.mark.slow
+def test_bench_population_quick_reports_both_ways_per_population_size():
+    d = run_script("bench_population.py")
+    assert [r["members"] for r in d["records"]] == [1, 2]
+    for r in d["records"]:
+        assert r["env_id"] == "CartPole-v1" and r["population_trials_per_hour"] > 0 and r["separate_trials_per_hour"] > 0
+        assert r["speedup"] == pytest.approx(r["separate_wall_s"] / r["population_wall_s"])
+        assert r["population_trials_per_hour"] == pytest.approx(3600 * r["members"] / r["population_wall_s"])
+        assert r["population_update_s"] > 0 and r["population_peak_rss_mb"] > 0
+    assert "population_rss_mb_per_added_member" in d["records"][1]

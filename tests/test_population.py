@@ -185,3 +185,18 @@ def test_population_runs_write_standalone_run_dirs_and_member_zero_is_its_standa
         assert m0.loc[0, key] == pytest.approx(a.loc[0, key], rel=1e-4, abs=1e-7), key
     # member 1 differs from member 0 (own seed and settings), as it should
     assert not strip_times(pd.read_csv(dirs[1] / "metrics.csv")).equals(m0)
+
+
+@pytest.mark.parametrize("overrides, args, match", [
+    ([], ["--seeds", "1", "2", "--lrs", "1e-3"], "workers.backend=local"),  # cartpole.yaml uses Ray actors
+    (["workers.backend=local"], ["--seeds", "1", "1", "--lrs", "1e-3"], "repeat a member"),
+    (["workers.backend=local"], ["--seeds", "1", "--lrs=-1e-3"], "--lrs must be positive"),
+])
+def test_train_population_cli_refuses_bad_input_in_one_line(tmp_path, capsys, overrides, args, match):
+    from rlscale.cli import main
+
+    code = main(["train-population", "configs/cartpole.yaml", "tracking.wandb_mode=disabled", *overrides,
+                 "--out", str(tmp_path / "pop"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "pop").exists()  # refused before anything is written
