@@ -25,7 +25,8 @@ def test_probe_writes_rows_per_checkpoint_and_part_and_a_figure(run_dir, capsys)
     assert [(r["iteration"], r["part"]) for r in rows] == [(i, p) for i in (2, 8) for p in ("policy", "value", "combined")]
     for r in rows:
         assert KEYS <= r.keys() and r["batches"] == 4 and r["env_steps_per_batch"] == 256
-        assert r["inloop_b_simple"] == r["inloop_b_simple_random"]  # the run's own mode is its headline
+        assert r["inloop_b_simple"] == r["inloop_b_simple_env"]  # the run's own (default) mode is its headline
+        assert r["envs_from_run"]  # a local run saves its envs: the probe continues them
         assert r["reference_trace_cov"] > 0
     assert (run_dir / "noise_probe.png").stat().st_size > 10_000
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
