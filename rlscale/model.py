@@ -1,7 +1,9 @@
 """Actor-critic networks; the encoder is picked by name from the env's spec (or model.encoder).
 
 Encoders (``ENCODERS``): ``nature_cnn`` (Mnih et al. 2015, for 84x84 uint8 frame stacks: a
-shared trunk, then policy and value heads) and ``mlp`` (separate policy and value MLPs on the
+shared trunk, then policy and value heads), ``minatar_cnn`` (Young & Tian 2019, for MinAtar's
+[C, 10, 10] binary grids: one 3x3 convolution of 16 channels, a 128-unit layer, then the heads)
+and ``mlp`` (separate policy and value MLPs on the
 flattened observation). A family names its default in ``EnvSpec.encoder``; adding an encoder
 is one builder function and one entry in ``ENCODERS``.
 """
@@ -51,6 +53,13 @@ class ScaledConvTrunk(nn.Sequential):
         return super().forward(obs.float() / 255.0)
 
 
+class FloatConvTrunk(nn.Sequential):
+    """Binary grids (uint8 0/1) are used as they are, as floats: no scaling."""
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return super().forward(obs.float())
+
+
 def mlp(spec: EnvSpec, hidden_sizes) -> Networks:
     d = int(np.prod(spec.obs_shape))
 
@@ -79,7 +88,19 @@ def nature_cnn(spec: EnvSpec, hidden_sizes) -> Networks:
     return Networks(trunk, layer_init(nn.Linear(512, spec.num_actions), std=0.01), layer_init(nn.Linear(512, 1), std=1.0))
 
 
-ENCODERS: dict[str, Callable[[EnvSpec, list[int]], Networks]] = {"mlp": mlp, "nature_cnn": nature_cnn}
+def minatar_cnn(spec: EnvSpec, hidden_sizes) -> Networks:
+    """MinAtar's network (Young & Tian 2019): conv 3x3, 16 channels, stride 1, no padding, ReLU;
+    a 128-unit ReLU layer; policy and value heads. model.hidden_sizes is not used."""
+    c, h, w = spec.obs_shape
+    trunk = FloatConvTrunk(
+        layer_init(nn.Conv2d(c, 16, 3, stride=1)), nn.ReLU(),
+        nn.Flatten(),
+        layer_init(nn.Linear(16 * (h - 2) * (w - 2), 128)), nn.ReLU(),
+    )
+    return Networks(trunk, layer_init(nn.Linear(128, spec.num_actions), std=0.01), layer_init(nn.Linear(128, 1), std=1.0))
+
+
+ENCODERS: dict[str, Callable[[EnvSpec, list[int]], Networks]] = {"mlp": mlp, "nature_cnn": nature_cnn, "minatar_cnn": minatar_cnn}
 
 
 class ActorCritic(nn.Module):

@@ -3,7 +3,8 @@
 A family (``EnvFamily``) owns a set of ids: it recognises them, checks them (with suggestions
 for typos), builds their vector env (``VecEnv``, same-step autoreset) and names the default
 encoder of their observations in the env's ``EnvSpec``. Built in: classic control
-(``CartPole-v1``) and Atari (``ALE/Pong-v5``). Adding a family is one new module with an
+(``CartPole-v1``), Atari (``ALE/Pong-v5``), MinAtar (``MinAtar/Breakout-v1``, the ``minatar``
+extra) and Box2D (``LunarLander-v3``, the ``box2d`` extra). Adding a family is one new module with an
 ``EnvFamily`` subclass and one ``register_family`` call, here or in user code before training:
 
     from rlscale.envs import EnvFamily, register_family
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 from rlscale.envs.atari import Atari
 from rlscale.envs.base import EnvFamily, EnvSpec, StepResult, VecEnv, unknown_id_error
+from rlscale.envs.box2d import Box2D
 from rlscale.envs.classic import ClassicControl
+from rlscale.envs.minatar import MinAtar
 
 __all__ = ["EnvFamily", "EnvSpec", "StepResult", "VecEnv", "register_family", "families", "family_for",
            "check_env_id", "make_vector_env", "known_env_ids"]
@@ -66,3 +69,5 @@ def make_vector_env(env_cfg, num_envs: int, seed: int) -> VecEnv:
 
 register_family(ClassicControl())
 register_family(Atari())
+register_family(MinAtar())
+register_family(Box2D())

@@ -23,11 +23,13 @@ def classic_ids() -> tuple[str, ...]:
 
 
 class ClassicVecEnv(VecEnv):
-    """gymnasium's synchronous vector env of one classic-control game."""
+    """gymnasium's synchronous vector env of one registered game with discrete actions (classic
+    control, Box2D; MinAtar converts its observations in a subclass). `make_kwargs` go to
+    gymnasium.make for each env."""
 
     encoder = "mlp"
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, clip_rewards: bool = False):
+    def __init__(self, env_id: str, num_envs: int, seed: int, clip_rewards: bool = False, make_kwargs: dict | None = None):
         import gymnasium as gym
 
         super().__init__(num_envs, clip_rewards)
@@ -36,6 +38,7 @@ class ClassicVecEnv(VecEnv):
             num_envs=num_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            **(make_kwargs or {}),
         )
         space = self._env.single_action_space
         if not isinstance(space, gym.spaces.Discrete):
@@ -47,21 +50,25 @@ class ClassicVecEnv(VecEnv):
         self.num_actions = int(space.n)
         self._seed = seed
 
+    def _convert(self, obs: np.ndarray) -> np.ndarray:
+        """gymnasium's batch of observations [E, ...] -> the learner's [E, *obs_shape]."""
+        return obs.astype(np.float32)
+
     def reset(self) -> np.ndarray:
         obs, _ = self._env.reset(seed=self._seed)
         self._env.action_space.seed(self._seed)
-        return obs.astype(np.float32)
+        return self._convert(obs)
 
     def step(self, actions: np.ndarray) -> StepResult:
         obs, reward, terminated, truncated, info = self._env.step(actions)
-        obs = obs.astype(np.float32)
+        obs = self._convert(obs)
         done = terminated | truncated
         final_obs = obs
         if done.any():
             final_obs = obs.copy()
             for i in np.flatnonzero(done):
-                final_obs[i] = info["final_obs"][i]
-        rets, lens = self._track(reward, done)
+                final_obs[i] = self._convert(np.asarray(info["final_obs"][i])[None])[0]
+        rets, lens = self._track(np.asarray(reward, dtype=np.float64), done)
         return StepResult(obs, self._train_reward(reward), terminated, truncated, final_obs, done, rets, lens)
 
     def close(self) -> None:
