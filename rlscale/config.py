@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from rlscale.errors import ConfigError
-from rlscale.schedules import BatchScheduleName, LrRule
+from rlscale.schedules import BatchScheduleName, LrRule, batch_bounds
 
 __all__ = ["ConfigError", "TrainConfig", "load_train_config", "validate"]
 
@@ -91,7 +91,17 @@ class PPOConfig:
     """B0, the batch at which ppo.lr was tuned (0 = the run's own env_steps_per_iteration)."""
     batch_schedule: BatchScheduleName = "fixed"
     """How B is chosen before each iteration (rlscale/schedules.py): 'fixed' keeps
-    env_steps_per_iteration."""
+    env_steps_per_iteration; 'noise' sets B = clamp(batch_scale x B_simple, batch_min, batch_max)
+    from the noise scale measured so far (B_simple in env steps per iteration)."""
+    batch_min: int = 0
+    """Smallest B of the 'noise' schedule, and the B of its warm-up (0 = env_steps_per_iteration)."""
+    batch_max: int = 0
+    """Largest B of the 'noise' schedule (0 = 32 x batch_min)."""
+    batch_scale: float = 1.0
+    """c in B = c x B_simple (1: run at the critical batch the noise scale predicts)."""
+    batch_warmup_iterations: int = 10
+    """Iterations at batch_min before the 'noise' schedule follows the estimate (and until the
+    estimate is defined)."""
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_coef: float = 0.2
@@ -350,6 +360,19 @@ def validate(cfg: TrainConfig) -> None:
     if not 0.0 <= p.gamma <= 1.0 or not 0.0 <= p.gae_lambda <= 1.0:
         raise ConfigError(f"ppo.gamma and ppo.gae_lambda must lie in [0, 1], got {p.gamma} and {p.gae_lambda}")
     _at_least("ppo.lr_reference_env_steps", p.lr_reference_env_steps, 0, " (0 = the run's own batch)")
+    _at_least("ppo.batch_min", p.batch_min, 0, " (0 = ppo.env_steps_per_iteration)")
+    _at_least("ppo.batch_max", p.batch_max, 0, " (0 = 32 x ppo.batch_min)")
+    _positive("ppo.batch_scale", p.batch_scale)
+    _at_least("ppo.batch_warmup_iterations", p.batch_warmup_iterations, 0)
+    if p.batch_schedule == "noise":
+        lo, hi = batch_bounds(p)
+        if hi < lo:
+            raise ConfigError(f"ppo.batch_max={hi} is below ppo.batch_min={lo}; raise ppo.batch_max (or set 0 for 32 x batch_min)")
+        check_minibatch(lo, p.num_minibatches)
+        if not n.enabled or lo // p.num_minibatches < 2 * p.microbatch_size:
+            raise ConfigError(f"ppo.batch_schedule=noise needs the noise estimate at ppo.batch_min={lo}: noise.enabled and "
+                              f"minibatches of at least 2 micro-batches (lower ppo.microbatch_size to "
+                              f"{max(1, lo // p.num_minibatches // 2)} or raise ppo.batch_min)")
     # noise
     _in_range("noise.ema_beta", n.ema_beta, 0.0, 1.0, closed_high=False)
     if n.per_example_interval < 0 or n.b_noise_interval < 0:

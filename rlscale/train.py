@@ -105,7 +105,7 @@ def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunL
         create_run_dir(run_dir, overwrite)
     _write_config(run_dir, cfg, saved)
     state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
-    schedule = schedules.make_batch_schedule(cfg.ppo)
+    schedule = schedules.make_batch_schedule(cfg.ppo, sum(pool.envs_per_worker))
     wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
     return Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id)
 
@@ -279,6 +279,8 @@ class Run:
             "episodes": c.episodes,
             "wall_time_s": c.wall_time_s,
             "env_steps_per_iteration": B,
+            "charts/env_steps_per_iteration": B,
+            "charts/batch_b_simple": self.schedule.last_b_simple,  # the estimate that set B (adaptive schedule)
             "charts/episode_return_smoothed": self.state.smoothed_return,
             "charts/SPS": B / (t3 - t0),
             "charts/policy_lag_mean": float(lag.mean()),
@@ -302,10 +304,10 @@ class Run:
         }, keep=self.cfg.checkpoint_keep)
 
     def print_header(self, device) -> None:
-        cfg, pool, B = self.cfg, self.pool, self.schedule.env_steps_per_iteration(0, float("nan"))
+        cfg, pool, B = self.cfg, self.pool, self.schedule.current
         print(
             f"rlscale: {cfg.env.id} | {len(pool.envs_per_worker)} {cfg.workers.backend} workers x {pool.envs_per_worker} envs "
-            f"| B = {B} env steps/iteration ({B * self.spec.frames_per_env_step} frames), {cfg.ppo.num_minibatches} "
+            f"| {self.schedule.describe()} ({B * self.spec.frames_per_env_step} frames now), {cfg.ppo.num_minibatches} "
             f"minibatches of {B // cfg.ppo.num_minibatches}, micro-batches of {cfg.ppo.microbatch_size} | {cfg.ppo.epochs} "
             f"epochs | device {device} | run dir {self.run_dir}",
             file=sys.stderr,
@@ -372,8 +374,9 @@ def make_summary(cfg: TrainConfig, run: Run) -> dict:
         "wall_time_s": c.wall_time_s,
         "env_steps_per_s": c.env_steps / c.wall_time_s if c.wall_time_s > 0 else None,
         "episode_return_mean_last20": float(np.mean(last20)) if last20 else None,
-        "env_steps_per_iteration": run.schedule.env_steps_per_iteration(c.iteration, learner.probe.b_simple),
+        "env_steps_per_iteration": run.schedule.current,  # the last B (the only one with a fixed schedule)
         "batch_schedule": cfg.ppo.batch_schedule,
+        "batch_schedule_followed": run.schedule.followed(),  # [iteration, B, B_simple that set it] at each change
         "num_minibatches": cfg.ppo.num_minibatches,
         "num_envs": sum(run.pool.envs_per_worker),
         "worker_failures": c.worker_failures,

@@ -48,7 +48,44 @@ def test_one_table_of_rules_for_config_and_sweep():
 
 
 def test_fixed_batch_schedule_follows_the_config():
-    sched = make_batch_schedule(_ppo(env_steps_per_iteration=512))
+    sched = make_batch_schedule(_ppo(env_steps_per_iteration=512), 8)
     assert [sched.env_steps_per_iteration(i, b) for i, b in ((0, float("nan")), (5, 10.0), (9, 1e6))] == [512] * 3
     assert sched.state_dict() == {}
     assert isinstance(sched, schedules.FixedBatchSize)
+
+
+def test_noise_batch_schedule_on_a_synthetic_noise_history():
+    # 8 envs, 2 minibatches: B on a grid of lcm(8, 2) = 8; B = clamp(2 x B_simple x 2, 64, 1024);
+    # B_min for 3 warm-up iterations and whenever the estimate is undefined.
+    ppo = _ppo(env_steps_per_iteration=128, num_minibatches=2, microbatch_size=15, batch_schedule="noise",
+               batch_min=60, batch_max=1004, batch_scale=2, batch_warmup_iterations=3, lr_rule="noise",
+               lr_reference_env_steps=0)
+    sched = make_batch_schedule(ppo, 8)
+    nan = float("nan")
+    history = [(0, 50.0), (1, nan), (2, 80.0), (3, nan), (4, 30.0), (5, 31.0), (6, 10.0), (7, 500.0), (8, -3.0)]
+    got = [sched.env_steps_per_iteration(i, b) for i, b in history]
+    # bounds on the grid: 60 -> 64, 1004 -> 1000; 4 x 30 = 120; 4 x 31 = 124 -> 128 (nearest multiple of 8)
+    assert got == [64, 64, 64, 64, 120, 128, 64, 1000, 64]
+    assert sched.followed() == [[0, 64, pytest.approx(nan, nan_ok=True)], [4, 120, 60.0], [5, 128, 62.0],
+                                [6, 64, 20.0], [7, 1000, 1000.0], [8, 64, pytest.approx(nan, nan_ok=True)]]
+    # the learning rate of an iteration follows eps_opt for the B it uses, from B0 = the configured 128
+    # (b0 = 64 per gradient): at B = 1000 (b = 500) and B_noise = 31 per gradient:
+    assert learning_rate(ppo, 1000, 31.0, 0.0) == pytest.approx(1e-3 * (1 + 31 / 64) / (1 + 31 / 500))
+    # a resumed schedule continues its record
+    again = make_batch_schedule(ppo, 8)
+    again.load_state_dict(sched.state_dict())
+    assert again.current == 64 and again.env_steps_per_iteration(9, 100.0) == 400
+    assert [h[:2] for h in again.followed()][-2:] == [[8, 64], [9, 400]]
+
+
+@pytest.mark.parametrize("over,fragment", [
+    (["ppo.batch_min=64", "ppo.batch_max=32"], "ppo.batch_max=32 is below ppo.batch_min=64"),
+    (["ppo.batch_min=64", "ppo.microbatch_size=64"], "lower ppo.microbatch_size to 32"),
+    (["noise.enabled=false"], "needs the noise estimate"),
+    (["ppo.batch_scale=0"], "ppo.batch_scale"),
+])
+def test_noise_batch_schedule_bad_settings(over, fragment):
+    from rlscale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        cfg_for("ppo.batch_schedule=noise", *over)
