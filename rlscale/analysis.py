@@ -265,10 +265,13 @@ def _best_configs(rows: pd.DataFrame) -> pd.DataFrame:
             if best is None or med < best["median_iterations"]:
                 best = {"B": float(b), "lr_rule": rule, "lr": float(lr), "median_iterations": med,
                         "n_seeds": int(iters.size), "n_reached": int(np.isfinite(iters).sum())}
+        grid = sorted(float(x) for x in rows_b.loc[rows_b["lr_rule"] == "grid", "lr"].unique())
+        # A grid's best lr at its edge means the grid may not hold the best lr for this B.
+        best["lr_at_grid_edge"] = bool(best["lr_rule"] == "grid" and len(grid) > 1 and best["lr"] in (grid[0], grid[-1]))
         out.append(best)
-    columns = ["B", "lr_rule", "lr", "median_iterations", "n_seeds", "n_reached"]
+    columns = ["B", "lr_rule", "lr", "median_iterations", "n_seeds", "n_reached", "lr_at_grid_edge"]
     # Explicit dtypes so an env/target with no completed trial still yields a usable frame.
-    dtypes = {"B": float, "lr": float, "median_iterations": float, "n_seeds": int, "n_reached": int}
+    dtypes = {"B": float, "lr": float, "median_iterations": float, "n_seeds": int, "n_reached": int, "lr_at_grid_edge": bool}
     return pd.DataFrame(out, columns=columns).astype(dtypes)
 
 
@@ -389,6 +392,30 @@ def pareto_entries(
         )
         entries.append(entry)
     return entries
+
+
+def noise_scale_claim(entries: list[dict], within: float = 3.0) -> dict:
+    """The paper's claim across (env, target) points: B_crit ~ B_simple. Over the points with a
+    B_crit fitted inside the swept range and a B_simple: the r^2 of log B_crit on log B_simple
+    (least squares), the slope, and the fraction of points whose ratio B_crit / B_simple lies in
+    [1/within, within]. Points whose B_crit is only a lower bound are counted apart."""
+    pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and e.get("b_simple")]
+    out: dict[str, Any] = {"n_points": len(pts), "n_envs": len({e["env_id"] for e in pts}), "within_factor": within,
+                           "n_lower_bounds": sum(e["status"] == "b_crit_above_range" for e in entries),
+                           "r2_log": None, "slope_log": None, "fraction_within": None}
+    if not pts:
+        return out
+    ratios = np.array([e["b_crit"] / e["b_simple"] for e in pts])
+    out["fraction_within"] = float(np.mean((ratios >= 1 / within) & (ratios <= within)))
+    out["median_ratio"] = float(np.median(ratios))
+    if len(pts) >= 3:
+        x, y = np.log([e["b_simple"] for e in pts]), np.log([e["b_crit"] for e in pts])
+        if np.ptp(x) > 0:
+            slope, icpt = np.polyfit(x, y, 1)
+            resid = y - (slope * x + icpt)
+            out["r2_log"] = float(1 - resid.var() / y.var()) if y.var() > 0 else None
+            out["slope_log"] = float(slope)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -516,6 +543,9 @@ def analyze(
         "units": UNITS,
         "trial_counts": statuses,
         "entries": entries,
+        "noise_scale_claim": noise_scale_claim(entries),
+        "lr_at_grid_edge": [{"env_id": e["env_id"], "target": e["target"], "B": c["B"], "lr": c["lr"]}
+                            for e in entries for c in e["best_configs"] if c.get("lr_at_grid_edge")],
         "failed_trials": failed_trials(sweep_dir),
         "diminishing_returns": _diminishing_summary(dim),
         "diminishing_reduction_threshold": DIMINISHING_REDUCTION,

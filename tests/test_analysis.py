@@ -413,3 +413,31 @@ def test_report_does_not_import_analysis():
     bad = [name for name in imported if name.split(".")[-1] == "analysis"
            or name.startswith("rlscale.analysis")]
     assert not bad, f"rlscale/report.py imports {bad}; shared constants belong in rlscale.units"
+
+
+def test_noise_scale_claim_across_points():
+    from rlscale.analysis import noise_scale_claim
+
+    def entry(env, b_crit, b_simple, status="ok"):
+        return {"env_id": env, "target": 1.0, "status": status, "b_crit": b_crit, "b_simple": b_simple}
+
+    exact = [entry(f"E{i}", 2.0 * b, b) for i, b in enumerate([10.0, 100.0, 1000.0, 30.0])]
+    c = noise_scale_claim(exact)
+    assert c["n_points"] == 4 and c["n_envs"] == 4 and c["fraction_within"] == 1.0
+    assert c["r2_log"] == pytest.approx(1.0) and c["slope_log"] == pytest.approx(1.0) and c["median_ratio"] == pytest.approx(2.0)
+    off = exact + [entry("E9", 500.0, 50.0), entry("E8", 10.0, 5.0, status="b_crit_above_range")]
+    c = noise_scale_claim(off)
+    assert c["n_points"] == 5 and c["fraction_within"] == pytest.approx(0.8) and c["n_lower_bounds"] == 1
+    assert c["r2_log"] < 1.0
+
+
+def test_best_lr_at_the_edge_of_its_grid_is_flagged():
+    from rlscale.analysis import _best_configs
+
+    rows = pd.DataFrame({
+        "B": [64] * 3 + [128] * 3, "lr_rule": ["grid"] * 6, "lr": [1e-4, 2e-4, 4e-4] * 2,
+        "iterations": [30.0, 20.0, 25.0, 30.0, 20.0, 10.0], "reached": [True] * 6, "seed": [1] * 6,
+    })
+    best = _best_configs(rows).set_index("B")
+    assert best.loc[64.0, "lr"] == 2e-4 and not best.loc[64.0, "lr_at_grid_edge"]
+    assert best.loc[128.0, "lr"] == 4e-4 and best.loc[128.0, "lr_at_grid_edge"]
