@@ -265,6 +265,7 @@ def _best_configs(rows: pd.DataFrame) -> pd.DataFrame:
             if best is None or med < best["median_iterations"]:
                 best = {"B": float(b), "lr_rule": rule, "lr": float(lr), "median_iterations": med,
                         "n_seeds": int(iters.size), "n_reached": int(np.isfinite(iters).sum())}
+        assert best is not None  # every B has at least one config
         grid = sorted(float(x) for x in rows_b.loc[rows_b["lr_rule"] == "grid", "lr"].unique())
         # A grid's best lr at its edge means the grid may not hold the best lr for this B.
         best["lr_at_grid_edge"] = bool(best["lr_rule"] == "grid" and len(grid) > 1 and best["lr"] in (grid[0], grid[-1]))
