@@ -176,6 +176,15 @@ class TrackingConfig:
 
 
 @dataclass
+class EvalConfig:
+    interval: int = 0
+    """Evaluate the current policy every N iterations (0 = off). On: targets and stop_return
+    are judged by the evaluation's mean return, not by finished training episodes."""
+    episodes: int = 10
+    """Whole episodes per evaluation, one per eval env (rlscale/evaluation.py)."""
+
+
+@dataclass
 class TrainConfig:
     seed: int = 1
     total_env_steps: int = 100_000
@@ -188,7 +197,8 @@ class TrainConfig:
     checkpoint_keep: int = 3
     """Newest checkpoints kept (0 keeps all, e.g. for `rlscale noise-probe` along the run)."""
     targets: list[float] = field(default_factory=list)
-    """Returns whose first crossing by the smoothed return is recorded in summary.json."""
+    """Returns whose first crossing by the smoothed return (or the evaluation's mean return,
+    with eval.interval > 0) is recorded in summary.json."""
     stop_return: float | None = None
     """Stop once the smoothed return reaches this (sweeps stop at their highest target)."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -197,6 +207,7 @@ class TrainConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +401,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.model.encoder != "auto" and cfg.model.encoder not in ENCODERS:
         raise ConfigError(f"model.encoder must be 'auto' or one of {', '.join(ENCODERS)}, got '{cfg.model.encoder}'")
     _positive("tracking.return_window", cfg.tracking.return_window)
+    _at_least("eval.interval", cfg.eval.interval, 0, " (0 = off)")
+    _positive("eval.episodes", cfg.eval.episodes)
     _positive("tracking.progress_interval_s", cfg.tracking.progress_interval_s)
     check_env_id(e.id)
     check_device(cfg.device)

@@ -61,11 +61,13 @@ class RunState:
     def smoothed_return(self) -> float:
         return float(np.mean(self.returns)) if self.returns else float("nan")
 
-    def record_targets(self, targets: list[float], row: dict, noise_summary: Callable[[], dict]) -> None:
-        """First crossing of each target by the smoothed return, once the window is full, with
-        the noise scale measured up to it (noise_summary(): NoiseProbe.summary, per part)."""
-        mean_ret = self.smoothed_return
-        if not targets or not self.window_full or not math.isfinite(mean_ret):
+    def record_targets(self, targets: list[float], row: dict, noise_summary: Callable[[], dict],
+                       score: float | None = None) -> None:
+        """First crossing of each target by `score` (an evaluation's mean return) or, without
+        one, by the smoothed return once its window is full, with the noise scale measured up
+        to it (noise_summary(): NoiseProbe.summary, per part)."""
+        mean_ret = self.smoothed_return if score is None else score
+        if not targets or (score is None and not self.window_full) or not math.isfinite(mean_ret):
             return
         c = self.counters
         for tgt in targets:

@@ -19,6 +19,7 @@ from rlscale.actors import make_pool
 from rlscale.config import TrainConfig, to_dict, to_yaml
 from rlscale.envs import EnvSpec, check_env_id
 from rlscale.errors import ConfigError, WorkerFailure
+from rlscale.evaluation import Evaluator
 from rlscale.noise_scale import NoiseProbe
 from rlscale.ppo import Learner, resolve_device
 from rlscale.run_state import RunState
@@ -140,6 +141,8 @@ class Run:
         self.wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, cfg.tracking.name or run_dir.name,
                            cfg.tracking.group, to_dict(cfg), resume_id=wandb_id)
         self.inflight = None  # at most one sampling request in flight
+        self.evaluator = Evaluator(cfg.env, cfg.model, cfg.eval.episodes, cfg.seed) if cfg.eval.interval > 0 else None
+        self.last_eval = math.nan  # the latest evaluation's mean return
 
     def loop(self, quiet: bool) -> dict:
         cfg, c, state = self.cfg, self.state.counters, self.state
@@ -190,6 +193,8 @@ class Run:
             if progress:
                 progress.close()
             self.wb.finish(exit_code)
+            if self.evaluator is not None:
+                self.evaluator.close()
         return self.write_summary()
 
     def finished(self) -> bool:
@@ -215,7 +220,10 @@ class Run:
         c = self.state.counters
         c.wall_time_s = times[-1] - start
         row = self.row(B, lag, metrics, times)
-        self.state.record_targets(self.targets, row, self.learner.probe.summary)
+        score = None
+        if self.evaluator is not None:
+            score = self.evaluate(row)
+        self.state.record_targets(self.targets, row, self.learner.probe.summary, score=score)
         self.table.append(row)
         self.wb.log(row, step=c.iteration)
         if progress:
@@ -224,6 +232,20 @@ class Run:
         if c.iteration % self.cfg.checkpoint_interval == 0:
             self.collect_inflight()  # a checkpoint holds every step played so far
             self.save()
+
+    def evaluate(self, row: dict) -> float:
+        """Every eval.interval iterations: the policy's mean return over eval.episodes whole
+        episodes on the eval envs, into `row` (nan columns otherwise). Returns it (nan when
+        no evaluation was due)."""
+        assert self.evaluator is not None
+        mean = std = math.nan
+        t0 = time.perf_counter()
+        if self.state.counters.iteration % self.cfg.eval.interval == 0:
+            returns = self.evaluator.evaluate(self.learner.get_weights(), self.state.counters.iteration)
+            mean, std = float(np.mean(returns)), float(np.std(returns))
+            self.last_eval = mean
+        row.update({"eval/return_mean": mean, "eval/return_std": std, "time/eval_s": time.perf_counter() - t0})
+        return mean
 
     def save_after_error(self) -> bool:
         """A checkpoint of a consistent state after an error; never raises (the error that
@@ -265,7 +287,11 @@ class Run:
 
     def reached_stop(self) -> bool:
         stop = self.cfg.stop_return
-        return stop is not None and self.state.window_full and self.state.smoothed_return >= stop
+        if stop is None:
+            return False
+        if self.evaluator is not None:
+            return self.last_eval >= stop
+        return self.state.window_full and self.state.smoothed_return >= stop
 
     def row(self, B: int, lag, metrics: dict, times: tuple[float, float, float, float]) -> dict:
         c, (t0, t1, t2, t3) = self.state.counters, times

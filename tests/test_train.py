@@ -388,3 +388,30 @@ def test_an_adaptive_batch_run_resumes_its_schedule_exactly(tmp_path, monkeypatc
     np.testing.assert_equal(s["batch_schedule_followed"], w["batch_schedule_followed"])  # nan (warm-up) equal to nan
     assert len(s["batch_schedule_followed"]) > 2  # the batch did follow the estimate
     assert set(a["env_steps_per_iteration"][:2]) == {64}  # warm-up at B_min
+
+
+def test_evaluation_dates_each_target_to_the_first_evaluation_that_reaches_it(tmp_path):
+    over = ("workers.backend=local", "total_env_steps=60000", "stop_return=195", "targets=[100,195]",
+            "eval.interval=2", "eval.episodes=8")
+    s = train(cfg_for(*over), tmp_path / "run", quiet=True)
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv").set_index("iteration")
+    evals = m["eval/return_mean"].dropna()
+    assert list(evals.index) == list(range(2, int(m.index.max()) + 1, 2))  # every 2nd iteration, nothing between
+    for tgt in (100.0, 195.0):
+        first = int(evals[evals >= tgt].index[0])
+        assert s["targets"][str(tgt)]["iterations"] == first
+    assert s["iterations"] == int(evals[evals >= 195].index[0])  # the stop follows the evaluation too
+
+
+def test_an_evaluation_is_reproducible_from_weights_and_iteration():
+    import torch
+
+    from rlscale.evaluation import Evaluator
+
+    cfg = cfg_for()
+    ev = Evaluator(cfg.env, cfg.model, 4, seed=3)
+    torch.manual_seed(0)
+    weights = {k: torch.randn_like(v).numpy() * 0.1 for k, v in ev.policy.state_dict().items()}
+    a, b = ev.evaluate(weights, 10), ev.evaluate(weights, 10)
+    assert a == b and len(a) == 4 and all(r >= 1 for r in a)
+    assert ev.evaluate(weights, 11) != a  # another iteration draws other actions

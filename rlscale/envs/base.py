@@ -78,6 +78,11 @@ class VecEnv:
     def close(self) -> None:
         pass
 
+    def clear_episode_stats(self) -> None:
+        """Forget the running scores of games in progress (after a reset that starts new games)."""
+        self._ret[:] = 0.0
+        self._len[:] = 0
+
     def _track(self, raw_reward: np.ndarray, game_over: np.ndarray) -> tuple[list[float], list[int]]:
         """Add a step's raw rewards; return the scores and lengths of the games that ended."""
         self._ret += raw_reward

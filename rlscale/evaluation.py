@@ -1,0 +1,54 @@
+"""Periodic evaluation of the current policy on environments of its own (``eval.*``).
+
+Steps-to-target read from finished training episodes lag behind the policy by the episodes'
+length, which in iterations depends on the batch size B (a batch of B steps finishes B / length
+episodes): the smoothed training return of a small-B run describes policies many iterations old.
+An evaluation every ``eval.interval`` iterations plays ``eval.episodes`` whole episodes, one per
+env of a separate vector env, with the weights of that iteration, so a target's crossing is
+dated to within ``eval.interval`` iterations whatever B is.
+
+The eval envs start from the same seeds at every evaluation and the actions are drawn from a
+generator seeded by (run seed, iteration): evaluations are reproducible and a resumed run
+evaluates exactly as the uninterrupted one, with no state to checkpoint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rlscale.envs import make_vector_env
+from rlscale.model import build_model
+
+EVAL_SEED_OFFSET = 1_000_003  # eval envs' seeds never coincide with the training workers'
+
+
+class Evaluator:
+    def __init__(self, env_cfg, model_cfg, episodes: int, seed: int):
+        self.env = make_vector_env(env_cfg, episodes, seed + EVAL_SEED_OFFSET)
+        self.policy = build_model(self.env.spec, model_cfg)
+        self.policy.eval()
+        self.seed = seed
+
+    @torch.no_grad()
+    def evaluate(self, weights: dict[str, np.ndarray], iteration: int) -> list[float]:
+        """Raw returns of one whole episode per eval env, played with `weights` (sampled actions)."""
+        self.policy.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, iteration]).generate_state(1)[0]))
+        obs = self.env.reset()
+        self.env.clear_episode_stats()  # the previous evaluation's unfinished games are gone
+        returns: list[float | None] = [None] * self.env.num_envs
+        while any(r is None for r in returns):
+            actions, _, _ = self.policy.act(torch.from_numpy(obs), generator)
+            step = self.env.step(actions.numpy())
+            # the raw scores of the games that ended, in env order (VecEnv._track)
+            ended = np.flatnonzero(step.reset)
+            assert len(ended) == len(step.episode_returns), "a reset env reports its game's score"
+            for i, score in zip(ended, step.episode_returns):
+                if returns[i] is None:
+                    returns[i] = float(score)
+            obs = step.obs
+        return [float(r) for r in returns if r is not None]
+
+    def close(self) -> None:
+        self.env.close()
