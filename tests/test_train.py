@@ -269,27 +269,35 @@ def test_a_request_in_flight_at_the_stop_is_collected_and_counted(tmp_path, monk
     assert s["env_steps"] == s["env_steps_used"] + s["env_steps_buffered"] and s["env_steps_buffered"] == 256
 
 
-def test_a_failure_inside_an_update_keeps_the_last_consistent_checkpoint(tmp_path, monkeypatch):
-    # The update of iteration 6 steps the optimizer, then fails (as Ctrl-C or an out-of-memory
-    # error would): no checkpoint of the half-updated model is written; the one of iteration 4
-    # stays the newest, and a resume from it accounts every step.
-    from rlscale import checkpoint
+def _interrupted_run(monkeypatch, cfg, run_dir, at_iteration: int, step_first: bool = False) -> None:
+    """Train until the update of `at_iteration` raises KeyboardInterrupt (after an optimizer step
+    with `step_first`, as a failure inside the update would leave it), then restore the update."""
     from rlscale.ppo import Learner
 
-    args = ("workers.backend=local", "total_env_steps=2560", "checkpoint_interval=4")
     real = Learner.update
 
     def failing(self, batch, lr, iteration=0, clip_coef=None):
-        if iteration == 5:
-            self.optimizer.step()
+        if iteration == at_iteration:
+            if step_first:
+                self.optimizer.step()
             raise KeyboardInterrupt
         return real(self, batch, lr, iteration, clip_coef)
 
     monkeypatch.setattr(Learner, "update", failing)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg_for(*args), tmp_path / "run", quiet=True)
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")] == ["ckpt_00000004.pt"]
+        train(cfg, run_dir, quiet=True)
     monkeypatch.setattr(Learner, "update", real)
+
+
+def test_a_failure_inside_an_update_keeps_the_last_consistent_checkpoint(tmp_path, monkeypatch):
+    # The update of iteration 6 steps the optimizer, then fails (as Ctrl-C or an out-of-memory
+    # error would): no checkpoint of the half-updated model is written; the one of iteration 4
+    # stays the newest, and a resume from it accounts every step.
+    from rlscale import checkpoint
+
+    args = ("workers.backend=local", "total_env_steps=2560", "checkpoint_interval=4")
+    _interrupted_run(monkeypatch, cfg_for(*args), tmp_path / "run", at_iteration=5, step_first=True)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")] == ["ckpt_00000004.pt"]
     s = train(cfg_for(*args), tmp_path / "run", resume=True, quiet=True)
     assert s["iterations"] == 10 and s["env_steps_used"] == 2560
     assert s["env_steps"] == s["env_steps_used"] + s["env_steps_buffered"]
@@ -319,20 +327,8 @@ def test_progress_is_a_plain_line_when_stderr_is_not_a_terminal():
 def test_overlap_run_resumes_exactly_from_a_periodic_checkpoint(tmp_path, monkeypatch):
     # A periodic checkpoint in overlap mode holds the batch being collected, so the resumed run
     # is the uninterrupted one, number for number (local mode).
-    from rlscale.ppo import Learner
-
     args = ("workers.backend=local", "workers.overlap=true", "total_env_steps=2560", "checkpoint_interval=4")
-    real = Learner.update
-
-    def failing(self, batch, lr, iteration=0, clip_coef=None):
-        if iteration == 5:
-            raise KeyboardInterrupt
-        return real(self, batch, lr, iteration, clip_coef)
-
-    monkeypatch.setattr(Learner, "update", failing)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_for(*args), tmp_path / "run", quiet=True)
-    monkeypatch.setattr(Learner, "update", real)
+    _interrupted_run(monkeypatch, cfg_for(*args), tmp_path / "run", at_iteration=5)
     train(cfg_for(*args), tmp_path / "run", resume=True, quiet=True)
     train(cfg_for(*args), tmp_path / "whole", quiet=True)
     a, b = (strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in ("run", "whole"))
@@ -365,22 +361,10 @@ def test_a_batch_that_changes_every_iteration_uses_every_collected_step_once(tmp
 
 @pytest.mark.slow
 def test_an_adaptive_batch_run_resumes_its_schedule_exactly(tmp_path, monkeypatch):
-    from rlscale.ppo import Learner
-
     args = ("workers.backend=local", "ppo.batch_schedule=noise", "ppo.batch_min=64", "ppo.microbatch_size=32",
             "ppo.batch_warmup_iterations=2", "ppo.batch_scale=8", "ppo.epochs=2", "ppo.lr_rule=noise", "total_env_steps=4096",
             "checkpoint_interval=6")
-    real = Learner.update
-
-    def failing(self, batch, lr, iteration=0, clip_coef=None):
-        if iteration == 9:
-            raise KeyboardInterrupt
-        return real(self, batch, lr, iteration, clip_coef)
-
-    monkeypatch.setattr(Learner, "update", failing)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_for(*args), tmp_path / "run", quiet=True)
-    monkeypatch.setattr(Learner, "update", real)
+    _interrupted_run(monkeypatch, cfg_for(*args), tmp_path / "run", at_iteration=9)
     s = train(cfg_for(*args), tmp_path / "run", resume=True, quiet=True)
     w = train(cfg_for(*args), tmp_path / "whole", quiet=True)
     a, b = (strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in ("run", "whole"))
