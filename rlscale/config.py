@@ -42,7 +42,8 @@ class EnvConfig:
     clip_rewards: bool = False
     """Training rewards clipped to their sign; reported episode returns are always raw."""
     max_episode_frames: int = 108_000
-    """Atari: truncate a game after this many frames (30 minutes at 60 fps)."""
+    """Atari: truncate a game after this many frames (30 minutes at 60 fps). MinAtar, which has
+    no time limit of its own: after this many steps."""
 
 
 @dataclass
