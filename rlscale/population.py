@@ -15,6 +15,17 @@ with workers.backend=local (tests/test_population.py checks gradients, one updat
 first iteration against a standalone Learner and run). A member whose loss or gradient turns
 non-finite is frozen and reported (``diverged.json`` in its run directory); the others go on.
 
+Where a population spends less than its members would apart: the members' actions are drawn at
+once from each worker's own generator stream (`draw_noise`: the same actions as the workers'
+per-step multinomial draws), one Adam step updates every member (torch's foreach formula, per-
+member learning rates and clipping), and a minibatch no noise probe measures (with
+noise.epochs=first, every epoch after the first) is not cut into micro-batches, whose gradients
+only the probe reads: it goes through one forward and backward, or pieces of at most
+max(ppo.microbatch_size, UNMEASURED_PIECE) examples per member. So in a population
+ppo.microbatch_size bounds the memory of measured minibatches only; the standalone Learner
+keeps cutting every minibatch. The gradient is the same sum either way, up to float rounding
+(tests/test_population.py compares a whole update with the standalone Learner's to 1e-5).
+
 Populations use the local backend only (the workers step in this process, in lockstep, so that
 one batched forward acts for every member), without overlap, W&B, or the per-example and
 B_noise estimates; `check_population` refuses anything else with a one-line ConfigError.
@@ -53,6 +64,10 @@ MEMBER_KEYS = (
     "ppo.lr", "ppo.lr_rule", "ppo.lr_reference_env_steps", "ppo.anneal_lr", "ppo.anneal_clip", "ppo.gamma",
     "ppo.gae_lambda", "ppo.clip_coef", "ppo.ent_coef", "ppo.vf_coef", "ppo.max_grad_norm",
 )
+# Examples per member in one forward/backward of a minibatch no noise probe measures (where
+# ppo.microbatch_size is smaller): a population's unmeasured minibatches, most of an update with
+# noise.epochs=first, need not be cut into micro-batches, whose gradients only the probe reads.
+UNMEASURED_PIECE = 1024
 _LOSS_DIAGS = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac")
 
 
@@ -65,6 +80,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def _is_member_key(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MEMBER_KEYS)
+
+
+def shared_settings(cfg: TrainConfig) -> str:
+    """What members of one population must share: every config key but MEMBER_KEYS, as one
+    string (trials with equal strings can train as one population)."""
+    import json
+
+    return json.dumps({k: v for k, v in sorted(_flat(to_dict(cfg)).items()) if not _is_member_key(k)}, default=str)
 
 
 def check_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> None:
@@ -83,6 +106,10 @@ def check_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> N
             raise ConfigError("populations do not overlap sampling and updates: set workers.overlap=false")
         if cfg.tracking.wandb_mode != "disabled":
             raise ConfigError("populations log to metrics.csv only: set tracking.wandb_mode=disabled")
+        if cfg.ppo.batch_schedule != "fixed":
+            raise ConfigError("population members share one batch size: set ppo.batch_schedule=fixed")
+        if cfg.eval.interval:
+            raise ConfigError("populations do not run evaluations yet: set eval.interval=0")
         if cfg.noise.per_example_interval or cfg.noise.b_noise_interval:
             raise ConfigError("populations measure B_simple only: set noise.per_example_interval=0 and noise.b_noise_interval=0")
         flat = _flat(to_dict(cfg))
@@ -346,8 +373,9 @@ class _Update:
         return self._metrics()
 
     def _minibatch(self, epoch: int, mb: int, idx: torch.Tensor, host_idx: list[np.ndarray]) -> torch.Tensor:
-        """One minibatch of every live member: micro-batch gradients accumulated, clipped, one
-        Adam step. Returns the members' approx KL on it."""
+        """One minibatch of every live member: its gradient (from micro-batches where a probe
+        measures it, else in as few pieces as `UNMEASURED_PIECE` allows), clipped, one Adam
+        step. Returns the members' approx KL on it."""
         p, d, pop = self.cfg.ppo, self.data, self.pop
         adv = d.rows("advantages", idx)
         if p.norm_adv and idx.shape[1] > 1:
@@ -356,45 +384,61 @@ class _Update:
         n_micro = -(-idx.shape[1] // p.microbatch_size)
         for k in training:
             self.members[k].probe.start_minibatch(self.iterations[k], epoch, mb, n_micro, self._preconditioner(k))
-        micro = self._microbatches(idx, host_idx, training)
-        split = any(self.members[k].probe.split for k in training)
-        acc = [torch.zeros_like(v) for v in self.params.values()]
+        measured = any(self.members[k].probe.measuring for k in training)
+        micro = self._microbatches(idx, host_idx) if measured else self._pieces(idx)
+        split = measured and any(self.members[k].probe.split for k in training)
+        acc: list[torch.Tensor] = []
         kl = torch.zeros(len(self.members), device=pop.device)
         finite = torch.ones_like(self.live)
+        diag_sums = torch.zeros(len(_LOSS_DIAGS), len(self.members), device=pop.device)
         for c in micro:
             j = torch.gather(idx, 1, c)
             pol, val, log_ratio, diags = pop._losses(self.params, d.obs_rows(j), d.rows("actions", j), d.rows("logp", j),
                                                      d.rows("values", j), torch.gather(adv, 1, c), d.rows("returns", j), *self.coefs)
             w = c.shape[1] / idx.shape[1]  # micro-batch means -> minibatch mean
             g = self._grads(pol, val, split)
-            for k in training:
-                parts = {"policy": [x[k] for x in g[1]], "value": [x[k] for x in g[2]]} if split else None
-                self.members[k].probe.on_microbatch([x[k] for x in g[0]], w, c.shape[1] == p.microbatch_size, parts)
-            torch._foreach_add_(acc, g[0], alpha=w)
+            if measured:
+                for k in training:
+                    parts = {"policy": [x[k] for x in g[1]], "value": [x[k] for x in g[2]]} if split else None
+                    self.members[k].probe.on_microbatch([x[k] for x in g[0]], w, c.shape[1] == p.microbatch_size, parts)
+            if len(micro) == 1:
+                acc = list(g[0])
+            elif acc:
+                torch._foreach_add_(acc, g[0], alpha=w)
+            else:
+                acc = list(torch._foreach_mul(g[0], w))
             finite &= torch.isfinite(pol + val)
-            for key in _LOSS_DIAGS:
-                self.sums[key] += torch.where(self.live, diags[key] * w, 0.0)
-            kl = kl + diags["losses/approx_kl"] * w
+            diag_sums += torch.stack([diags[key] for key in _LOSS_DIAGS]) * w
             if epoch == 0 and mb == 0:  # before any optimizer step: at the behaviour weights
                 lag0 = torch.gather(self.lag0, 1, j)
                 self.logp_mismatch = torch.maximum(self.logp_mismatch, (log_ratio.abs() * lag0).amax(1))
                 self.compared |= lag0.any(1)
-        for k in training:
-            self.members[k].probe.on_minibatch([x[k] for x in acc], idx.shape[1])
+        for key, row in zip(_LOSS_DIAGS, torch.where(self.live, diag_sums, 0.0)):
+            self.sums[key] += row
+        kl = diag_sums[_LOSS_DIAGS.index("losses/approx_kl")]
+        if measured:
+            for k in training:
+                self.members[k].probe.on_minibatch([x[k] for x in acc], idx.shape[1])
         self._step(acc, finite)
         return kl
+
+    def _pieces(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Positions [n, m] of a minibatch no probe measures: the whole minibatch in one forward
+        and backward, or near-equal pieces of at most max(ppo.microbatch_size, UNMEASURED_PIECE)
+        examples per member (the pieces sum to the minibatch's gradient either way)."""
+        size = idx.shape[1]
+        count = -(-size // max(self.cfg.ppo.microbatch_size, UNMEASURED_PIECE))
+        bounds = [size * i // count for i in range(count + 1)]
+        return [torch.arange(a, b, device=idx.device).expand(idx.shape[0], b - a) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _preconditioner(self, k: int):
         return lambda: self.pop.adam_preconditioner(self.exp_avg_sq, k, float(self.steps[k]))
 
-    def _microbatches(self, idx: torch.Tensor, host_idx: list[np.ndarray], training: list[int]) -> list[torch.Tensor]:
-        """Positions [n, m] into each member's minibatch of every micro-batch. Grouped by
-        noise.microbatch_mode where a probe measures this minibatch, as Learner groups them;
-        elsewhere cut in order (the grouping changes only how the minibatch's gradient is
-        summed, not the gradient)."""
+    def _microbatches(self, idx: torch.Tensor, host_idx: list[np.ndarray]) -> list[torch.Tensor]:
+        """Positions [n, m] into each member's minibatch of every micro-batch of a measured
+        minibatch, grouped by noise.microbatch_mode as Learner groups them."""
         p, n = self.cfg.ppo, len(self.members)
-        measured = any(self.members[k].probe.measuring for k in training)
-        mode = self.cfg.noise.microbatch_mode if measured else "random"
+        mode = self.cfg.noise.microbatch_mode
         groups = [microbatch_groups(b, ix, p.microbatch_size, mode) for b, ix in zip(self.data.host, host_idx)] \
             if mode == "env" else [microbatch_groups({}, host_idx[0], p.microbatch_size, mode)] * n
         return [torch.from_numpy(np.stack(cs)).to(self.pop.device) for cs in zip(*groups)]
@@ -410,32 +454,45 @@ class _Update:
 
     @torch.no_grad()
     def _step(self, grads: list[torch.Tensor], finite: torch.Tensor) -> None:
-        """Per-member global-norm clipping and one Adam step (torch.optim.Adam's formula), on
-        the live members with finite losses and gradient; others keep their state."""
-        norm = torch.stack([g.flatten(1).norm(dim=1) for g in grads], 1).norm(dim=1)  # [n], as clip_grad_norm_
+        """Per-member global-norm clipping and one Adam step (torch.optim.Adam's foreach formula),
+        on the live members with finite losses and gradient; others keep their state."""
+        norm = torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1)  # [n], as clip_grad_norm_ (up to rounding)
         train = self.live & finite & torch.isfinite(norm)
-        newly = (self.live & ~train).tolist()
-        self.diverged = [a or b for a, b in zip(self.diverged, newly)]
+        train_l = train.tolist()
+        self.diverged = [d or (a and not b) for d, a, b in zip(self.diverged, self.live.tolist(), train_l)]
         self.sums["losses/grad_norm"] += torch.where(self.live, norm, 0.0)
         self.minibatches += self.live.float()
-        self.optimizer_steps = [s + int(t) for s, t in zip(self.optimizer_steps, train.tolist())]
+        self.optimizer_steps = [s + int(t) for s, t in zip(self.optimizer_steps, train_l)]
         self.live = train
+        if not any(train_l):
+            return
         scale = (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
         beta1, beta2 = self.pop.betas
         self.steps += train.double()
         step_size = (self.lrs / (1 - beta1 ** self.steps)).float()
         bias2_sqrt = (1 - beta2 ** self.steps).sqrt().float()
         eps = self.pop.adam_group["eps"]
-        for (k, q), g in zip(self.params.items(), grads):
+        qs, ms, vs = list(self.params.values()), list(self.exp_avg.values()), list(self.exp_avg_sq.values())
+        per = lambda x: [_per_member(x, q) for q in qs]  # noqa: E731
+        g = torch._foreach_mul(grads, per(scale))
+        m_new = torch._foreach_lerp(ms, g, 1 - beta1)  # as torch.optim.Adam(foreach=True)
+        v_new = torch._foreach_mul(vs, beta2)
+        torch._foreach_addcmul_(v_new, g, g, value=1 - beta2)
+        denom = torch._foreach_sqrt(v_new)
+        torch._foreach_div_(denom, per(bias2_sqrt))
+        torch._foreach_add_(denom, eps)
+        step = torch._foreach_div(m_new, denom)
+        torch._foreach_mul_(step, per(step_size))
+        q_new = torch._foreach_sub(qs, step)
+        if all(train_l):
+            for dst, src in ((ms, m_new), (vs, v_new), (qs, q_new)):
+                torch._foreach_copy_(dst, src)
+            return
+        for q, m, v, q1, m1, v1 in zip(qs, ms, vs, q_new, m_new, v_new):  # some members hold still
             keep = _per_member(train, q)
-            g = g * _per_member(scale, g)
-            m, v = self.exp_avg[k], self.exp_avg_sq[k]
-            m_new = torch.lerp(m, g, 1 - beta1)
-            v_new = v * beta2 + (1 - beta2) * g * g
-            q_new = q - _per_member(step_size, q) * m_new / (v_new.sqrt() / _per_member(bias2_sqrt, q) + eps)
-            m.copy_(torch.where(keep, m_new, m))
-            v.copy_(torch.where(keep, v_new, v))
-            q.copy_(torch.where(keep, q_new, q))
+            m.copy_(torch.where(keep, m1, m))
+            v.copy_(torch.where(keep, v1, v))
+            q.copy_(torch.where(keep, q1, q))
 
     def _metrics(self) -> list[dict[str, float]]:
         d = self.data
@@ -455,7 +512,7 @@ class _Update:
 
 class _WorkerRollout:
     """One rollout worker's fragment in the making, one step at a time: the arrays and steps of
-    RolloutWorker.sample, with the actions drawn from probabilities computed for all members."""
+    RolloutWorker.sample, with the actions drawn for all members at once (see `draw_noise`)."""
 
     def __init__(self, worker: RolloutWorker, T: int):
         self.worker, self.T = worker, T
@@ -469,25 +526,27 @@ class _WorkerRollout:
         self.returns: list[float] = []
         self.lengths: list[int] = []
 
-    def step(self, t: int, probs: torch.Tensor, log_probs: torch.Tensor, values: torch.Tensor, value_fn) -> None:
-        """Act at step t from the policy's probs [E, A], log-probs [E, A] and values [E]."""
+    def step(self, t: int, actions: np.ndarray, logp: np.ndarray, values: np.ndarray, value_fn) -> np.ndarray:
+        """Act at step t with the drawn actions [E] (their log-probs and the values [E]); the
+        new observations."""
         w, a = self.worker, self.arrays
         w.recorder.add(t, w.obs, self.reset)
-        actions = torch.multinomial(probs, 1, generator=w.generator)
-        a["actions"][t], a["logp"][t] = actions.squeeze(-1).numpy(), log_probs.gather(-1, actions).squeeze(-1).numpy()
-        a["values"][t] = values.numpy()
+        a["actions"][t], a["logp"][t], a["values"][t] = actions, logp, values
         out = w.env.step(a["actions"][t])
         a["rewards"][t], a["terminated"][t], a["truncated"][t] = out.reward, out.terminated, out.truncated
-        cut = np.flatnonzero(out.truncated & ~out.terminated)  # bootstrap from the final state's value
-        if len(cut):
-            self.bootstrap.append((t, cut, value_fn(torch.from_numpy(out.final_obs[cut])).numpy()))
-        self.returns += out.episode_returns
-        self.lengths += out.episode_lengths
+        if out.truncated.any():
+            cut = np.flatnonzero(out.truncated & ~out.terminated)  # bootstrap from the final state's value
+            if len(cut):
+                self.bootstrap.append((t, cut, value_fn(torch.from_numpy(out.final_obs[cut])).cpu().numpy()))
+        if out.episode_returns:
+            self.returns += out.episode_returns
+            self.lengths += out.episode_lengths
         w.obs, self.reset = out.obs, out.reset
+        return out.obs
 
-    def fragment(self, last_values: torch.Tensor, version: int) -> Fragment:
+    def fragment(self, last_values: np.ndarray, version: int) -> Fragment:
         a = self.arrays
-        a["values"][self.T] = last_values.numpy()
+        a["values"][self.T] = last_values
         next_values = a["values"][1:].copy()
         for t, envs, v in self.bootstrap:
             next_values[t, envs] = v
@@ -496,14 +555,24 @@ class _WorkerRollout:
                         episode_lengths=self.lengths, **{k: a[k] for k in ("actions", "logp", "rewards", "terminated", "truncated")})
 
 
+def draw_noise(generator: torch.Generator, steps: int, num_envs: int, num_actions: int) -> torch.Tensor:
+    """Exp(1) noise q [steps, num_envs, num_actions] from a worker's sampling generator, so that
+    argmax(probs[t] / q[t]) is, action for action, what `steps` calls of torch.multinomial(probs[t],
+    1, generator) would draw (the Gumbel-max form torch's CPU multinomial uses for one sample),
+    and the generator ends in the same state. One draw per worker and fragment instead of one
+    multinomial per worker and step; tests/test_population.py checks the equality."""
+    return torch.empty(steps, num_envs, num_actions).exponential_(1, generator=generator)
+
+
 class PopulationSampler:
     """Every member's rollout workers stepped in lockstep, one batched forward acting for all.
 
     The workers are those of each member's own LocalPool, so member i steps the envs, seeds,
     env offsets and sampling generator of its standalone local run; at each step the members'
-    observations go through one vmapped forward of their own weights, then each worker draws
-    its actions from its own generator. Member i's fragments are those its standalone pool
-    would return (up to float rounding of the batched forward).
+    observations go through one vmapped forward of their own weights, and the actions of every
+    member and worker are drawn at once from each worker's own generator stream (`draw_noise`).
+    Member i's fragments are those its standalone pool would return (up to float rounding of the
+    batched forward, which can flip a draw that falls within rounding of a probability).
     """
 
     def __init__(self, learner: PopulationLearner, pools: Sequence[LocalPool]):
@@ -512,27 +581,37 @@ class PopulationSampler:
     @torch.no_grad()
     def sample(self, members: Sequence[int], lengths: list[int]) -> dict[int, SampleResult]:
         """`lengths[w]` steps on worker w of each member (its pools share one shape)."""
+        learner, dev = self.learner, self.learner.device
         rollouts = [[_WorkerRollout(w, T) for w, T in zip(self.pools[i].workers, lengths) if T > 0] for i in members]
-        for t in range(max(lengths)):
-            k_live = [j for j, r in enumerate(rollouts[0]) if r.T > t]
-            obs = np.stack([np.concatenate([rs[j].worker.obs for j in k_live]) for rs in rollouts])
-            logits, values = self.learner.forward(members, torch.from_numpy(obs))
-            probs, log_probs = torch.softmax(logits, -1), logits - logits.logsumexp(-1, keepdim=True)
-            for k, (i, rs) in enumerate(zip(members, rollouts)):
-                start = 0
-                for j in k_live:
-                    e = slice(start, start + rs[j].worker.env.num_envs)
-                    rs[j].step(t, probs[k, e], log_probs[k, e], values[k, e], lambda x, i=i: self.learner.value(i, x))
-                    start = e.stop
+        envs = [r.worker.env.num_envs for r in rollouts[0]]
+        bounds = np.cumsum([0, *envs]).tolist()
+        slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        steps = [r.T for r in rollouts[0]]
+        num_actions = learner.spec.num_actions
+        # the members' current observations [n, envs, ...], kept up to date in place
         obs = np.stack([np.concatenate([r.worker.obs for r in rs]) for rs in rollouts])
-        _, last = self.learner.forward(members, torch.from_numpy(obs))
+        noise = torch.ones(len(members), max(steps), bounds[-1], num_actions)  # steps past a worker's T are never read
+        for k, rs in enumerate(rollouts):
+            for r, e in zip(rs, slices):
+                noise[k, :r.T, e] = draw_noise(r.worker.generator, r.T, r.worker.env.num_envs, num_actions)
+        value_fns = [lambda x, i=i: learner.value(i, x.to(dev)) for i in members]
+        for t in range(max(steps)):
+            logits, values = learner.forward(members, torch.from_numpy(obs).to(dev))
+            logits = logits.cpu()
+            probs, log_probs = torch.softmax(logits, -1), logits - logits.logsumexp(-1, keepdim=True)
+            actions = (probs / noise[:, t]).argmax(-1)  # [n, envs]: each worker's multinomial draw
+            logp = log_probs.gather(-1, actions[..., None]).squeeze(-1)
+            a_np, lp_np, v_np = actions.numpy(), logp.numpy(), values.cpu().numpy()
+            for k, rs in enumerate(rollouts):
+                for r, e in zip(rs, slices):
+                    if r.T > t:
+                        obs[k, e] = r.step(t, a_np[k, e], lp_np[k, e], v_np[k, e], value_fns[k])
+        _, last = learner.forward(members, torch.from_numpy(obs).to(dev))
+        last_np = last.cpu().numpy()
         out = {}
         for k, (i, rs) in enumerate(zip(members, rollouts)):
-            version, frags, start = self.learner.members[i].version, [], 0
-            for r in rs:
-                frags.append(r.fragment(last[k, start:start + r.worker.env.num_envs], version))
-                start += r.worker.env.num_envs
-            out[i] = SampleResult(frags, 0, 0)
+            version = learner.members[i].version
+            out[i] = SampleResult([r.fragment(last_np[k, e], version) for r, e in zip(rs, slices)], 0, 0)
         return out
 
 

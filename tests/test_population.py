@@ -11,7 +11,7 @@ import torch
 from rlscale.actors import LocalPool, plan_envs
 from rlscale.envs import EnvSpec
 from rlscale.errors import ConfigError
-from rlscale.population import PopulationLearner, check_population, member_grads
+from rlscale.population import PopulationLearner, PopulationSampler, check_population, draw_noise, member_grads
 from rlscale.ppo import ppo_loss
 from rlscale.rollout import FragmentBuffer
 from tests.helpers import cfg_for, make_learner
@@ -140,6 +140,38 @@ def test_members_that_sit_out_an_update_keep_their_state(batch):
     assert pop.members[0].version == 0 and pop.members[2].version == 1
 
 
+@pytest.mark.parametrize("num_actions", [2, 5])
+def test_drawn_noise_gives_the_actions_and_generator_state_of_per_step_multinomial_draws(num_actions):
+    steps, envs = 37, 4
+    probs = torch.softmax(3 * torch.randn(steps, envs, num_actions, generator=torch.Generator().manual_seed(0)), -1)
+    g_alone, g_pop = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    want = torch.stack([torch.multinomial(probs[t], 1, generator=g_alone).squeeze(-1) for t in range(steps)])
+    got = (probs / draw_noise(g_pop, steps, envs, num_actions)).argmax(-1)
+    assert torch.equal(got, want) and 0 < float(want.float().mean()) < num_actions - 1
+    assert torch.equal(g_pop.get_state(), g_alone.get_state())  # the stream goes on as the standalone one
+
+
+def test_sampled_fragments_are_the_standalone_pools(tmp_path):
+    cfgs = member_cfgs()[:2]
+    pop = PopulationLearner(cfgs, SPEC, torch.device("cpu"))
+    pools = [LocalPool(cfg, plan_envs(cfg)) for cfg in cfgs]
+    alone = [LocalPool(cfg, plan_envs(cfg)) for cfg in cfgs]
+    lengths = [40, 25]  # workers of unequal fragment length; CartPole episodes end inside
+    got = PopulationSampler(pop, pools).sample([0, 1], lengths)
+    for i, pool in enumerate(alone):
+        want = pool.sample(lengths, pop.members[i].get_weights(), 0).fragments
+        assert len(got[i].fragments) == len(want) == 2
+        for a, b in zip(got[i].fragments, want):
+            assert np.array_equal(a.actions, b.actions) and np.array_equal(a.obs, b.obs)
+            assert np.array_equal(a.terminated, b.terminated) and a.episode_returns == b.episode_returns
+            np.testing.assert_allclose(a.logp, b.logp, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a.next_values, b.next_values, rtol=1e-5, atol=1e-6)
+        assert any(f.terminated.any() for f in want)
+    for pool in pools + alone:
+        pool.close()
+
+
 @pytest.mark.parametrize("override, match", [
     ("env.id=Acrobot-v1", "must share env.id"),
     ("ppo.env_steps_per_iteration=512", "must share ppo.env_steps_per_iteration"),
@@ -147,6 +179,7 @@ def test_members_that_sit_out_an_update_keep_their_state(batch):
     ("workers.backend=ray", "workers.backend=local"),
     ("tracking.wandb_mode=offline", "wandb_mode=disabled"),
     ("noise.b_noise_interval=2", "B_simple only"),
+    ("eval.interval=2", "eval.interval=0"),
 ])
 def test_what_members_cannot_share_is_refused(tmp_path, override, match):
     cfgs = [cfg_for("workers.backend=local"), cfg_for("workers.backend=local", "seed=2", override)]
