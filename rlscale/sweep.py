@@ -5,6 +5,12 @@ Each trial is a Ray task inside its own placement group, which reserves one CPU 
 never oversubscribe the cluster; trials wait for free resources rather than compete. Trial
 state lives in SWEEP_DIR/trials/<id>/trial.json; rerunning the command skips completed
 trials, resumes interrupted ones from their last checkpoint, and reruns failed ones.
+
+With ``population: true`` the trials that share everything but the settings a population's
+members may set apart (seed, learning rate and its rule, ...: rlscale.population.MEMBER_KEYS),
+i.e. the same env, batch size and network, run as one population (rlscale.population) in one
+Ray task of one CPU; each member still writes its own trial directory and trial.json, in the
+form a separate trial writes them, so `rlscale analyze` reads the sweep as it reads any other.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -62,6 +69,11 @@ class SweepConfig:
     """GPUs reserved for each trial's learner."""
     address: str | None = None
     """Ray cluster address (None: local cluster)."""
+    population: bool = False
+    """Train the trials that differ only in seed, lr and other per-member scalars (same env,
+    batch size, network and every other shape setting) as one population per group, one Ray
+    task each. Needs workers.backend: local; W&B is off for population trials (their overrides
+    get tracking.wandb_mode=disabled: the analysis reads trial.json and metrics.csv only)."""
 
 
 @dataclass
@@ -118,6 +130,8 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
                     ]
                     if env.total_env_steps:
                         ov.append(f"total_env_steps={env.total_env_steps}")
+                    if cfg.population:
+                        ov.append("tracking.wandb_mode=disabled")
                     if cfg.microbatches_per_minibatch:
                         ov.append(f"ppo.microbatch_size={max(1, B // nmb // cfg.microbatches_per_minibatch)}")
                     tag = rule if rule != "grid" else f"lr{_fmt(lr)}"
@@ -154,22 +168,69 @@ def run_trial(trial: Trial, base_config: dict, trial_dir: str | Path) -> dict:
     try:
         cfg = load_train_config(base_config, trial.overrides)
         nmb = cfg.ppo.num_minibatches
-        resume = (trial_dir / "checkpoints").is_dir() and any((trial_dir / "checkpoints").glob("ckpt_*.pt"))
+        resume = _has_checkpoint(trial_dir)
         if resume:
             cfg = load_train_config(trial_dir / "config.yaml", [])
         summary = train(cfg, trial_dir, resume=resume, overwrite=not resume, quiet=True, init_ray=False)
         rec = _trial_record(trial, "completed", summary=summary, nmb=nmb)
     except Exception as e:  # recorded, so that analysis reports the failure
-        err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        (trial_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(trial_dir / "error.txt", traceback.format_exc())
-        rec = _trial_record(trial, "failed", error=err, nmb=nmb)
+        rec = _trial_record(trial, "failed", error=_failure(trial_dir, e), nmb=nmb)
     atomic_write_json(trial_dir / "trial.json", rec)
     if "wandb" in sys.modules:
         # Close W&B's service now: Ray reuses or ends this worker process later, and W&B's
         # own exit hook would then find its service gone.
         sys.modules["wandb"].teardown()
     return rec
+
+
+def _has_checkpoint(trial_dir: Path) -> bool:
+    return (trial_dir / "checkpoints").is_dir() and any((trial_dir / "checkpoints").glob("ckpt_*.pt"))
+
+
+def _failure(trial_dir: Path, e: Exception) -> str:
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(trial_dir / "error.txt", traceback.format_exc())
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]) -> list[dict]:
+    """Train trials that can share a population (see `population_groups`) as one; their
+    records, written as run_trial writes them. Never raises: a failure fails every member."""
+    from rlscale.population import train_population
+
+    dirs = [Path(d) for d in trial_dirs]
+    resume = _has_checkpoint(dirs[0])  # the group's trials all resume or all start (population_groups)
+    nmbs = [0] * len(trials)
+    try:
+        cfgs = [load_train_config(d / "config.yaml", []) if resume else load_train_config(base_config, t.overrides)
+                for t, d in zip(trials, dirs)]
+        nmbs = [c.ppo.num_minibatches for c in cfgs]
+        summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True)
+        recs = [_trial_record(t, "completed", summary=s, nmb=n) for t, s, n in zip(trials, summaries, nmbs)]
+    except Exception as e:  # recorded for every member, so that analysis reports the failure
+        err = _failure(dirs[0], e)
+        for d in dirs[1:]:
+            atomic_write_text(d / "error.txt", (dirs[0] / "error.txt").read_text())
+        recs = [_trial_record(t, "failed", error=err, nmb=n) for t, n in zip(trials, nmbs)]
+    for rec, d in zip(recs, dirs):
+        atomic_write_json(d / "trial.json", rec)
+    return recs
+
+
+def population_groups(todo: list[Trial], trial_cfgs: dict, sweep_dir: Path) -> list[list[Trial]]:
+    """The trials to run, grouped into populations: the same shared settings and either all
+    resuming from a checkpoint or all starting. Refuses (ConfigError) a trial no population
+    can train, before anything starts."""
+    from rlscale.population import check_population, shared_settings
+
+    groups: dict[tuple[str, bool], list[Trial]] = {}
+    for t in todo:
+        key = (shared_settings(trial_cfgs[t.trial_id]), _has_checkpoint(sweep_dir / "trials" / t.trial_id))
+        groups.setdefault(key, []).append(t)
+    out = list(groups.values())
+    for group in out:
+        check_population([trial_cfgs[t.trial_id] for t in group], [sweep_dir / "trials" / t.trial_id for t in group])
+    return out
 
 
 def _bundles(trial_cfg, trial_gpus: float) -> list[dict]:
@@ -228,6 +289,8 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     # Validate every trial's train config before anything starts (and before any file is written).
     trial_cfgs = {t.trial_id: load_train_config(cfg.base_config, t.overrides) for t in trials}
     sweep_dir = Path(sweep_dir) if sweep_dir else Path("sweeps") / cfg.name
+    if cfg.population:  # refused before anything is written
+        population_groups(trials, trial_cfgs, sweep_dir)
     (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
     meta = {
         "name": cfg.name,
@@ -252,17 +315,20 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_json(rec_path, _trial_record(t, "pending", nmb=trial_cfgs[t.trial_id].ppo.num_minibatches))
         todo.append(t)
+    groups = population_groups(todo, trial_cfgs, sweep_dir) if cfg.population else [[t] for t in todo]
     if not quiet:
-        print(f"sweep {cfg.name}: {len(trials)} trials, {done} already completed, {len(todo)} to run -> {sweep_dir}", file=sys.stderr)
+        pops = f" as {len(groups)} populations" if cfg.population else ""
+        print(f"sweep {cfg.name}: {len(trials)} trials, {done} already completed, {len(todo)} to run{pops} -> {sweep_dir}", file=sys.stderr)
 
-    results = _run_on_ray(cfg, todo, trial_cfgs, sweep_dir, quiet) if todo else []
+    results = _run_on_ray(cfg, groups, trial_cfgs, sweep_dir, quiet) if todo else []
     statuses = [r["status"] for r in results]
     out = {"sweep_dir": str(sweep_dir), "trials": len(trials), "skipped_completed": done,
            "ran": len(results), "completed": statuses.count("completed"), "failed": statuses.count("failed")}
     return out
 
 
-def _run_on_ray(cfg: SweepConfig, todo: list[Trial], trial_cfgs: dict, sweep_dir: Path, quiet: bool) -> list[dict]:
+def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, sweep_dir: Path, quiet: bool) -> list[dict]:
+    """One Ray task per group: a trial alone (run_trial) or a population (run_population)."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -271,40 +337,44 @@ def _run_on_ray(cfg: SweepConfig, todo: list[Trial], trial_cfgs: dict, sweep_dir
     from rlscale.cluster import ensure_ray
 
     ensure_ray(cfg.address)
-    remote_trial = ray.remote(run_trial)
+    remote_trial = ray.remote(run_population if cfg.population else run_trial)
+    todo = [t for g in groups for t in g]
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     need = max(sum(b.get("CPU", 0) for b in _bundles(trial_cfgs[t.trial_id], cfg.trial_gpus)) for t in todo)
     if need > cluster_cpus:
         raise ConfigError(f"one trial needs {need:g} CPUs (learner + rollout actors) but the cluster has {cluster_cpus:g}; lower workers.num_workers or use workers.backend=local in the sweep overrides")
-    limit = cfg.max_concurrent or len(todo)
+    limit = cfg.max_concurrent or len(groups)
     base = OmegaConf.to_container(load_yaml(cfg.base_config))  # travels with the task, no path needed
     assert isinstance(base, dict)
-    queue = list(todo)
+    queue = list(groups)
     running: dict = {}
-    results = []
+    results: list[dict] = []
     bar = tqdm(total=len(todo), desc="trials", unit="trial", file=sys.stderr, disable=quiet)
     try:
         while queue or running:
             while queue and len(running) < limit:
-                t = queue.pop(0)
-                pg = placement_group(_bundles(trial_cfgs[t.trial_id], cfg.trial_gpus), strategy="PACK")
+                group = queue.pop(0)
+                pg = placement_group(_bundles(trial_cfgs[group[0].trial_id], cfg.trial_gpus), strategy="PACK")
                 strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
-                ref = remote_trial.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(
-                    t, base, str((sweep_dir / "trials" / t.trial_id).resolve())
-                )
-                running[ref] = (t, pg)
+                dirs = [str((sweep_dir / "trials" / t.trial_id).resolve()) for t in group]
+                args = (group, base, dirs) if cfg.population else (group[0], base, dirs[0])
+                ref = remote_trial.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(*args)
+                running[ref] = (group, pg)
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
-                t, pg = running.pop(ref)
+                group, pg = running.pop(ref)
                 try:
-                    rec = ray.get(ref)
-                except Exception as e:  # the task's process died: record it as failed
-                    rec = _trial_record(t, "failed", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-                    atomic_write_json(sweep_dir / "trials" / t.trial_id / "trial.json", rec)
+                    out: Any = ray.get(ref)
+                    recs: list[dict] = out if cfg.population else [out]
+                except Exception as e:  # the task's process died: record its trials as failed
+                    recs = []
+                    for t in group:
+                        recs.append(_trial_record(t, "failed", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+                        atomic_write_json(sweep_dir / "trials" / t.trial_id / "trial.json", recs[-1])
                 remove_placement_group(pg)
-                results.append(rec)
-                bar.update(1)
-                bar.set_postfix(last=f"{t.trial_id}:{rec['status']}", refresh=False)
+                results.extend(recs)
+                bar.update(len(group))
+                bar.set_postfix(last=f"{group[-1].trial_id}:{recs[-1]['status']}", refresh=False)
     finally:
         bar.close()
     return results

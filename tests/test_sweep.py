@@ -85,3 +85,71 @@ seeds: [1]
     rec = json.loads((tmp_path / "out" / "trials" / "CartPole-v1_B256_fixed_s1" / "trial.json").read_text())
     assert r["completed"] == 1, rec["error"]
     assert rec["env_steps"] == 512
+
+
+TINY_SWEEP = """
+name: tiny
+base_config: {base}
+overrides:
+  workers.backend: local
+  workers.num_workers: 1
+  workers.num_envs_per_worker: 8
+  ppo.epochs: 4
+  torch_threads: 1
+  tracking.progress_bar: false
+  checkpoint_interval: 100
+envs:
+  - id: CartPole-v1
+    targets: [25, 40]
+    total_env_steps: 3072
+env_steps_per_iteration: [64, 128]
+lr_rules: [sqrt, linear]
+reference_env_steps: 128
+seeds: [1, 2]
+microbatches_per_minibatch: 2
+"""
+
+
+@pytest.mark.slow
+def test_population_sweep_writes_the_records_and_analysis_of_separate_trials(ray_local, tmp_path):
+    from rlscale.sweep import population_groups
+
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(TINY_SWEEP.format(base=ROOT / "configs" / "cartpole.yaml"))
+    cfg = load_sweep_config(sweep, ["population=true"])
+    trials = expand_grid(cfg)
+    from rlscale.config import load_train_config
+
+    groups = population_groups(trials, {t.trial_id: load_train_config(cfg.base_config, t.overrides) for t in trials}, tmp_path)
+    assert sorted(len(g) for g in groups) == [4, 4]  # one population per batch size: 2 lr rules x 2 seeds
+    assert all(len({t.env_steps_per_iteration for t in g}) == 1 for g in groups)
+
+    out = {mode: tmp_path / mode for mode in ("separate", "population")}
+    for mode, d in out.items():
+        r = run_sweep(sweep, [f"population={mode == 'population'}"], d, quiet=True)
+        assert r["trials"] == r["ran"] == r["completed"] == 8 and r["failed"] == 0, r
+    recs = {mode: {p.parent.name: json.loads(p.read_text()) for p in (d / "trials").glob("*/trial.json")} for mode, d in out.items()}
+    assert sorted(recs["population"]) == sorted(recs["separate"]) and len(recs["separate"]) == 8
+    for tid, sep in recs["separate"].items():
+        pop = recs["population"][tid]
+        assert list(pop) == list(sep) and pop["status"] == "completed"
+        assert sorted(pop["targets"]) == sorted(sep["targets"]) and pop["num_minibatches"] == sep["num_minibatches"]
+        assert pop["overrides"] == [*sep["overrides"][:-2], "tracking.wandb_mode=disabled", *sep["overrides"][-2:]]
+        files = lambda d: sorted(p.name for p in d.iterdir() if p.name != "wandb")  # noqa: E731
+        assert files(out["population"] / "trials" / tid) == files(out["separate"] / "trials" / tid)
+    results = {mode: analyze(d, wandb_mode="disabled") for mode, d in out.items()}
+    keys = {mode: sorted((e["env_id"], e["target"]) for e in r["entries"]) for mode, r in results.items()}
+    assert keys["population"] == keys["separate"] and keys["separate"]
+    # a rerun skips what the populations completed
+    again = run_sweep(sweep, ["population=true"], out["population"], quiet=True)
+    assert again["ran"] == 0 and again["skipped_completed"] == 8
+
+
+def test_population_sweep_refuses_trials_no_population_can_train(tmp_path):
+    from rlscale.errors import ConfigError
+
+    sweep = tmp_path / "ray.yaml"
+    sweep.write_text(TINY_SWEEP.format(base=ROOT / "configs" / "cartpole.yaml").replace("backend: local", "backend: ray"))
+    with pytest.raises(ConfigError, match="workers.backend=local"):
+        run_sweep(sweep, ["population=true"], tmp_path / "s", quiet=True)
+    assert not (tmp_path / "s").exists()
