@@ -5,26 +5,17 @@ and refused: rlscale's PPO takes discrete actions and vector observations."""
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
 
 from rlscale.envs.base import EnvFamily, VecEnv
-from rlscale.envs.classic import ClassicVecEnv
+from rlscale.envs.classic import ClassicVecEnv, gymnasium_ids
 from rlscale.errors import ConfigError
 
 DISCRETE_IDS = ("LunarLander-v3",)
 INSTALL_HINT = "pip install -e '.[box2d]' (or pip install \"gymnasium[box2d]\")"
 
 
-@lru_cache(maxsize=1)
 def box2d_ids() -> tuple[str, ...]:
-    import gymnasium as gym
-
-    ids = []
-    for env_id, spec in gym.registry.items():
-        ep = spec.entry_point if isinstance(spec.entry_point, str) else ""
-        if "box2d" in ep:
-            ids.append(env_id)
-    return tuple(sorted(ids))
+    return gymnasium_ids("box2d")
 
 
 class Box2DVecEnv(ClassicVecEnv):

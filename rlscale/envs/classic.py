@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -10,16 +10,18 @@ from rlscale.envs.base import EnvFamily, StepResult, VecEnv
 from rlscale.errors import ConfigError
 
 
-@lru_cache(maxsize=1)
-def classic_ids() -> tuple[str, ...]:
+@cache
+def gymnasium_ids(entry_point_part: str) -> tuple[str, ...]:
+    """The ids gymnasium registers whose entry point names `entry_point_part` (a package of
+    gymnasium.envs: 'classic_control', 'box2d'), sorted."""
     import gymnasium as gym
 
-    ids = []
-    for env_id, spec in gym.registry.items():
-        ep = spec.entry_point if isinstance(spec.entry_point, str) else ""
-        if "classic_control" in ep:
-            ids.append(env_id)
-    return tuple(sorted(ids))
+    return tuple(sorted(env_id for env_id, spec in gym.registry.items()
+                        if isinstance(spec.entry_point, str) and entry_point_part in spec.entry_point))
+
+
+def classic_ids() -> tuple[str, ...]:
+    return gymnasium_ids("classic_control")
 
 
 class ClassicVecEnv(VecEnv):
