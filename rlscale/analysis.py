@@ -319,6 +319,16 @@ def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, flo
     return float(per_gradient.mean()), float(per_iteration.mean()), int(len(sel)), per_iteration
 
 
+def _optimizer_steps_per_iteration(rows: pd.DataFrame, reached: pd.DataFrame) -> float | None:
+    """Optimizer steps per PPO iteration (epochs x minibatches) of the best configs' trials that
+    reached the target; None when the sweep's records do not tell (older sweeps)."""
+    keys = set(zip(reached["B"], reached["lr_rule"], reached["lr"]))
+    sel = rows[[k in keys for k in zip(rows["B"], rows["lr_rule"], rows["lr"])] & rows["reached"].to_numpy(dtype=bool)]
+    ratio = (sel["optimizer_steps"] / sel["iterations"]).to_numpy(dtype=float)
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    return float(np.median(ratio)) if ratio.size else None
+
+
 def _ci(samples: np.ndarray, n_min: int = 2) -> list[float] | None:
     if samples.size < n_min:
         return None
@@ -385,6 +395,13 @@ def pareto_entries(
         if fit.b_crit > BEYOND_RANGE_FACTOR * float(reached["B"].max()):
             entry["status"] = "b_crit_above_range"
             entry["b_crit_lower_bound"] = float(reached["B"].max())
+        # Per optimizer step (PPO takes epochs x minibatches steps per iteration; the paper's
+        # theory one): the same frontier with S counted in optimizer steps.
+        per_iter = _optimizer_steps_per_iteration(rows, reached)
+        if per_iter:
+            entry.update(optimizer_steps_per_iteration=per_iter, s_min_optimizer_steps=fit.s_min * per_iter,
+                         b_crit_per_optimizer_step=fit.b_crit / per_iter,
+                         b_crit_per_optimizer_step_ci=[x / per_iter for x in _ci(boot[:, 2]) or []] or None)
         entry.update(
             s_min=fit.s_min, e_min=fit.e_min, b_crit=fit.b_crit, residual_rms=fit.residual_rms,
             s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=_ci(boot[:, 2]),
@@ -545,6 +562,7 @@ def analyze(
         "trial_counts": statuses,
         "entries": entries,
         "noise_scale_claim": noise_scale_claim(entries),
+        "references": meta.get("references", {}),
         "lr_at_grid_edge": [{"env_id": e["env_id"], "target": e["target"], "B": c["B"], "lr": c["lr"]}
                             for e in entries for c in e["best_configs"] if c.get("lr_at_grid_edge")],
         "failed_trials": failed_trials(sweep_dir),

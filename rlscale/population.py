@@ -108,8 +108,6 @@ def check_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> N
             raise ConfigError("populations log to metrics.csv only: set tracking.wandb_mode=disabled")
         if cfg.ppo.batch_schedule != "fixed":
             raise ConfigError("population members share one batch size: set ppo.batch_schedule=fixed")
-        if cfg.eval.interval:
-            raise ConfigError("populations do not run evaluations yet: set eval.interval=0")
         if cfg.noise.per_example_interval or cfg.noise.b_noise_interval:
             raise ConfigError("populations measure B_simple only: set noise.per_example_interval=0 and noise.b_noise_interval=0")
         flat = _flat(to_dict(cfg))
@@ -475,19 +473,21 @@ class _Update:
         qs, ms, vs = list(self.params.values()), list(self.exp_avg.values()), list(self.exp_avg_sq.values())
         per = lambda x: [_per_member(x, q) for q in qs]  # noqa: E731
         g = torch._foreach_mul(grads, per(scale))
-        m_new = torch._foreach_lerp(ms, g, 1 - beta1)  # as torch.optim.Adam(foreach=True)
-        v_new = torch._foreach_mul(vs, beta2)
+        everyone = all(train_l)  # the usual case: update the state in place, no copies
+        m_new = ms if everyone else torch._foreach_clone(ms)
+        v_new = vs if everyone else torch._foreach_clone(vs)
+        torch._foreach_lerp_(m_new, g, 1 - beta1)  # as torch.optim.Adam(foreach=True)
+        torch._foreach_mul_(v_new, beta2)
         torch._foreach_addcmul_(v_new, g, g, value=1 - beta2)
         denom = torch._foreach_sqrt(v_new)
         torch._foreach_div_(denom, per(bias2_sqrt))
         torch._foreach_add_(denom, eps)
         step = torch._foreach_div(m_new, denom)
         torch._foreach_mul_(step, per(step_size))
-        q_new = torch._foreach_sub(qs, step)
-        if all(train_l):
-            for dst, src in ((ms, m_new), (vs, v_new), (qs, q_new)):
-                torch._foreach_copy_(dst, src)
+        if everyone:
+            torch._foreach_sub_(qs, step)
             return
+        q_new = torch._foreach_sub(qs, step)
         for q, m, v, q1, m1, v1 in zip(qs, ms, vs, q_new, m_new, v_new):  # some members hold still
             keep = _per_member(train, q)
             m.copy_(torch.where(keep, m1, m))
@@ -739,4 +739,6 @@ class _PopulationLoop:
         else:
             run.save()
         run.wb.finish(0)
+        if run.evaluator is not None:
+            run.evaluator.close()
         self.summaries[i] = run.write_summary()

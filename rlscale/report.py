@@ -187,12 +187,27 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
                     color=color, capsize=3, label=env)
         for e, xi, yi in zip(pts, x, y):
             ax.annotate(f"{e['target']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    # B_crit beyond the largest batch swept: a lower bound, drawn as an upward arrow from it
+    bounds = [e for e in analysis["entries"] if e["status"] == "b_crit_above_range" and e.get("b_simple")]
+    colors = dict(zip(envs, _colors(len(envs))))
+    for e in bounds:
+        ax.annotate("", xy=(e["b_simple"], e["b_crit_lower_bound"] * 2.5), xytext=(e["b_simple"], e["b_crit_lower_bound"]),
+                    arrowprops={"arrowstyle": "->", "color": colors.get(e["env_id"], "gray")})
+        ax.plot([e["b_simple"]], [e["b_crit_lower_bound"]], "_", color=colors.get(e["env_id"], "gray"), ms=12)
+    claim = analysis.get("noise_scale_claim") or {}
+    if claim.get("fraction_within") is not None:
+        r2 = f", r2(log) {claim['r2_log']:.2f}" if claim.get("r2_log") is not None else ""
+        ax.set_title(f"B_crit vs B_simple: {claim['fraction_within']:.0%} of {claim['n_points']} points within x3{r2}"
+                     f"; {claim['n_lower_bounds']} lower bounds (arrows)", fontsize=9)
     values = [e["b_simple"] for e in points] + [e["b_crit"] for e in points]
+    values += [v for e in bounds for v in (e["b_simple"], e["b_crit_lower_bound"] * 2.5)]
     for e in points:
         values += (e["b_crit_ci"] or []) + (e.get("b_simple_ci") or [])
     values = [v for v in values if v and v > 0]
     lim = (min(values) / 3, max(values) * 3)
     ax.plot(lim, lim, "k--", lw=1, label="B_crit = B_simple")
+    for k in (3.0, 1 / 3):  # the band of the paper's claim
+        ax.plot(lim, [v * k for v in lim], "k:", lw=0.8, label="x3 and x1/3" if k > 1 else None)
     ax.set_xlim(lim)
     ax.set_ylim(lim)
     ax.set_xscale("log")
@@ -293,6 +308,16 @@ def _table_html(df: pd.DataFrame) -> str:
                       classes="table")
 
 
+def _references(analysis: dict) -> pd.DataFrame:
+    """The targets fixed in advance: per env, the reference and random scores and the source."""
+    rows = [{"env_id": env, "targets": ", ".join(f"{t:g}" for t in
+                                                 sorted({e["target"] for e in analysis["entries"] if e["env_id"] == env})),
+             "fractions": ", ".join(f"{f:g}" for f in r["target_fractions"]), "reference_score": r["reference_score"],
+             "random_score": r["random_score"], "source": r["source"]}
+            for env, r in sorted((analysis.get("references") or {}).items())]
+    return pd.DataFrame(rows, columns=["env_id", "targets", "fractions", "reference_score", "random_score", "source"])
+
+
 def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: list[Path]) -> Path:
     """Self-contained ``report.html``: explanation, figures as data URIs, tables, failures."""
     sweep_dir = Path(sweep_dir)
@@ -313,6 +338,7 @@ def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: lis
         f"<p>Trials by status: {html.escape(counts)}</p>",
         "<h2>Definitions and units</h2>", _EXPLANATION, _table_html(units),
         "<h2>Figures</h2>", *[_img_tag(p) for p in figures],
+        "<h2>Targets and their references</h2>", _table_html(_references(analysis)),
         "<h2>Critical batch size per target</h2>", _table_html(fits),
         "<h2>Diminishing returns per learning-rate rule</h2>", _table_html(dim),
         f"<h2>Failed trials ({len(failed)})</h2>", _table_html(failed),

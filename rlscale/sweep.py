@@ -40,6 +40,25 @@ class SweepEnv:
     """Env-step budget of each trial on this env (0: the base config's total_env_steps)."""
     overrides: dict = field(default_factory=dict)
     """Extra train-config overrides for this env (dotted keys)."""
+    reference_score: float | None = None
+    """A published or measured score of a trained agent; with target_fractions, targets are
+    fixed in advance as fractions of the way from random_score to it."""
+    random_score: float = 0.0
+    """The score of a uniformly random policy (the fractions' zero)."""
+    reference_source: str = ""
+    """Where reference_score and random_score come from (paper, table, command)."""
+    target_fractions: list[float] = field(default_factory=list)
+    """Targets = random_score + f * (reference_score - random_score), f in (0, 1]."""
+    fragment_length: int = 0
+    """This env's fragment length T when the sweep varies B through envs (0: the sweep's)."""
+    base_config: str = ""
+    """This env's train config (empty: the sweep's base_config), e.g. its family's default."""
+
+    def resolved_targets(self) -> list[float]:
+        if not self.target_fractions:
+            return [float(t) for t in self.targets]
+        span = float(self.reference_score) - self.random_score  # type: ignore[arg-type]
+        return [round(self.random_score + f * span, 6) for f in self.target_fractions]
 
 
 @dataclass
@@ -52,12 +71,22 @@ class SweepConfig:
     envs: list[SweepEnv] = field(default_factory=list)
     env_steps_per_iteration: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
     """Batch sizes B (env steps per PPO iteration); powers of two by default."""
+    fragment_length: int = 0
+    """If > 0, B varies through the number of parallel envs at this fragment length T (the
+    usual way to vary an RL batch, and GAE sees T-step fragments at every B): a trial of B
+    steps B / T envs, workers.num_envs_per_worker = B / (T x workers.num_workers). 0: the base
+    config's envs, each fragment B / envs steps long (T grows with B)."""
     lr_rules: list[LrRule] = field(default_factory=lambda: ["fixed"])
     """Rules scaling lr from the reference batch: fixed, linear, sqrt, noise."""
     lr: float = 0.0
     """Learning rate tuned at reference_env_steps (0: the base config's ppo.lr)."""
     reference_env_steps: int = 0
     """B0 of the rules (0: the base config's ppo.env_steps_per_iteration)."""
+    eval_env_steps: int = 0
+    """If > 0, every trial evaluates its policy (eval.*) every max(1, eval_env_steps // B)
+    iterations, and targets are read from those evaluations: a crossing is dated to within
+    max(B, eval_env_steps) env steps at every B, instead of lagging by the finished training
+    episodes' age. 0: the base config's eval settings."""
     lr_grid: list[float] = field(default_factory=list)
     """Learning rates tried at every batch size (rule 'grid'), beside or instead of lr_rules."""
     seeds: list[int] = field(default_factory=lambda: [1, 2])
@@ -80,6 +109,7 @@ class SweepConfig:
 class Trial:
     trial_id: str
     env_id: str
+    base_config: str
     seed: int
     env_steps_per_iteration: int
     lr_rule: str
@@ -96,10 +126,36 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
     for b in cfg.env_steps_per_iteration:
         if b <= 0:
             raise ConfigError(f"sweep env_steps_per_iteration entries must be positive, got {b}")
+    if cfg.eval_env_steps < 0:
+        raise ConfigError(f"sweep eval_env_steps must be >= 0 (0 = the base config's eval settings), got {cfg.eval_env_steps}")
     for e in cfg.envs:
-        if not e.targets:
-            raise ConfigError(f"sweep env '{e.id}' has no targets; list the returns to reach, e.g. targets: [100, 200]")
+        _check_env_targets(e)
+        T = e.fragment_length or cfg.fragment_length
+        if T < 0:
+            raise ConfigError(f"sweep fragment_length must be >= 0 (0 = T grows with B), got {T} for env '{e.id}'")
+        workers = int({**cfg.overrides, **e.overrides}.get("workers.num_workers", 1))
+        for b in cfg.env_steps_per_iteration if T else []:
+            if b % (T * workers):
+                raise ConfigError(f"sweep batch size {b} is not a multiple of fragment_length {T} x workers.num_workers {workers} "
+                                  f"(env '{e.id}'); pick batch sizes that are, e.g. powers of two")
     return cfg
+
+
+def _check_env_targets(e: SweepEnv) -> None:
+    if e.target_fractions:
+        if e.targets:
+            raise ConfigError(f"sweep env '{e.id}' sets both targets and target_fractions; keep one")
+        if e.reference_score is None or not e.reference_source.strip():
+            raise ConfigError(f"sweep env '{e.id}' has target_fractions but no reference_score and reference_source; "
+                              f"write the reference score and where it comes from")
+        if e.reference_score == e.random_score:
+            raise ConfigError(f"sweep env '{e.id}': reference_score equals random_score ({e.random_score}); fractions of a zero span are meaningless")
+        bad = [f for f in e.target_fractions if not 0 < f <= 1]
+        if bad:
+            raise ConfigError(f"sweep env '{e.id}': target_fractions must lie in (0, 1], got {bad}")
+    elif not e.targets:
+        raise ConfigError(f"sweep env '{e.id}' has no targets; list the returns to reach, e.g. targets: [100, 200], "
+                          f"or target_fractions with a reference_score")
 
 
 def _fmt(x: float) -> str:
@@ -107,29 +163,36 @@ def _fmt(x: float) -> str:
 
 
 def expand_grid(cfg: SweepConfig) -> list[Trial]:
-    base = load_yaml(cfg.base_config)
-    base_lr = cfg.lr or float(OmegaConf.select(base, "ppo.lr", default=2.5e-4))
-    b0 = cfg.reference_env_steps or int(OmegaConf.select(base, "ppo.env_steps_per_iteration", default=512))
-    base_nmb = OmegaConf.select(base, "ppo.num_minibatches", default=4)
     trials = []
     for env in cfg.envs:
+        base_path = env.base_config or cfg.base_config
+        base = load_yaml(base_path)
+        base_lr = cfg.lr or float(OmegaConf.select(base, "ppo.lr", default=2.5e-4))
+        b0 = cfg.reference_env_steps or int(OmegaConf.select(base, "ppo.env_steps_per_iteration", default=512))
+        base_nmb = OmegaConf.select(base, "ppo.num_minibatches", default=4)
         slug = env.id.replace("ALE/", "").replace("/", "-")
         env_overrides = {**cfg.overrides, **env.overrides}  # the env's own win
         shared = [f"{k}={_yaml_value(v)}" for k, v in env_overrides.items()]
         nmb = int(env_overrides.get("ppo.num_minibatches", base_nmb))
+        targets = env.resolved_targets()
+        T = env.fragment_length or cfg.fragment_length
+        workers = int(env_overrides.get("workers.num_workers", 1))
         for B in cfg.env_steps_per_iteration:
+            shape = [f"workers.fragment_length={T}", f"workers.num_envs_per_worker={B // (T * workers)}"] if T else []
             lr_choices = [(rule, base_lr) for rule in cfg.lr_rules] + [("grid", lr) for lr in cfg.lr_grid]
             for rule, lr in lr_choices:
                 for seed in cfg.seeds:
-                    ov = shared + [
+                    ov = shared + shape + [
                         f"env.id={env.id}", f"seed={seed}", f"ppo.env_steps_per_iteration={B}",
                         f"ppo.lr={lr}", f"ppo.lr_rule={'fixed' if rule == 'grid' else rule}",
                         f"ppo.lr_reference_env_steps={b0}",
-                        f"targets={_yaml_value(list(env.targets))}", f"stop_return={max(env.targets)}",
+                        f"targets={_yaml_value(targets)}", f"stop_return={max(targets)}",
                         f"tracking.group={cfg.name}",
                     ]
                     if env.total_env_steps:
                         ov.append(f"total_env_steps={env.total_env_steps}")
+                    if cfg.eval_env_steps:
+                        ov.append(f"eval.interval={max(1, cfg.eval_env_steps // B)}")
                     if cfg.population:
                         ov.append("tracking.wandb_mode=disabled")
                     if cfg.microbatches_per_minibatch:
@@ -137,7 +200,7 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
                     tag = rule if rule != "grid" else f"lr{_fmt(lr)}"
                     tid = f"{slug}_B{B}_{tag}_s{seed}"
                     ov.append(f"tracking.name={tid}")
-                    trials.append(Trial(tid, env.id, seed, B, rule, lr, ov))
+                    trials.append(Trial(tid, env.id, base_path, seed, B, rule, lr, ov))
     return trials
 
 
@@ -259,8 +322,8 @@ def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
             "ppo.env_steps_per_iteration": {"values": list(cfg.env_steps_per_iteration)},
             "ppo.lr_rule": {"values": [r for r in cfg.lr_rules] or ["fixed"]},
             "seed": {"values": list(cfg.seeds)},
-            "targets": {"value": json.dumps(list(env.targets))},
-            "stop_return": {"value": max(env.targets)},
+            "targets": {"value": json.dumps(env.resolved_targets())},
+            "stop_return": {"value": max(env.resolved_targets())},
             "tracking.group": {"value": cfg.name},
         }
         if lrs:
@@ -275,7 +338,7 @@ def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
             "method": "grid",
             "metric": {"name": "charts/episode_return_smoothed", "goal": "maximize"},
             "parameters": params,
-            "command": ["rlscale", "train", cfg.base_config, "tracking.wandb_mode=online", "${args_no_hyphens}"],
+            "command": ["rlscale", "train", env.base_config or cfg.base_config, "tracking.wandb_mode=online", "${args_no_hyphens}"],
         }
         p = sweep_dir / f"wandb_sweep_{slug}.yaml"
         atomic_write_text(p, yaml.safe_dump(doc, sort_keys=False))
@@ -287,14 +350,17 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     cfg = load_sweep_config(config_path, overrides)
     trials = expand_grid(cfg)
     # Validate every trial's train config before anything starts (and before any file is written).
-    trial_cfgs = {t.trial_id: load_train_config(cfg.base_config, t.overrides) for t in trials}
+    trial_cfgs = {t.trial_id: load_train_config(t.base_config, t.overrides) for t in trials}
     sweep_dir = Path(sweep_dir) if sweep_dir else Path("sweeps") / cfg.name
     if cfg.population:  # refused before anything is written
         population_groups(trials, trial_cfgs, sweep_dir)
     (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
     meta = {
         "name": cfg.name,
-        "targets": {e.id: [float(x) for x in e.targets] for e in cfg.envs},
+        "targets": {e.id: e.resolved_targets() for e in cfg.envs},
+        "references": {e.id: {"reference_score": e.reference_score, "random_score": e.random_score,
+                              "source": e.reference_source, "target_fractions": list(e.target_fractions)}
+                       for e in cfg.envs if e.target_fractions},
         "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
         "trials": [t.trial_id for t in trials],
     }
@@ -344,8 +410,8 @@ def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, s
     if need > cluster_cpus:
         raise ConfigError(f"one trial needs {need:g} CPUs (learner + rollout actors) but the cluster has {cluster_cpus:g}; lower workers.num_workers or use workers.backend=local in the sweep overrides")
     limit = cfg.max_concurrent or len(groups)
-    base = OmegaConf.to_container(load_yaml(cfg.base_config))  # travels with the task, no path needed
-    assert isinstance(base, dict)
+    # each env's base config travels with its tasks as a dict: no path needed where they run
+    bases = {p: OmegaConf.to_container(load_yaml(p)) for p in {t.base_config for t in todo}}
     queue = list(groups)
     running: dict = {}
     results: list[dict] = []
@@ -357,6 +423,7 @@ def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, s
                 pg = placement_group(_bundles(trial_cfgs[group[0].trial_id], cfg.trial_gpus), strategy="PACK")
                 strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
                 dirs = [str((sweep_dir / "trials" / t.trial_id).resolve()) for t in group]
+                base = bases[group[0].base_config]
                 args = (group, base, dirs) if cfg.population else (group[0], base, dirs[0])
                 ref = remote_trial.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(*args)
                 running[ref] = (group, pg)

@@ -207,6 +207,12 @@ def test_analysis_json_fit_and_best_lr(analysed):
     for name in ["s_min", "e_min", "b_crit"]:
         lo, hi = low[f"{name}_ci"]
         assert 0 < lo <= low[name] <= hi
+    # the same frontier per optimizer step: 4 epochs x NUM_MINIBATCHES steps per iteration
+    per_iter = 4 * NUM_MINIBATCHES
+    assert low["optimizer_steps_per_iteration"] == per_iter
+    assert math.isclose(low["s_min_optimizer_steps"], low["s_min"] * per_iter)
+    assert math.isclose(low["b_crit_per_optimizer_step"], low["b_crit"] / per_iter)
+    assert low["b_crit_per_optimizer_step_ci"] == pytest.approx([x / per_iter for x in low["b_crit_ci"]])
 
     # b_simple: mean of (60, 61, 62) per gradient over best-config trials, x4 minibatches.
     assert math.isclose(low["b_simple_per_gradient"], 61.0)

@@ -179,7 +179,6 @@ def test_sampled_fragments_are_the_standalone_pools(tmp_path):
     ("workers.backend=ray", "workers.backend=local"),
     ("tracking.wandb_mode=offline", "wandb_mode=disabled"),
     ("noise.b_noise_interval=2", "B_simple only"),
-    ("eval.interval=2", "eval.interval=0"),
 ])
 def test_what_members_cannot_share_is_refused(tmp_path, override, match):
     cfgs = [cfg_for("workers.backend=local"), cfg_for("workers.backend=local", "seed=2", override)]
@@ -198,7 +197,7 @@ def test_population_runs_write_standalone_run_dirs_and_member_zero_is_its_standa
     from rlscale.train import train
     from tests.helpers import strip_times
 
-    base = ["workers.backend=local", "total_env_steps=2048", "checkpoint_interval=4"]
+    base = ["workers.backend=local", "total_env_steps=2048", "checkpoint_interval=4", "eval.interval=2", "eval.episodes=3"]
     cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4", "ppo.ent_coef=0.01")]
     dirs = [tmp_path / "m0", tmp_path / "m1"]
     # the first half, then a resume to the full budget
@@ -216,6 +215,9 @@ def test_population_runs_write_standalone_run_dirs_and_member_zero_is_its_standa
     assert m0.loc[0, "env_steps"] == a.loc[0, "env_steps"] and m0.loc[0, "episodes"] == a.loc[0, "episodes"]
     for key in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/grad_norm", "noise/grad_sq"):
         assert m0.loc[0, key] == pytest.approx(a.loc[0, key], rel=1e-4, abs=1e-7), key
+    # each member evaluates its own policy on its own eval envs, every eval.interval iterations
+    assert m0["eval/return_mean"].notna().tolist() == [i % 2 == 0 for i in range(1, 9)]
+    assert m0.loc[1, "eval/return_mean"] == a.loc[1, "eval/return_mean"]  # the same policy, envs and draws
     # member 1 differs from member 0 (own seed and settings), as it should
     assert not strip_times(pd.read_csv(dirs[1] / "metrics.csv")).equals(m0)
 

@@ -35,19 +35,40 @@ class _Html(HTMLParser):
 
 @pytest.mark.slow
 def test_ci_study_end_to_end(ray_local, tmp_path):
+    """The reduced study with the whole protocol: populations, B through envs at T = 16,
+    a constant-lr grid, targets from a reference, evaluation every 512 env steps."""
+    import pandas as pd
+    import yaml
+
     out = tmp_path / "sweep"
     r = run_sweep(CI_SWEEP, [], out, quiet=True)
-    assert r["trials"] == r["ran"] == r["completed"] == 8 and r["failed"] == 0
-    rec = json.loads((out / "trials" / "CartPole-v1_B128_sqrt_s1" / "trial.json").read_text())
-    assert rec["status"] == "completed" and rec["targets"]["100.0"]["reached"]
-    t100 = rec["targets"]["100.0"]
-    assert t100["env_steps"] == 128 * t100["iterations"] and t100["b_simple"] > 0 and t100["b_simple_ci"][0] <= t100["b_simple"]
+    assert r["trials"] == r["ran"] == r["completed"] == 16 and r["failed"] == 0
+    meta = json.loads((out / "sweep.json").read_text())
+    targets = [round(21.8 + f * (500 - 21.8), 6) for f in (0.2, 0.4, 0.6)]
+    assert meta["targets"] == {"CartPole-v1": targets} and "episode cap" in meta["references"]["CartPole-v1"]["source"]
+    tdir = out / "trials" / "CartPole-v1_B128_lr0.001_s1"
+    cfg = yaml.safe_load((tdir / "config.yaml").read_text())
+    assert (cfg["workers"]["fragment_length"], cfg["workers"]["num_envs_per_worker"], cfg["eval"]["interval"]) == (16, 8, 4)
+    assert not cfg["ppo"]["anneal_lr"] and not cfg["ppo"]["anneal_clip"]
+    rec = json.loads((tdir / "trial.json").read_text())
+    t = rec["targets"][str(targets[0])]
+    assert rec["status"] == "completed" and t["reached"]
+    # a target is dated by an evaluation: every 4th iteration at B = 128
+    assert t["env_steps"] == 128 * t["iterations"] and t["iterations"] % 4 == 0 and t["optimizer_steps"] == 10 * t["iterations"]
+    assert t["b_simple"] > 0 and t["b_simple_ci"][0] <= t["b_simple"]
+    m = pd.read_csv(tdir / "metrics.csv")
+    assert m["eval/return_mean"].notna().tolist() == [i % 4 == 0 for i in m["iteration"]]
     assert (out / "wandb_sweep_CartPole-v1.yaml").is_file()
 
     result = analyze(out, wandb_mode="offline")
     good = [e for e in result["entries"] if e["b_crit"] and e["b_simple"]]
     assert good, result["entries"]
-    assert all(math.isfinite(e["b_crit"]) and e["b_crit"] > 0 and e["b_simple"] > 0 for e in good)
+    for e in good:
+        assert math.isfinite(e["b_crit"]) and e["b_crit"] > 0 and e["b_simple"] > 0
+        assert e["optimizer_steps_per_iteration"] == 10 and math.isclose(e["b_crit_per_optimizer_step"], e["b_crit"] / 10)
+    # a two-value grid: every best lr lies at an edge, and the report says so
+    assert len(result["lr_at_grid_edge"]) == sum(len(e["best_configs"]) for e in result["entries"])
+    assert result["noise_scale_claim"]["n_points"] == len([e for e in good if e["status"] == "ok"])
     html = (out / "report.html").read_text()
     p = _Html()
     p.feed(html)
@@ -57,15 +78,17 @@ def test_ci_study_end_to_end(ray_local, tmp_path):
 
     # Rerunning the same command keeps the finished trials.
     again = run_sweep(CI_SWEEP, [], out, quiet=True)
-    assert again["ran"] == 0 and again["skipped_completed"] == 8
+    assert again["ran"] == 0 and again["skipped_completed"] == 16
 
     # An interrupted trial (pending with a checkpoint) is resumed, not restarted.
-    tdir = out / "trials" / "CartPole-v1_B512_sqrt_s2"
+    tdir = out / "trials" / "CartPole-v1_B512_lr0.002_s2"
     rec = json.loads((tdir / "trial.json").read_text())
     rec["status"] = "pending"
     (tdir / "trial.json").write_text(json.dumps(rec))
+    rows = len(pd.read_csv(tdir / "metrics.csv"))
     again = run_sweep(CI_SWEEP, [], out, quiet=True)
     assert again["ran"] == 1 and again["completed"] == 1
+    assert len(pd.read_csv(tdir / "metrics.csv")) == rows  # continued from its final checkpoint
 
 
 @pytest.mark.slow
@@ -153,3 +176,74 @@ def test_population_sweep_refuses_trials_no_population_can_train(tmp_path):
     with pytest.raises(ConfigError, match="workers.backend=local"):
         run_sweep(sweep, ["population=true"], tmp_path / "s", quiet=True)
     assert not (tmp_path / "s").exists()
+
+
+PROTOCOL_SWEEP = """
+name: protocol
+base_config: {base}
+overrides:
+  workers.backend: local
+  workers.num_workers: 2
+  ppo.num_minibatches: 2
+fragment_length: 16
+eval_env_steps: 256
+envs:
+  - id: CartPole-v1
+    reference_score: 500
+    random_score: 20
+    reference_source: "the env's episode cap"
+    target_fractions: [0.25, 0.5]
+  - id: Acrobot-v1
+    targets: [-400]
+    fragment_length: 32
+    base_config: {acrobot}
+env_steps_per_iteration: [64, 128, 256]
+lr_rules: []
+lr_grid: [0.001, 0.002]
+seeds: [1]
+"""
+
+
+def _protocol_sweep(tmp_path, text=PROTOCOL_SWEEP):
+    acrobot = tmp_path / "acrobot.yaml"
+    acrobot.write_text((ROOT / "configs" / "cartpole.yaml").read_text().replace("CartPole-v1", "Acrobot-v1"))
+    p = tmp_path / "protocol.yaml"
+    p.write_text(text.format(base=ROOT / "configs" / "cartpole.yaml", acrobot=acrobot))
+    return p
+
+
+def test_protocol_batch_through_envs_targets_from_a_reference_and_evaluation_per_batch_size(tmp_path):
+    from rlscale.config import load_train_config
+
+    cfg = load_sweep_config(_protocol_sweep(tmp_path))
+    trials = {t.trial_id: t for t in expand_grid(cfg)}
+    assert len(trials) == 2 * 3 * 2  # envs x B x lrs
+    for t in trials.values():
+        c = load_train_config(t.base_config, t.overrides)
+        T = 16 if t.env_id == "CartPole-v1" else 32
+        B = t.env_steps_per_iteration
+        # B varies through the number of envs; every fragment is T steps long
+        assert c.workers.fragment_length == T and c.workers.num_workers * c.workers.num_envs_per_worker * T == B
+        assert c.eval.interval == max(1, 256 // B)  # an evaluation at least every 256 env steps
+        assert c.ppo.lr == t.lr and c.ppo.lr_rule == "fixed" and c.env.id == t.env_id
+    # targets fixed in advance: 20 + f * (500 - 20)
+    c = load_train_config(trials["CartPole-v1_B64_lr0.001_s1"].base_config, trials["CartPole-v1_B64_lr0.001_s1"].overrides)
+    assert c.targets == [140.0, 260.0] and c.stop_return == 260.0
+    assert trials["Acrobot-v1_B64_lr0.001_s1"].base_config.endswith("acrobot.yaml")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (("fragment_length: 16", "fragment_length: 24"), "not a multiple of fragment_length 24 x workers.num_workers 2"),
+    (("    reference_source: \"the env's episode cap\"\n", ""), "no reference_score and reference_source"),
+    (("    targets: [-400]\n", "    targets: [-400]\n    target_fractions: [0.5]\n"), "both targets and target_fractions"),
+    (("target_fractions: [0.25, 0.5]", "target_fractions: [0.25, 1.5]"), r"must lie in \(0, 1\]"),
+    (("eval_env_steps: 256", "eval_env_steps: -1"), "eval_env_steps must be >= 0"),
+])
+def test_protocol_sweep_refuses_bad_settings_in_one_line(tmp_path, edit, match):
+    from rlscale.errors import ConfigError
+
+    text = PROTOCOL_SWEEP.replace(*edit)
+    assert text != PROTOCOL_SWEEP
+    with pytest.raises(ConfigError, match=match) as err:
+        load_sweep_config(_protocol_sweep(tmp_path, text))
+    assert len(str(err.value).splitlines()) == 1
