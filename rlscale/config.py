@@ -12,7 +12,7 @@ import difflib
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -297,6 +297,8 @@ def load_train_config(path: str | Path | dict | None, overrides: Sequence[str] =
 
 
 def to_dict(cfg) -> dict:
+    if is_dataclass(cfg) and not isinstance(cfg, type):  # a loaded config: plain values, fast
+        return asdict(cfg)
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 

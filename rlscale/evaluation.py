@@ -24,31 +24,55 @@ EVAL_SEED_OFFSET = 1_000_003  # eval envs' seeds never coincide with the trainin
 
 
 class Evaluator:
+    """A policy's evaluation on eval envs of its own. `evaluate` plays one with given weights;
+    `begin` / `advance` / `returns` let a caller act with its own forward pass (a population
+    evaluates all its members at once with one batched forward per step)."""
+
     def __init__(self, env_cfg, model_cfg, episodes: int, seed: int):
         self.env = make_vector_env(env_cfg, episodes, seed + EVAL_SEED_OFFSET)
         self.policy = build_model(self.env.spec, model_cfg)
         self.policy.eval()
         self.seed = seed
+        self._returns: list[float | None] = []
+        self._generator = torch.Generator()
+
+    def begin(self, iteration: int) -> np.ndarray:
+        """Start the evaluation of `iteration`: the eval envs' first observations."""
+        self._generator.manual_seed(int(np.random.SeedSequence([self.seed, iteration]).generate_state(1)[0]))
+        obs = self.env.reset()
+        self.env.clear_episode_stats()  # the previous evaluation's unfinished games are gone
+        self._returns = [None] * self.env.num_envs
+        return obs
+
+    def advance(self, logits: torch.Tensor) -> np.ndarray | None:
+        """Sample actions from the policy's logits [envs, A] and step; the next observations,
+        or None once every eval env has finished its episode."""
+        actions = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self._generator).squeeze(-1)
+        step = self.env.step(actions.numpy())
+        # the raw scores of the games that ended, in env order (VecEnv._track)
+        ended = np.flatnonzero(step.reset)
+        assert len(ended) == len(step.episode_returns), "a reset env reports its game's score"
+        for i, score in zip(ended, step.episode_returns):
+            if self._returns[i] is None:
+                self._returns[i] = float(score)
+        return None if self.done() else step.obs
+
+    def done(self) -> bool:
+        return all(r is not None for r in self._returns)
+
+    def returns(self) -> list[float]:
+        """Raw returns of the evaluation's episodes, one per eval env."""
+        return [float(r) for r in self._returns if r is not None]
 
     @torch.no_grad()
     def evaluate(self, weights: dict[str, np.ndarray], iteration: int) -> list[float]:
         """Raw returns of one whole episode per eval env, played with `weights` (sampled actions)."""
         self.policy.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, iteration]).generate_state(1)[0]))
-        obs = self.env.reset()
-        self.env.clear_episode_stats()  # the previous evaluation's unfinished games are gone
-        returns: list[float | None] = [None] * self.env.num_envs
-        while any(r is None for r in returns):
-            actions, _, _ = self.policy.act(torch.from_numpy(obs), generator)
-            step = self.env.step(actions.numpy())
-            # the raw scores of the games that ended, in env order (VecEnv._track)
-            ended = np.flatnonzero(step.reset)
-            assert len(ended) == len(step.episode_returns), "a reset env reports its game's score"
-            for i, score in zip(ended, step.episode_returns):
-                if returns[i] is None:
-                    returns[i] = float(score)
-            obs = step.obs
-        return [float(r) for r in returns if r is not None]
+        obs: np.ndarray | None = self.begin(iteration)
+        while obs is not None:
+            logits, _ = self.policy(torch.from_numpy(obs))
+            obs = self.advance(logits)
+        return self.returns()
 
     def close(self) -> None:
         self.env.close()

@@ -684,8 +684,9 @@ class _PopulationLoop:
                     runs[i].state.counters.env_steps_used += B[i]
                 consistent = True
                 t2 = time.perf_counter()
+                evaluations = self.evaluate([i for i in active if runs[i].eval_due()])
                 for i in active:
-                    runs[i].record(B[i], lags[i], metrics[i] or {}, (t0, t1, t2, t2), starts[i], None)
+                    runs[i].record(B[i], lags[i], metrics[i] or {}, (t0, t1, t2, t2), starts[i], None, evaluations.get(i))
                 if progress:
                     progress.update(sum(r.state.counters.env_steps_used for r in runs), members=str(len(active)))
                 for i in [i for i in active if learner.members[i].diverged or runs[i].finished()]:
@@ -701,6 +702,28 @@ class _PopulationLoop:
             if progress:
                 progress.close()
         return [self.summaries[i] for i in range(len(runs))]
+
+    @torch.no_grad()
+    def evaluate(self, members: list[int]) -> dict[int, tuple[list[float], float]]:
+        """The due members' evaluations, played together: each member's own Evaluator (its eval
+        envs, seeds and action draws, as its standalone run's), one batched forward per step
+        for every member still playing. Returns {member: (returns, the shared seconds)}."""
+        if not members:
+            return {}
+        t0 = time.perf_counter()
+        evaluators = {i: self.runs[i].evaluator for i in members}
+        obs = {i: ev.begin(self.runs[i].state.counters.iteration) for i, ev in evaluators.items()}  # type: ignore[union-attr]
+        while obs:
+            playing = sorted(obs)
+            logits, _ = self.learner.forward(playing, torch.from_numpy(np.stack([obs[i] for i in playing])).to(self.learner.device))
+            for k, i in enumerate(playing):
+                nxt = evaluators[i].advance(logits[k].cpu())  # type: ignore[union-attr]
+                if nxt is None:
+                    del obs[i]
+                else:
+                    obs[i] = nxt
+        seconds = time.perf_counter() - t0
+        return {i: (ev.returns(), seconds) for i, ev in evaluators.items()}  # type: ignore[union-attr]
 
     def progress(self, quiet: bool) -> Progress | None:
         cfg = self.runs[0].cfg

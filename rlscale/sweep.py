@@ -53,6 +53,12 @@ class SweepEnv:
     """This env's fragment length T when the sweep varies B through envs (0: the sweep's)."""
     base_config: str = ""
     """This env's train config (empty: the sweep's base_config), e.g. its family's default."""
+    env_steps_per_iteration: list[int] = field(default_factory=list)
+    """This env's batch sizes (empty: the sweep's)."""
+    lr_grid: list[float] = field(default_factory=list)
+    """This env's learning-rate grid (empty: the sweep's)."""
+    eval_env_steps: int = 0
+    """This env's evaluation spacing in env steps (0: the sweep's)."""
 
     def resolved_targets(self) -> list[float]:
         if not self.target_fractions:
@@ -121,24 +127,38 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
     cfg = merge_into(SweepConfig, load_yaml(path), parse_overrides(list(overrides)))
     if not cfg.envs:
         raise ConfigError(f"sweep '{path}' lists no envs; add an 'envs:' list with ids and targets")
-    if not cfg.env_steps_per_iteration or not cfg.seeds or not (cfg.lr_rules or cfg.lr_grid):
-        raise ConfigError(f"sweep '{path}' has an empty grid; env_steps_per_iteration, seeds and lr_rules (or lr_grid) need at least one value each")
-    for b in cfg.env_steps_per_iteration:
-        if b <= 0:
-            raise ConfigError(f"sweep env_steps_per_iteration entries must be positive, got {b}")
-    if cfg.eval_env_steps < 0:
-        raise ConfigError(f"sweep eval_env_steps must be >= 0 (0 = the base config's eval settings), got {cfg.eval_env_steps}")
+    for e in cfg.envs:
+        if not _batch_sizes(cfg, e) or not cfg.seeds or not (cfg.lr_rules or _lr_grid(cfg, e)):
+            raise ConfigError(f"sweep '{path}' has an empty grid for env '{e.id}'; env_steps_per_iteration, seeds and lr_rules "
+                              f"(or lr_grid) need at least one value each")
+        for b in _batch_sizes(cfg, e):
+            if b <= 0:
+                raise ConfigError(f"sweep env_steps_per_iteration entries must be positive, got {b}")
+        for lr in _lr_grid(cfg, e):
+            if not lr > 0:
+                raise ConfigError(f"sweep lr_grid entries must be positive, got {lr}")
+    for steps in [cfg.eval_env_steps] + [e.eval_env_steps for e in cfg.envs]:
+        if steps < 0:
+            raise ConfigError(f"sweep eval_env_steps must be >= 0 (0 = the base config's eval settings), got {steps}")
     for e in cfg.envs:
         _check_env_targets(e)
         T = e.fragment_length or cfg.fragment_length
         if T < 0:
             raise ConfigError(f"sweep fragment_length must be >= 0 (0 = T grows with B), got {T} for env '{e.id}'")
         workers = int({**cfg.overrides, **e.overrides}.get("workers.num_workers", 1))
-        for b in cfg.env_steps_per_iteration if T else []:
+        for b in _batch_sizes(cfg, e) if T else []:
             if b % (T * workers):
                 raise ConfigError(f"sweep batch size {b} is not a multiple of fragment_length {T} x workers.num_workers {workers} "
                                   f"(env '{e.id}'); pick batch sizes that are, e.g. powers of two")
     return cfg
+
+
+def _batch_sizes(cfg: SweepConfig, env: SweepEnv) -> list[int]:
+    return list(env.env_steps_per_iteration or cfg.env_steps_per_iteration)
+
+
+def _lr_grid(cfg: SweepConfig, env: SweepEnv) -> list[float]:
+    return list(env.lr_grid or cfg.lr_grid)
 
 
 def _check_env_targets(e: SweepEnv) -> None:
@@ -177,9 +197,9 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
         targets = env.resolved_targets()
         T = env.fragment_length or cfg.fragment_length
         workers = int(env_overrides.get("workers.num_workers", 1))
-        for B in cfg.env_steps_per_iteration:
+        for B in _batch_sizes(cfg, env):
             shape = [f"workers.fragment_length={T}", f"workers.num_envs_per_worker={B // (T * workers)}"] if T else []
-            lr_choices = [(rule, base_lr) for rule in cfg.lr_rules] + [("grid", lr) for lr in cfg.lr_grid]
+            lr_choices = [(rule, base_lr) for rule in cfg.lr_rules] + [("grid", lr) for lr in _lr_grid(cfg, env)]
             for rule, lr in lr_choices:
                 for seed in cfg.seeds:
                     ov = shared + shape + [
@@ -191,8 +211,8 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
                     ]
                     if env.total_env_steps:
                         ov.append(f"total_env_steps={env.total_env_steps}")
-                    if cfg.eval_env_steps:
-                        ov.append(f"eval.interval={max(1, cfg.eval_env_steps // B)}")
+                    if env.eval_env_steps or cfg.eval_env_steps:
+                        ov.append(f"eval.interval={max(1, (env.eval_env_steps or cfg.eval_env_steps) // B)}")
                     if cfg.population:
                         ov.append("tracking.wandb_mode=disabled")
                     if cfg.microbatches_per_minibatch:
@@ -314,12 +334,12 @@ def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
     syntax, so a user with a W&B server runs `wandb sweep FILE` then `wandb agent ID`.
     """
     paths = []
-    lrs = sorted(set(cfg.lr_grid) | ({cfg.lr} if cfg.lr else set()))
     for env in cfg.envs:
+        lrs = sorted(set(_lr_grid(cfg, env)) | ({cfg.lr} if cfg.lr else set()))
         slug = env.id.replace("ALE/", "").replace("/", "-")
         params = {
             "env.id": {"value": env.id},
-            "ppo.env_steps_per_iteration": {"values": list(cfg.env_steps_per_iteration)},
+            "ppo.env_steps_per_iteration": {"values": _batch_sizes(cfg, env)},
             "ppo.lr_rule": {"values": [r for r in cfg.lr_rules] or ["fixed"]},
             "seed": {"values": list(cfg.seeds)},
             "targets": {"value": json.dumps(env.resolved_targets())},

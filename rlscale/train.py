@@ -214,15 +214,16 @@ class Run:
                 schedules.clip_coef(self.cfg.ppo, progress_frac))
 
     def record(self, B: int, lag, metrics: dict, times: tuple[float, float, float, float], start: float,
-               progress: Progress | None) -> None:
+               progress: Progress | None, evaluation: tuple[list[float], float] | None = None) -> None:
         """Log an iteration whose counters are updated: its metrics row, target crossings, W&B,
-        progress, and a checkpoint when one is due. `start`: the run's clock origin."""
+        progress, and a checkpoint when one is due. `start`: the run's clock origin;
+        `evaluation`: this iteration's evaluation (returns, seconds) when the caller ran it."""
         c = self.state.counters
         c.wall_time_s = times[-1] - start
         row = self.row(B, lag, metrics, times)
         score = None
         if self.evaluator is not None:
-            score = self.evaluate(row)
+            score = self.evaluate(row, evaluation)
         self.state.record_targets(self.targets, row, self.learner.probe.summary, score=score)
         self.table.append(row)
         self.wb.log(row, step=c.iteration)
@@ -233,18 +234,26 @@ class Run:
             self.collect_inflight()  # a checkpoint holds every step played so far
             self.save()
 
-    def evaluate(self, row: dict) -> float:
+    def eval_due(self) -> bool:
+        return self.evaluator is not None and self.state.counters.iteration % self.cfg.eval.interval == 0
+
+    def evaluate(self, row: dict, done: tuple[list[float], float] | None = None) -> float:
         """Every eval.interval iterations: the policy's mean return over eval.episodes whole
-        episodes on the eval envs, into `row` (nan columns otherwise). Returns it (nan when
-        no evaluation was due)."""
+        episodes on the eval envs (or the `done` evaluation's returns and seconds), into `row`
+        (nan columns otherwise). Returns it (nan when no evaluation was due)."""
         assert self.evaluator is not None
         mean = std = math.nan
         t0 = time.perf_counter()
-        if self.state.counters.iteration % self.cfg.eval.interval == 0:
-            returns = self.evaluator.evaluate(self.learner.get_weights(), self.state.counters.iteration)
+        seconds = 0.0
+        if self.eval_due():
+            if done is None:
+                returns = self.evaluator.evaluate(self.learner.get_weights(), self.state.counters.iteration)
+                seconds = time.perf_counter() - t0
+            else:
+                returns, seconds = done
             mean, std = float(np.mean(returns)), float(np.std(returns))
             self.last_eval = mean
-        row.update({"eval/return_mean": mean, "eval/return_std": std, "time/eval_s": time.perf_counter() - t0})
+        row.update({"eval/return_mean": mean, "eval/return_std": std, "time/eval_s": seconds})
         return mean
 
     def save_after_error(self) -> bool:
