@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import bootstrap
 
 from rlscale.errors import ConfigError
 
@@ -61,4 +62,24 @@ def adaptive_point(run_dir: Path, target: float, s_min: float, e_min: float) -> 
     out.update(iterations=S, env_steps=E, s_over_s_min=ratio_s, e_over_e_min=ratio_e,
                measured_product=(ratio_s - 1) * (ratio_e - 1),
                predicted_gamma=predicted_gamma(b, upto["env_steps_per_iteration"].to_numpy(dtype=float)))
+    return out
+
+
+def median_ci(values) -> dict:
+    """Median of `values` with a 95% percentile-bootstrap interval (None below 2 values)."""
+    v = np.asarray(list(values), dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return {"median": float(v[0]) if len(v) else None, "ci": None, "n": int(len(v))}
+    ci = bootstrap((v,), np.median, n_resamples=2000, method="percentile", random_state=0).confidence_interval
+    return {"median": float(np.median(v)), "ci": [float(ci.low), float(ci.high)], "n": int(len(v))}
+
+
+def summarise(points: list[dict]) -> dict:
+    """The adaptive runs at one target: counts, and per ratio the median over the runs that
+    reached it with its bootstrap interval."""
+    reached = [p for p in points if p["reached"]]
+    out: dict = {"n_runs": len(points), "n_reached": len(reached)}
+    for k in ("s_over_s_min", "e_over_e_min", "measured_product", "predicted_gamma"):
+        out[k] = median_ci([p[k] for p in reached])
     return out

@@ -343,10 +343,13 @@ def pareto_entries(
     targets: dict[str, list[float]] | None = None,
     n_bootstrap: int = 200,
     seed: int = 0,
+    sweep_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
     """One entry per (env, target): best configs, fit, bootstrap CIs, B_simple and the ratio.
 
     ``targets`` (from sweep.json) makes sure a target no trial reported still gets an entry.
+    Adaptive-batch trials (lr_rule 'adaptive') stay out of the fixed-B fit; with ``sweep_dir``
+    each fitted entry gets their S/S_min, E/E_min, product and predicted gamma ('adaptive').
     """
     keys: set[tuple[str, float]] = set()
     for env, ts in (targets or {}).items():
@@ -354,6 +357,7 @@ def pareto_entries(
     keys.update((e, float(t)) for e, t in table[["env_id", "target"]].itertuples(index=False)
                 if e is not None and pd.notna(t))
     done = _completed(table)
+    adaptive, done = done[done["lr_rule"] == "adaptive"], done[done["lr_rule"] != "adaptive"]
     rng = np.random.default_rng(seed)
     entries = []
     for env_id, target in sorted(keys):
@@ -408,6 +412,12 @@ def pareto_entries(
             n_bootstrap_ok=int(len(boot)),
             ratio=fit.b_crit / b_iter if b_iter else None,
         )
+        runs = adaptive[(adaptive["env_id"] == env_id) & (adaptive["target"] == target)]
+        if sweep_dir is not None and len(runs):
+            from rlscale.adaptive import adaptive_point, summarise
+
+            points = [adaptive_point(Path(sweep_dir) / "trials" / tid, target, fit.s_min, fit.e_min) for tid in runs["trial_id"]]
+            entry["adaptive"] = {**summarise(points), "runs": points}
         entries.append(entry)
     return entries
 
@@ -474,6 +484,7 @@ def diminishing_returns(table: pd.DataFrame) -> pd.DataFrame:
     """
     out = []
     done = _completed(table).dropna(subset=["target"])
+    done = done[done["lr_rule"] != "adaptive"]  # a run whose B changes has no place on this axis
     for (env_id, target, rule), rows in done.groupby(["env_id", "target", "lr_rule"], sort=True):
         best = _best_configs(rows)
         sizes = best["B"].to_numpy(dtype=float)
@@ -512,10 +523,16 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
     """Flat per-(env, target) table of the fits, CIs split into lo/hi columns."""
     scalars = ["env_id", "target", "status", "n_batch_sizes", "s_min", "e_min", "b_crit",
                "b_simple", "b_simple_per_gradient", "ratio", "residual_rms", "n_bootstrap_ok"]
-    columns = scalars + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]]
+    per_step = ["optimizer_steps_per_iteration", "b_crit_per_optimizer_step"]
+    adaptive = ["s_over_s_min", "e_over_e_min", "measured_product", "predicted_gamma"]
+    columns = scalars + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]] + per_step
+    columns += ["adaptive_n_reached"] + [f"adaptive_{k}" for k in adaptive]
     rows = []
     for e in entries:
-        row = {k: e[k] for k in scalars}
+        row = {k: e[k] for k in scalars} | {k: e.get(k) for k in per_step}
+        if e.get("adaptive"):  # medians over the adaptive runs that reached the target
+            row["adaptive_n_reached"] = e["adaptive"]["n_reached"]
+            row.update({f"adaptive_{k}": e["adaptive"][k]["median"] for k in adaptive})
         for name in ["s_min", "e_min", "b_crit"]:
             ci = e[f"{name}_ci"] or [None, None]
             row[f"{name}_lo"], row[f"{name}_hi"] = ci
@@ -553,7 +570,7 @@ def analyze(
     sweep_dir = Path(sweep_dir)
     meta = load_sweep_meta(sweep_dir)
     table = steps_to_target_table(sweep_dir)
-    entries = pareto_entries(table, meta["targets"], n_bootstrap=n_bootstrap, seed=seed)
+    entries = pareto_entries(table, meta["targets"], n_bootstrap=n_bootstrap, seed=seed, sweep_dir=sweep_dir)
     dim = diminishing_returns(table)
     statuses = table.drop_duplicates("trial_id")["status"].value_counts().to_dict()
     analysis = to_jsonable({

@@ -104,6 +104,10 @@ def plot_pareto(analysis: dict, path: Path) -> Path:
             else:
                 label += " (too few batch sizes)"
             ax.plot(b * s, s, "o", color=color, label=label)
+            runs = [p for p in (e.get("adaptive") or {}).get("runs", []) if p["reached"]]
+            if runs:  # adaptive-batch runs, one marker per seed, beside the fixed-B frontier
+                ax.plot([p["env_steps"] for p in runs], [p["iterations"] for p in runs], "^", color=color,
+                        markeredgecolor="k", label=f"target {e['target']:g}: adaptive B (per seed)")
         ax.set_xlabel("env steps to target, E")
         ax.set_ylabel("PPO iterations to target, S")
         ax.set_title(f"{env}\npoints: best lr per batch size; star: B = B_crit (2 S_min, 2 E_min)",

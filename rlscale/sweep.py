@@ -59,6 +59,10 @@ class SweepEnv:
     """This env's learning-rate grid (empty: the sweep's)."""
     eval_env_steps: int = 0
     """This env's evaluation spacing in env steps (0: the sweep's)."""
+    adaptive: dict = field(default_factory=dict)
+    """Train-config overrides of this env's adaptive-batch runs (dotted keys; the sweep adds
+    ppo.batch_schedule=noise): when set, one such trial per seed (lr_rule 'adaptive') runs
+    beside the fixed-B grid, and the analysis sets it beside the fixed-B frontier."""
 
     def resolved_targets(self) -> list[float]:
         if not self.target_fractions:
@@ -221,7 +225,33 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
                     tid = f"{slug}_B{B}_{tag}_s{seed}"
                     ov.append(f"tracking.name={tid}")
                     trials.append(Trial(tid, env.id, base_path, seed, B, rule, lr, ov))
+        if env.adaptive:
+            trials += _adaptive_trials(cfg, env, base_path, shared, targets)
     return trials
+
+
+def _adaptive_trials(cfg: SweepConfig, env: SweepEnv, base_path: str, shared: list[str], targets: list[float]) -> list[Trial]:
+    """One adaptive-batch trial per seed: the env's shared overrides, then its `adaptive` ones."""
+    from rlscale.config import load_train_config
+
+    slug = env.id.replace("ALE/", "").replace("/", "-")
+    extra = [f"{k}={_yaml_value(v)}" for k, v in env.adaptive.items()]
+    probe = load_train_config(base_path, [*shared, *extra, "ppo.batch_schedule=noise"])  # its B0, lr, batch_min
+    eval_steps = env.eval_env_steps or cfg.eval_env_steps
+    out = []
+    for seed in cfg.seeds:
+        tid = f"{slug}_adaptive_s{seed}"
+        ov = [*shared, f"env.id={env.id}", f"seed={seed}", *extra, "ppo.batch_schedule=noise",
+              f"targets={_yaml_value(targets)}", f"stop_return={max(targets)}", f"tracking.group={cfg.name}"]
+        if env.total_env_steps:
+            ov.append(f"total_env_steps={env.total_env_steps}")
+        if eval_steps:
+            ov.append(f"eval.interval={max(1, eval_steps // (probe.ppo.batch_min or probe.ppo.env_steps_per_iteration))}")
+        if cfg.population:
+            ov.append("tracking.wandb_mode=disabled")
+        ov.append(f"tracking.name={tid}")
+        out.append(Trial(tid, env.id, base_path, seed, probe.ppo.env_steps_per_iteration, "adaptive", probe.ppo.lr, ov))
+    return out
 
 
 def _yaml_value(v) -> str:
@@ -300,6 +330,11 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
     return recs
 
 
+def _pooled(trials: list[Trial]) -> list[Trial]:
+    """The trials a population may train: all but the adaptive-batch ones (run alone)."""
+    return [t for t in trials if t.lr_rule != "adaptive"]
+
+
 def population_groups(todo: list[Trial], trial_cfgs: dict, sweep_dir: Path) -> list[list[Trial]]:
     """The trials to run, grouped into populations: the same shared settings and either all
     resuming from a checkpoint or all starting. Refuses (ConfigError) a trial no population
@@ -373,7 +408,7 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     trial_cfgs = {t.trial_id: load_train_config(t.base_config, t.overrides) for t in trials}
     sweep_dir = Path(sweep_dir) if sweep_dir else Path("sweeps") / cfg.name
     if cfg.population:  # refused before anything is written
-        population_groups(trials, trial_cfgs, sweep_dir)
+        population_groups(_pooled(trials), trial_cfgs, sweep_dir)
     (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
     meta = {
         "name": cfg.name,
@@ -401,7 +436,8 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_json(rec_path, _trial_record(t, "pending", nmb=trial_cfgs[t.trial_id].ppo.num_minibatches))
         todo.append(t)
-    groups = population_groups(todo, trial_cfgs, sweep_dir) if cfg.population else [[t] for t in todo]
+    groups = ([*population_groups(_pooled(todo), trial_cfgs, sweep_dir), *[[t] for t in todo if t.lr_rule == "adaptive"]]
+              if cfg.population else [[t] for t in todo])
     if not quiet:
         pops = f" as {len(groups)} populations" if cfg.population else ""
         print(f"sweep {cfg.name}: {len(trials)} trials, {done} already completed, {len(todo)} to run{pops} -> {sweep_dir}", file=sys.stderr)
@@ -423,7 +459,7 @@ def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, s
     from rlscale.cluster import ensure_ray
 
     ensure_ray(cfg.address)
-    remote_trial = ray.remote(run_population if cfg.population else run_trial)
+    remote_trial, remote_population = ray.remote(run_trial), ray.remote(run_population)
     todo = [t for g in groups for t in g]
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     need = max(sum(b.get("CPU", 0) for b in _bundles(trial_cfgs[t.trial_id], cfg.trial_gpus)) for t in todo)
@@ -444,15 +480,16 @@ def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, s
                 strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
                 dirs = [str((sweep_dir / "trials" / t.trial_id).resolve()) for t in group]
                 base = bases[group[0].base_config]
-                args = (group, base, dirs) if cfg.population else (group[0], base, dirs[0])
-                ref = remote_trial.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(*args)
+                pooled = cfg.population and group[0].lr_rule != "adaptive"
+                fn, args = (remote_population, (group, base, dirs)) if pooled else (remote_trial, (group[0], base, dirs[0]))
+                ref = fn.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(*args)
                 running[ref] = (group, pg)
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
                 group, pg = running.pop(ref)
                 try:
                     out: Any = ray.get(ref)
-                    recs: list[dict] = out if cfg.population else [out]
+                    recs: list[dict] = out if isinstance(out, list) else [out]
                 except Exception as e:  # the task's process died: record its trials as failed
                     recs = []
                     for t in group:

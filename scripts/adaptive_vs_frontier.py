@@ -21,18 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap
 
-from rlscale.adaptive import adaptive_point
+from rlscale.adaptive import adaptive_point, summarise
 from rlscale.util import atomic_write_json, to_jsonable
-
-
-def median_ci(values: list[float]) -> dict:
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return {"median": float(v[0]) if len(v) else None, "ci": None, "n": int(len(v))}
-    ci = bootstrap((v,), np.median, n_resamples=2000, method="percentile", random_state=0).confidence_interval
-    return {"median": float(np.median(v)), "ci": [float(ci.low), float(ci.high)], "n": int(len(v))}
 
 
 def main() -> int:
@@ -45,11 +36,8 @@ def main() -> int:
     records = []
     for e in entries:
         points = [adaptive_point(r, e["target"], e["s_min"], e["e_min"]) for r in args.runs]
-        reached = [p for p in points if p["reached"]]
         rec = {"env_id": e["env_id"], "target": e["target"], "s_min": e["s_min"], "e_min": e["e_min"], "b_crit": e["b_crit"],
-               "runs": points, "n_reached": len(reached)}
-        for k in ("s_over_s_min", "e_over_e_min", "measured_product", "predicted_gamma"):
-            rec[k] = median_ci([p[k] for p in reached])
+               "runs": points, **summarise(points)}
         records.append(rec)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "adaptive_vs_frontier.json", to_jsonable(records))

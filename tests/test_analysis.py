@@ -447,3 +447,44 @@ def test_best_lr_at_the_edge_of_its_grid_is_flagged():
     best = _best_configs(rows).set_index("B")
     assert best.loc[64.0, "lr"] == 2e-4 and not best.loc[64.0, "lr_at_grid_edge"]
     assert best.loc[128.0, "lr"] == 4e-4 and best.loc[128.0, "lr_at_grid_edge"]
+
+
+def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
+    """Adaptive-batch trials stay out of the fit; each fitted target reports their S/S_min,
+    E/E_min, product and the gamma predicted from their own histories."""
+    from rlscale.adaptive import predicted_gamma
+
+    sweep = make_fake_sweep(tmp_path)
+    plain = analyze(sweep, wandb_mode="disabled", make_report=False)
+    histories = {1: [64, 128, 256, 512, 512, 512], 2: [64, 64, 128, 256, 512, 1024, 1024, 1024]}
+    for seed, batches in histories.items():
+        d = sweep / "trials" / f"adaptive_s{seed}"
+        S, E = len(batches), sum(batches)
+        b = np.array([np.nan] + [40.0 * (k + 1) for k in range(S - 1)]) / NUM_MINIBATCHES  # per gradient
+        d.mkdir(parents=True)
+        pd.DataFrame({"iteration": np.arange(1, S + 3), "env_steps_per_iteration": batches + [2048, 2048],
+                      "noise/b_simple_ema": list(b) + [1.0, 1.0]}).to_csv(d / "metrics.csv", index=False)
+        reached = {"reached": True, "iterations": S, "optimizer_steps": 16 * S, "env_steps": E, "wall_time_s": 1.0, "b_simple": 50.0}
+        (d / "summary.json").write_text(json.dumps({"seed": seed, "num_minibatches": NUM_MINIBATCHES, "targets": {"100.0": reached}}))
+        (d / "trial.json").write_text(json.dumps({
+            "trial_id": d.name, "env_id": ENV, "seed": seed, "env_steps_per_iteration": 64, "num_minibatches": NUM_MINIBATCHES,
+            "lr_rule": "adaptive", "lr": 1e-3, "status": "completed", "error": None,
+            "targets": {"100.0": reached, "475.0": {"reached": False}}}))
+    result = analyze(sweep, wandb_mode="disabled")
+    low, before = _entry(result, 100.0), _entry(plain, 100.0)
+    for key in ("s_min", "e_min", "b_crit", "batch_sizes", "steps", "b_simple"):
+        assert low[key] == before[key], key  # the fixed-B analysis is untouched
+    ad = low["adaptive"]
+    assert (ad["n_runs"], ad["n_reached"]) == (2, 2)
+    for p in ad["runs"]:
+        batches = histories[p["seed"]]
+        S, E = len(batches), sum(batches)
+        assert (p["iterations"], p["env_steps"]) == (S, E)
+        assert math.isclose(p["s_over_s_min"], S / low["s_min"]) and math.isclose(p["e_over_e_min"], E / low["e_min"])
+        assert math.isclose(p["measured_product"], (S / low["s_min"] - 1) * (E / low["e_min"] - 1))
+        b = np.array([np.nan] + [40.0 * (k + 1) for k in range(S - 1)])
+        assert math.isclose(p["predicted_gamma"], predicted_gamma(b, np.array(batches, dtype=float)))
+    assert math.isclose(ad["s_over_s_min"]["median"], np.median([p["s_over_s_min"] for p in ad["runs"]]))
+    assert "adaptive" not in _entry(result, 475.0) or _entry(result, 475.0)["adaptive"]["n_reached"] == 0
+    fits = pd.read_csv(sweep / "pareto_fits.csv")
+    assert fits.loc[fits["target"] == 100.0, "adaptive_n_reached"].item() == 2

@@ -193,6 +193,11 @@ envs:
     random_score: 20
     reference_source: "the env's episode cap"
     target_fractions: [0.25, 0.5]
+    adaptive:
+      ppo.batch_min: 64
+      ppo.batch_max: 1024
+      workers.num_envs_per_worker: 4
+      ppo.microbatch_size: 16
   - id: Acrobot-v1
     targets: [-400]
     fragment_length: 32
@@ -217,6 +222,10 @@ def test_protocol_batch_through_envs_targets_from_a_reference_and_evaluation_per
 
     cfg = load_sweep_config(_protocol_sweep(tmp_path))
     trials = {t.trial_id: t for t in expand_grid(cfg)}
+    adaptive = trials.pop("CartPole-v1_adaptive_s1")  # one adaptive-batch trial per seed
+    c = load_train_config(adaptive.base_config, adaptive.overrides)
+    assert adaptive.lr_rule == "adaptive" and c.ppo.batch_schedule == "noise" and (c.ppo.batch_min, c.ppo.batch_max) == (64, 1024)
+    assert c.eval.interval == 4 and c.workers.fragment_length == 0 and c.targets == [140.0, 260.0]
     assert len(trials) == 2 * 3 * 2  # envs x B x lrs
     for t in trials.values():
         c = load_train_config(t.base_config, t.overrides)
