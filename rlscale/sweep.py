@@ -438,6 +438,8 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
         todo.append(t)
     groups = ([*population_groups(_pooled(todo), trial_cfgs, sweep_dir), *[[t] for t in todo if t.lr_rule == "adaptive"]]
               if cfg.population else [[t] for t in todo])
+    order = {t.trial_id: k for k, t in enumerate(todo)}
+    groups.sort(key=lambda g: order[g[0].trial_id])  # the config's order: env by env, adaptive runs after their env's grid
     if not quiet:
         pops = f" as {len(groups)} populations" if cfg.population else ""
         print(f"sweep {cfg.name}: {len(trials)} trials, {done} already completed, {len(todo)} to run{pops} -> {sweep_dir}", file=sys.stderr)
