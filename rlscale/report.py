@@ -32,6 +32,7 @@ FIGURES = {
     "noise": "b_simple_over_training.png",
     "bcrit": "b_crit_vs_b_simple.png",
     "scaling": "steps_vs_batch_size.png",
+    "adaptive": "adaptive_batch_over_training.png",
 }
 
 
@@ -258,6 +259,34 @@ def plot_steps_vs_batch(dim: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_batch_over_training(runs: list[Path], path: Path, title: str = "") -> Path:
+    """Adaptive-batch runs: the batch B each iteration used (solid) beside the B_simple EMA
+    that set it (dotted), both in env steps per iteration, one colour per run."""
+    fig, (ax,) = _new_figure(1, panel_size=(6.5, 3.8))
+    for k, run in enumerate(runs):
+        m = pd.read_csv(run / "metrics.csv")
+        nmb = json.loads((run / "summary.json").read_text())["num_minibatches"]
+        color = f"C{k % 10}"
+        ax.plot(m["iteration"], m["env_steps_per_iteration"], "-", color=color, lw=1.2, label=f"B, {run.name}")
+        ax.plot(m["iteration"], m["noise/b_simple_ema"] * nmb, ":", color=color, lw=1)
+    if runs:
+        ax.set_yscale("log")
+        ax.legend(fontsize=6, ncol=2)
+    else:
+        _no_data(ax, "no adaptive-batch run")
+    ax.set_xlabel("PPO iteration")
+    ax.set_ylabel("env steps per iteration")
+    ax.set_title(f"{title}batch used (solid) and B_simple EMA (dotted)", fontsize=9)
+    return _save(fig, path)
+
+
+def _adaptive_runs(sweep_dir: Path, table: pd.DataFrame) -> list[Path]:
+    if table.empty or "lr_rule" not in table:
+        return []
+    ids = sorted(table.loc[(table["lr_rule"] == "adaptive") & (table["status"] == "completed"), "trial_id"].unique())
+    return [sweep_dir / "trials" / t for t in ids if (sweep_dir / "trials" / t / "summary.json").is_file()]
+
+
 def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> list[Path]:
     """Write all figures into ``sweep_dir/figures`` and return their paths."""
     sweep_dir = Path(sweep_dir)
@@ -270,7 +299,8 @@ def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> 
         plot_noise_over_training(sweep_dir, table, fig_dir / FIGURES["noise"]),
         plot_bcrit_vs_bsimple(analysis, fig_dir / FIGURES["bcrit"]),
         plot_steps_vs_batch(dim, fig_dir / FIGURES["scaling"]),
-    ]
+    ] + ([plot_batch_over_training(runs, fig_dir / FIGURES["adaptive"], "adaptive-batch runs: ")]
+         if (runs := _adaptive_runs(sweep_dir, table)) else [])
 
 
 # ----------------------------------------------------------------------------------------

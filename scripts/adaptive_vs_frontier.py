@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from rlscale.adaptive import adaptive_point, summarise
+from rlscale.report import plot_batch_over_training
 from rlscale.util import atomic_write_json, to_jsonable
 
 
@@ -42,7 +42,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "adaptive_vs_frontier.json", to_jsonable(records))
     plot_frontier(entries, records, args.out / "frontier.png")
-    plot_batches(args.runs, args.out / "batch_over_training.png")
+    plot_batch_over_training(args.runs, args.out / "batch_over_training.png")
     for r in records:
         print(json.dumps(to_jsonable({k: v for k, v in r.items() if k != "runs"})))
     print(f"written: {args.out}/adaptive_vs_frontier.json, frontier.png, batch_over_training.png", file=sys.stderr)
@@ -69,28 +69,6 @@ def plot_frontier(entries: list[dict], records: list[dict], path: Path) -> None:
         if i == 0:
             ax.set_ylabel("PPO iterations to target")
             ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def plot_batches(runs: list[Path], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 3.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for k, run in enumerate(runs):
-        m = pd.read_csv(run / "metrics.csv")
-        nmb = json.loads((run / "summary.json").read_text())["num_minibatches"]
-        color = f"C{k}"
-        ax.plot(m["iteration"], m["env_steps_per_iteration"], "-", color=color, lw=1.2, label=f"B, {run.name}")
-        ax.plot(m["iteration"], m["noise/b_simple_ema"] * nmb, ":", color=color, lw=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("PPO iteration")
-    ax.set_ylabel("env steps per iteration")
-    ax.set_title("batch used (solid) and B_simple EMA (dotted)", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

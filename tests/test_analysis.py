@@ -455,7 +455,7 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
     from rlscale.adaptive import predicted_gamma
 
     sweep = make_fake_sweep(tmp_path)
-    plain = analyze(sweep, wandb_mode="disabled", make_report=False)
+    plain = analyze(sweep, wandb_mode="disabled")
     histories = {1: [64, 128, 256, 512, 512, 512], 2: [64, 64, 128, 256, 512, 1024, 1024, 1024]}
     for seed, batches in histories.items():
         d = sweep / "trials" / f"adaptive_s{seed}"
@@ -488,3 +488,6 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
     assert "adaptive" not in _entry(result, 475.0) or _entry(result, 475.0)["adaptive"]["n_reached"] == 0
     fits = pd.read_csv(sweep / "pareto_fits.csv")
     assert fits.loc[fits["target"] == 100.0, "adaptive_n_reached"].item() == 2
+    png = sweep / "figures" / "adaptive_batch_over_training.png"
+    assert "figures/adaptive_batch_over_training.png" in result["figures"] and png.read_bytes()[:4] == b"\x89PNG"
+    assert "figures/adaptive_batch_over_training.png" not in plain.get("figures", [])
