@@ -1,0 +1,80 @@
+"""Markdown tables of a study's analysis.json (`rlscale analyze SWEEP_DIR`), for the results page.
+
+    python scripts/study_table.py docs/results/study/ppo/analysis.json [--a2c docs/results/study/a2c/analysis.json]
+
+Per environment and target: S_min, E_min, B_crit with its 95% interval (or a lower bound when
+B_crit lies beyond the largest batch swept), B_simple with its interval, their ratio, B_crit per
+optimizer step, the batch sizes whose best lr sits at the edge of the grid, and the adaptive
+runs' medians when there are any; then the paper's claim over all points. With --a2c, the
+control's B_crit per iteration and per optimizer step beside PPO's, per (env, target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _num(x, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+
+
+def _ci(ci) -> str:
+    return f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else ""
+
+
+def b_crit_cell(e: dict) -> str:
+    if e["status"] == "b_crit_above_range":
+        return f"> {_num(e['b_crit_lower_bound'])} (lower bound)"
+    if e["status"] != "ok":
+        return f"- ({e['status']})"
+    return f"{_num(e['b_crit'])} {_ci(e['b_crit_ci'])}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("analysis", type=Path)
+    ap.add_argument("--a2c", type=Path, help="the A2C control's analysis.json")
+    args = ap.parse_args(argv)
+    a = json.loads(args.analysis.read_text())
+    print("| env | target | batch sizes reached | S_min | E_min | B_crit [95% CI] | B_simple [95% CI] | B_crit / B_simple "
+          "| B_crit per optimizer step | best lr at grid edge (B) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for e in a["entries"]:
+        edges = ", ".join(f"{c['B']:g}" for c in e["best_configs"] if c.get("lr_at_grid_edge")) or "none"
+        ratio = _num(e["ratio"]) if e["status"] == "ok" and e.get("ratio") else "-"
+        print(f"| {e['env_id']} | {e['target']:g} | {e['n_batch_sizes']} of {len(e['batch_sizes_swept'])} | {_num(e['s_min'])} "
+              f"| {_num(e['e_min'])} | {b_crit_cell(e)} | {_num(e['b_simple'])} {_ci(e.get('b_simple_ci'))} | {ratio} "
+              f"| {_num(e.get('b_crit_per_optimizer_step'))} | {edges} |")
+    adaptive = [e for e in a["entries"] if e.get("adaptive")]
+    if adaptive:
+        print("\n| env | target | adaptive runs reached | S/S_min | E/E_min | (S/S_min-1)(E/E_min-1) | predicted gamma |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for e in adaptive:
+            ad = e["adaptive"]
+            cell = lambda k, ad=ad: f"{_num(ad[k]['median'])} {_ci(ad[k]['ci'])}"  # noqa: E731
+            print(f"| {e['env_id']} | {e['target']:g} | {ad['n_reached']} of {ad['n_runs']} | {cell('s_over_s_min')} "
+                  f"| {cell('e_over_e_min')} | {cell('measured_product')} | {cell('predicted_gamma')} |")
+    c = a["noise_scale_claim"]
+    print(f"\nClaim (B_crit ~ B_simple): {c['n_points']} points over {c['n_envs']} envs with a fitted B_crit; "
+          f"fraction within x{c['within_factor']:g}: {_num(c['fraction_within'])}; median ratio {_num(c.get('median_ratio'))}; "
+          f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}); "
+          f"{c['n_lower_bounds']} lower bounds.")
+    if args.a2c:
+        b = {(e["env_id"], e["target"]): e for e in json.loads(args.a2c.read_text())["entries"]}
+        print("\n| env | target | PPO B_crit | A2C B_crit | PPO B_crit per optimizer step | A2C B_crit per optimizer step | PPO B_simple | A2C B_simple |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for e in a["entries"]:
+            f = b.get((e["env_id"], e["target"]))
+            if f is not None:
+                print(f"| {e['env_id']} | {e['target']:g} | {b_crit_cell(e)} | {b_crit_cell(f)} | {_num(e.get('b_crit_per_optimizer_step'))} "
+                      f"| {_num(f.get('b_crit_per_optimizer_step'))} | {_num(e['b_simple'])} | {_num(f['b_simple'])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
