@@ -62,7 +62,7 @@ def _train_population(args) -> int:
 def _sweep(args) -> int:
     from rlscale.sweep import run_sweep
 
-    out = run_sweep(args.config, args.overrides, Path(args.out) if args.out else None)
+    out = run_sweep(args.config, args.overrides, Path(args.out) if args.out else None, only_envs=args.envs)
     print(json.dumps(out))
     return 0
 
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="sweep YAML, e.g. configs/sweeps/cartpole_ci.yaml")
     s.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides of the sweep file")
     s.add_argument("--out", help="sweep directory (default sweeps/<name>); rerunning resumes it")
+    s.add_argument("--envs", nargs="+", metavar="ENV_ID", help="run only these envs' trials now (the others are left as they are)")
     s.set_defaults(func=_sweep)
 
     a = sub.add_parser("analyze", help="fit steps vs examples, B_crit vs B_simple, write the report")

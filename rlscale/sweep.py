@@ -401,9 +401,16 @@ def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
     return paths
 
 
-def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: bool = False) -> dict:
+def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: bool = False,
+              only_envs: list[str] | None = None) -> dict:
+    """Run the sweep's trials not completed yet (with `only_envs`, only those envs' trials;
+    the others are left as they are); returns counts."""
     cfg = load_sweep_config(config_path, overrides)
     trials = expand_grid(cfg)
+    unknown = sorted(set(only_envs or []) - {e.id for e in cfg.envs})
+    if unknown:
+        raise ConfigError(f"--envs names {', '.join(unknown)}, which sweep '{config_path}' does not list; "
+                          f"pick from {', '.join(e.id for e in cfg.envs)}")
     # Validate every trial's train config before anything starts (and before any file is written).
     trial_cfgs = {t.trial_id: load_train_config(t.base_config, t.overrides) for t in trials}
     sweep_dir = Path(sweep_dir) if sweep_dir else Path("sweeps") / cfg.name
@@ -423,7 +430,7 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     write_wandb_sweep_files(cfg, sweep_dir)
 
     todo, done = [], 0
-    for t in trials:
+    for t in trials if not only_envs else [t for t in trials if t.env_id in only_envs]:
         rec_path = sweep_dir / "trials" / t.trial_id / "trial.json"
         if rec_path.is_file():
             try:

@@ -256,3 +256,12 @@ def test_protocol_sweep_refuses_bad_settings_in_one_line(tmp_path, edit, match):
     with pytest.raises(ConfigError, match=match) as err:
         load_sweep_config(_protocol_sweep(tmp_path, text))
     assert len(str(err.value).splitlines()) == 1
+
+
+def test_sweep_refuses_an_env_it_does_not_list_in_one_line(tmp_path, capsys):
+    from rlscale.cli import main
+
+    code = main(["sweep", str(_protocol_sweep(tmp_path)), "--out", str(tmp_path / "s"), "--envs", "CartPole-v1", "Pong"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Pong" in err and "Acrobot-v1" in err, err
+    assert not (tmp_path / "s").exists()
