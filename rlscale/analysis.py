@@ -403,9 +403,10 @@ def pareto_entries(
         # theory one): the same frontier with S counted in optimizer steps.
         per_iter = _optimizer_steps_per_iteration(rows, reached)
         if per_iter:
+            ci = _ci(boot[:, 2])
             entry.update(optimizer_steps_per_iteration=per_iter, s_min_optimizer_steps=fit.s_min * per_iter,
                          b_crit_per_optimizer_step=fit.b_crit / per_iter,
-                         b_crit_per_optimizer_step_ci=[x / per_iter for x in _ci(boot[:, 2]) or []] or None)
+                         b_crit_per_optimizer_step_ci=[x / per_iter for x in ci] if ci else None)
         entry.update(
             s_min=fit.s_min, e_min=fit.e_min, b_crit=fit.b_crit, residual_rms=fit.residual_rms,
             s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=_ci(boot[:, 2]),
@@ -413,7 +414,7 @@ def pareto_entries(
             ratio=fit.b_crit / b_iter if b_iter else None,
         )
         runs = adaptive[(adaptive["env_id"] == env_id) & (adaptive["target"] == target)]
-        if sweep_dir is not None and len(runs):
+        if sweep_dir is not None and len(runs) and entry["status"] == "ok":  # beside a frontier, not a lower bound
             from rlscale.adaptive import adaptive_point, summarise
 
             points = [adaptive_point(Path(sweep_dir) / "trials" / tid, target, fit.s_min, fit.e_min) for tid in runs["trial_id"]]

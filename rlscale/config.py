@@ -181,8 +181,21 @@ class EvalConfig:
     interval: int = 0
     """Evaluate the current policy every N iterations (0 = off). On: targets and stop_return
     are judged by the evaluation's mean return, not by finished training episodes."""
+    env_steps: int = 0
+    """Evaluate also whenever the env steps trained on cross a multiple of this (0 = off): a
+    spacing in env steps whatever B is, for runs whose B changes (ppo.batch_schedule=noise)."""
     episodes: int = 10
     """Whole episodes per evaluation, one per eval env (rlscale/evaluation.py)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval > 0 or self.env_steps > 0
+
+    def due(self, iteration: int, env_steps_used: int, batch: int) -> bool:
+        """Whether the iteration that just used `batch` env steps (ending at `env_steps_used`) evaluates."""
+        by_iteration = self.interval > 0 and iteration % self.interval == 0
+        by_steps = self.env_steps > 0 and env_steps_used // self.env_steps > (env_steps_used - batch) // self.env_steps
+        return by_iteration or by_steps
 
 
 @dataclass
@@ -405,6 +418,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.encoder must be 'auto' or one of {', '.join(ENCODERS)}, got '{cfg.model.encoder}'")
     _positive("tracking.return_window", cfg.tracking.return_window)
     _at_least("eval.interval", cfg.eval.interval, 0, " (0 = off)")
+    _at_least("eval.env_steps", cfg.eval.env_steps, 0, " (0 = off)")
     _positive("eval.episodes", cfg.eval.episodes)
     _positive("tracking.progress_interval_s", cfg.tracking.progress_interval_s)
     check_env_id(e.id)

@@ -684,7 +684,7 @@ class _PopulationLoop:
                     runs[i].state.counters.env_steps_used += B[i]
                 consistent = True
                 t2 = time.perf_counter()
-                evaluations = self.evaluate([i for i in active if runs[i].eval_due()])
+                evaluations = self.evaluate([i for i in active if runs[i].eval_due(B[i])])
                 for i in active:
                     runs[i].record(B[i], lags[i], metrics[i] or {}, (t0, t1, t2, t2), starts[i], None, evaluations.get(i))
                 if progress:
@@ -701,6 +701,9 @@ class _PopulationLoop:
         finally:
             if progress:
                 progress.close()
+            for i in active:  # members that left the population closed theirs in `finish`
+                if runs[i].evaluator is not None:
+                    runs[i].evaluator.close()  # type: ignore[union-attr]
         return [self.summaries[i] for i in range(len(runs))]
 
     @torch.no_grad()
@@ -716,8 +719,9 @@ class _PopulationLoop:
         while obs:
             playing = sorted(obs)
             logits, _ = self.learner.forward(playing, torch.from_numpy(np.stack([obs[i] for i in playing])).to(self.learner.device))
+            logits = logits.cpu()
             for k, i in enumerate(playing):
-                nxt = evaluators[i].advance(logits[k].cpu())  # type: ignore[union-attr]
+                nxt = evaluators[i].advance(logits[k])  # type: ignore[union-attr]
                 if nxt is None:
                     del obs[i]
                 else:

@@ -125,7 +125,7 @@ def plot_pareto(analysis: dict, path: Path) -> Path:
 def plot_noise_over_training(sweep_dir: Path, table: pd.DataFrame, path: Path) -> Path:
     """Per env: the trainer's B_simple EMA over env steps, one colour per batch size."""
     trials = table.drop_duplicates("trial_id")
-    trials = trials[trials["status"] == "completed"]
+    trials = trials[(trials["status"] == "completed") & (trials["lr_rule"] != "adaptive")]  # B fixed per trial
     envs = sorted(trials["env_id"].dropna().unique())
     fig, axes = _new_figure(len(envs))
     fig.suptitle("Gradient noise scale B_simple over training")
@@ -171,12 +171,14 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
     """B_crit against B_simple (both env steps per iteration), log-log, with y = x."""
     points = [e for e in analysis["entries"]
               if e["status"] == "ok" and e["b_crit"] and e["b_simple"]]
+    # B_crit beyond the largest batch swept: a lower bound, drawn as an upward arrow from it
+    bounds = [e for e in analysis["entries"] if e["status"] == "b_crit_above_range" and e.get("b_simple")]
     fig, (ax,) = _new_figure(1, panel_size=(6.0, 5.0))
     ax.set_title("Critical batch size vs noise scale (one point per env and target)")
-    if not points:
+    if not points and not bounds:
         _no_data(ax, "no fitted target with a B_simple")
         return _save(fig, path)
-    envs = sorted({e["env_id"] for e in points})
+    envs = sorted({e["env_id"] for e in points + bounds})
     markers = "osD^v<>ph"
     for i, (color, env) in enumerate(zip(_colors(len(envs)), envs)):
         pts = [e for e in points if e["env_id"] == env]
@@ -192,8 +194,6 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
                     color=color, capsize=3, label=env)
         for e, xi, yi in zip(pts, x, y):
             ax.annotate(f"{e['target']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    # B_crit beyond the largest batch swept: a lower bound, drawn as an upward arrow from it
-    bounds = [e for e in analysis["entries"] if e["status"] == "b_crit_above_range" and e.get("b_simple")]
     colors = dict(zip(envs, _colors(len(envs))))
     for e in bounds:
         ax.annotate("", xy=(e["b_simple"], e["b_crit_lower_bound"] * 2.5), xytext=(e["b_simple"], e["b_crit_lower_bound"]),
@@ -203,7 +203,7 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
     if claim.get("fraction_within") is not None:
         r2 = f", r2(log) {claim['r2_log']:.2f}" if claim.get("r2_log") is not None else ""
         ax.set_title(f"B_crit vs B_simple: {claim['fraction_within']:.0%} of {claim['n_points']} points within x3{r2}"
-                     f"; {claim['n_lower_bounds']} lower bounds (arrows)", fontsize=9)
+                     f"; {len(bounds)} lower bounds (arrows)", fontsize=9)
     values = [e["b_simple"] for e in points] + [e["b_crit"] for e in points]
     values += [v for e in bounds for v in (e["b_simple"], e["b_crit_lower_bound"] * 2.5)]
     for e in points:

@@ -149,12 +149,23 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
         T = e.fragment_length or cfg.fragment_length
         if T < 0:
             raise ConfigError(f"sweep fragment_length must be >= 0 (0 = T grows with B), got {T} for env '{e.id}'")
-        workers = int({**cfg.overrides, **e.overrides}.get("workers.num_workers", 1))
+        workers = _num_workers(cfg, e)
+        if T and workers < 1:
+            raise ConfigError(f"sweep fragment_length sets the envs per worker, so env '{e.id}' needs workers.num_workers >= 1 "
+                              f"(got {workers}); set it in the sweep's overrides")
         for b in _batch_sizes(cfg, e) if T else []:
             if b % (T * workers):
                 raise ConfigError(f"sweep batch size {b} is not a multiple of fragment_length {T} x workers.num_workers {workers} "
                                   f"(env '{e.id}'); pick batch sizes that are, e.g. powers of two")
     return cfg
+
+
+def _num_workers(cfg: SweepConfig, env: SweepEnv) -> int:
+    """The env's trials' rollout workers: its overrides, the sweep's, else its base config's."""
+    overrides = {**cfg.overrides, **env.overrides}
+    if "workers.num_workers" in overrides:
+        return int(overrides["workers.num_workers"])
+    return int(OmegaConf.select(load_yaml(env.base_config or cfg.base_config), "workers.num_workers", default=0))
 
 
 def _batch_sizes(cfg: SweepConfig, env: SweepEnv) -> list[int]:
@@ -172,8 +183,9 @@ def _check_env_targets(e: SweepEnv) -> None:
         if e.reference_score is None or not e.reference_source.strip():
             raise ConfigError(f"sweep env '{e.id}' has target_fractions but no reference_score and reference_source; "
                               f"write the reference score and where it comes from")
-        if e.reference_score == e.random_score:
-            raise ConfigError(f"sweep env '{e.id}': reference_score equals random_score ({e.random_score}); fractions of a zero span are meaningless")
+        if e.reference_score <= e.random_score:
+            raise ConfigError(f"sweep env '{e.id}': reference_score ({e.reference_score}) must exceed random_score "
+                              f"({e.random_score}); targets are fractions of the way up from random")
         bad = [f for f in e.target_fractions if not 0 < f <= 1]
         if bad:
             raise ConfigError(f"sweep env '{e.id}': target_fractions must lie in (0, 1], got {bad}")
@@ -200,7 +212,7 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
         nmb = int(env_overrides.get("ppo.num_minibatches", base_nmb))
         targets = env.resolved_targets()
         T = env.fragment_length or cfg.fragment_length
-        workers = int(env_overrides.get("workers.num_workers", 1))
+        workers = _num_workers(cfg, env)
         for B in _batch_sizes(cfg, env):
             shape = [f"workers.fragment_length={T}", f"workers.num_envs_per_worker={B // (T * workers)}"] if T else []
             lr_choices = [(rule, base_lr) for rule in cfg.lr_rules] + [("grid", lr) for lr in _lr_grid(cfg, env)]
@@ -245,8 +257,8 @@ def _adaptive_trials(cfg: SweepConfig, env: SweepEnv, base_path: str, shared: li
               f"targets={_yaml_value(targets)}", f"stop_return={max(targets)}", f"tracking.group={cfg.name}"]
         if env.total_env_steps:
             ov.append(f"total_env_steps={env.total_env_steps}")
-        if eval_steps:
-            ov.append(f"eval.interval={max(1, eval_steps // (probe.ppo.batch_min or probe.ppo.env_steps_per_iteration))}")
+        if eval_steps:  # its B changes: evaluate every eval_steps env steps, as the grid's trials do
+            ov += ["eval.interval=0", f"eval.env_steps={eval_steps}"]
         if cfg.population:
             ov.append("tracking.wandb_mode=disabled")
         ov.append(f"tracking.name={tid}")

@@ -36,6 +36,19 @@ class MetricsTable:
             rows = [r for r in csv.DictReader(f) if int(float(r["iteration"])) <= iteration]
         self._rewrite(self.columns, rows)
 
+    def last_value(self, column: str) -> float:
+        """The last non-empty, non-NaN value of `column` (NaN if none): what a resumed run
+        carries on from, e.g. its latest evaluation."""
+        if not self.path.exists() or column not in self.columns:
+            return math.nan
+        last = math.nan
+        with open(self.path, newline="") as f:
+            for r in csv.DictReader(f):
+                v = r.get(column) or ""
+                if v and not math.isnan(float(v)):
+                    last = float(v)
+        return last
+
     def _rewrite(self, columns: list[str], rows: list[dict]) -> None:
         import io
 

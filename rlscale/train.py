@@ -141,8 +141,9 @@ class Run:
         self.wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, cfg.tracking.name or run_dir.name,
                            cfg.tracking.group, to_dict(cfg), resume_id=wandb_id)
         self.inflight = None  # at most one sampling request in flight
-        self.evaluator = Evaluator(cfg.env, cfg.model, cfg.eval.episodes, cfg.seed) if cfg.eval.interval > 0 else None
-        self.last_eval = math.nan  # the latest evaluation's mean return
+        self.evaluator = Evaluator(cfg.env, cfg.model, cfg.eval.episodes, cfg.seed) if cfg.eval.enabled else None
+        # the latest evaluation's mean return (a resumed run's, from its metrics up to the checkpoint)
+        self.last_eval = self.table.last_value("eval/return_mean") if self.evaluator is not None else math.nan
 
     def loop(self, quiet: bool) -> dict:
         cfg, c, state = self.cfg, self.state.counters, self.state
@@ -223,7 +224,7 @@ class Run:
         row = self.row(B, lag, metrics, times)
         score = None
         if self.evaluator is not None:
-            score = self.evaluate(row, evaluation)
+            score = self.evaluate(row, B, evaluation)
         self.state.record_targets(self.targets, row, self.learner.probe.summary, score=score)
         self.table.append(row)
         self.wb.log(row, step=c.iteration)
@@ -234,18 +235,20 @@ class Run:
             self.collect_inflight()  # a checkpoint holds every step played so far
             self.save()
 
-    def eval_due(self) -> bool:
-        return self.evaluator is not None and self.state.counters.iteration % self.cfg.eval.interval == 0
+    def eval_due(self, B: int) -> bool:
+        """Whether the iteration just counted, which used B env steps, evaluates."""
+        c = self.state.counters
+        return self.evaluator is not None and self.cfg.eval.due(c.iteration, c.env_steps_used, B)
 
-    def evaluate(self, row: dict, done: tuple[list[float], float] | None = None) -> float:
-        """Every eval.interval iterations: the policy's mean return over eval.episodes whole
+    def evaluate(self, row: dict, B: int, done: tuple[list[float], float] | None = None) -> float:
+        """Every eval.interval iterations (or eval.env_steps env steps): the policy's mean return over eval.episodes whole
         episodes on the eval envs (or the `done` evaluation's returns and seconds), into `row`
         (nan columns otherwise). Returns it (nan when no evaluation was due)."""
         assert self.evaluator is not None
         mean = std = math.nan
         t0 = time.perf_counter()
         seconds = 0.0
-        if self.eval_due():
+        if self.eval_due(B):
             if done is None:
                 returns = self.evaluator.evaluate(self.learner.get_weights(), self.state.counters.iteration)
                 seconds = time.perf_counter() - t0

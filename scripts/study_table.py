@@ -44,12 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     print("| env | target | batch sizes reached | S_min | E_min | B_crit [95% CI] | B_simple [95% CI] | B_crit / B_simple "
           "| B_crit per optimizer step | best lr at grid edge (B) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    def per_step(e: dict) -> str:  # B_crit per optimizer step, or its lower bound
+        if e["status"] == "b_crit_above_range" and e.get("optimizer_steps_per_iteration"):
+            return f"> {_num(e['b_crit_lower_bound'] / e['optimizer_steps_per_iteration'])}"
+        return _num(e.get("b_crit_per_optimizer_step")) if e["status"] == "ok" else "-"
+
     for e in a["entries"]:
         edges = ", ".join(f"{c['B']:g}" for c in e["best_configs"] if c.get("lr_at_grid_edge")) or "none"
         ratio = _num(e["ratio"]) if e["status"] == "ok" and e.get("ratio") else "-"
-        print(f"| {e['env_id']} | {e['target']:g} | {e['n_batch_sizes']} of {len(e['batch_sizes_swept'])} | {_num(e['s_min'])} "
-              f"| {_num(e['e_min'])} | {b_crit_cell(e)} | {_num(e['b_simple'])} {_ci(e.get('b_simple_ci'))} | {ratio} "
-              f"| {_num(e.get('b_crit_per_optimizer_step'))} | {edges} |")
+        fitted = e["status"] == "ok"  # S_min and E_min of a lower bound's fit mean nothing
+        print(f"| {e['env_id']} | {e['target']:g} | {e['n_batch_sizes']} of {len(e['batch_sizes_swept'])} | {_num(e['s_min'] if fitted else None)} "
+              f"| {_num(e['e_min'] if fitted else None)} | {b_crit_cell(e)} | {_num(e['b_simple'])} {_ci(e.get('b_simple_ci'))} | {ratio} "
+              f"| {per_step(e)} | {edges} |")
     adaptive = [e for e in a["entries"] if e.get("adaptive")]
     if adaptive:
         print("\n| env | target | adaptive runs reached | S/S_min | E/E_min | (S/S_min-1)(E/E_min-1) | predicted gamma |")
@@ -71,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         for e in a["entries"]:
             f = b.get((e["env_id"], e["target"]))
             if f is not None:
-                print(f"| {e['env_id']} | {e['target']:g} | {b_crit_cell(e)} | {b_crit_cell(f)} | {_num(e.get('b_crit_per_optimizer_step'))} "
-                      f"| {_num(f.get('b_crit_per_optimizer_step'))} | {_num(e['b_simple'])} | {_num(f['b_simple'])} |")
+                print(f"| {e['env_id']} | {e['target']:g} | {b_crit_cell(e)} | {b_crit_cell(f)} | {per_step(e)} "
+                      f"| {per_step(f)} | {_num(e['b_simple'])} | {_num(f['b_simple'])} |")
     return 0
 
 

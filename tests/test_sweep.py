@@ -4,6 +4,7 @@ import json
 import math
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 from rlscale.analysis import analyze
@@ -68,7 +69,6 @@ def test_ci_study_end_to_end(ray_local, tmp_path):
         assert e["optimizer_steps_per_iteration"] == 10 and math.isclose(e["b_crit_per_optimizer_step"], e["b_crit"] / 10)
     # a two-value grid: every best lr lies at an edge, and the report says so
     assert len(result["lr_at_grid_edge"]) == sum(len(e["best_configs"]) for e in result["entries"])
-    assert result["noise_scale_claim"]["n_points"] == len([e for e in good if e["status"] == "ok"])
     html = (out / "report.html").read_text()
     p = _Html()
     p.feed(html)
@@ -225,7 +225,7 @@ def test_protocol_batch_through_envs_targets_from_a_reference_and_evaluation_per
     adaptive = trials.pop("CartPole-v1_adaptive_s1")  # one adaptive-batch trial per seed
     c = load_train_config(adaptive.base_config, adaptive.overrides)
     assert adaptive.lr_rule == "adaptive" and c.ppo.batch_schedule == "noise" and (c.ppo.batch_min, c.ppo.batch_max) == (64, 1024)
-    assert c.eval.interval == 4 and c.workers.fragment_length == 0 and c.targets == [140.0, 260.0]
+    assert (c.eval.interval, c.eval.env_steps) == (0, 256) and c.workers.fragment_length == 0 and c.targets == [140.0, 260.0]
     assert len(trials) == 2 * 3 * 2  # envs x B x lrs
     for t in trials.values():
         c = load_train_config(t.base_config, t.overrides)
@@ -247,6 +247,8 @@ def test_protocol_batch_through_envs_targets_from_a_reference_and_evaluation_per
     (("    targets: [-400]\n", "    targets: [-400]\n    target_fractions: [0.5]\n"), "both targets and target_fractions"),
     (("target_fractions: [0.25, 0.5]", "target_fractions: [0.25, 1.5]"), r"must lie in \(0, 1\]"),
     (("eval_env_steps: 256", "eval_env_steps: -1"), "eval_env_steps must be >= 0"),
+    (("  workers.num_workers: 2\n", "  workers.num_workers: 0\n"), "needs workers.num_workers >= 1"),
+    (("reference_score: 500", "reference_score: 10"), "must exceed random_score"),
 ])
 def test_protocol_sweep_refuses_bad_settings_in_one_line(tmp_path, edit, match):
     from rlscale.errors import ConfigError
@@ -265,3 +267,49 @@ def test_sweep_refuses_an_env_it_does_not_list_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Pong" in err and "Acrobot-v1" in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_envs_filter_and_adaptive_trials_run_alone_beside_populations(tmp_path, monkeypatch):
+    """What run_sweep hands to Ray: with --envs only those envs' trials; with population: true
+    the grid as one population per B, each adaptive trial alone, in the config's order."""
+    import rlscale.sweep as sweep_mod
+
+    seen = {}
+
+    def fake_run(cfg, groups, trial_cfgs, sweep_dir, quiet):
+        seen["groups"] = [[t.trial_id for t in g] for g in groups]
+        return []
+
+    monkeypatch.setattr(sweep_mod, "_run_on_ray", fake_run)
+    path = _protocol_sweep(tmp_path, PROTOCOL_SWEEP.replace("seeds: [1]", "seeds: [1, 2]\npopulation: true"))
+    r = run_sweep(path, [], tmp_path / "s", quiet=True, only_envs=["CartPole-v1"])
+    assert r["trials"] == 2 * (2 * 3 * 2 + 1)  # both envs listed in sweep.json ...
+    groups = seen["groups"]  # ... but only CartPole's trials run
+    assert [len(g) for g in groups] == [4, 4, 4, 1, 1]  # 2 lrs x 2 seeds per B, then the adaptive runs
+    assert groups[-2:] == [["CartPole-v1_adaptive_s1"], ["CartPole-v1_adaptive_s2"]]
+    assert all(t.startswith("CartPole-v1_B64_") for t in groups[0])
+    assert not any((tmp_path / "s" / "trials").glob("Acrobot*"))
+
+
+def test_evaluation_due_every_interval_or_every_env_steps():
+    from rlscale.config import EvalConfig
+
+    by_iter, by_steps = EvalConfig(interval=4), EvalConfig(env_steps=256)
+    assert [i for i in range(1, 13) if by_iter.due(i, 64 * i, 64)] == [4, 8, 12]
+    # B changing every iteration: an evaluation whenever 256, 512, ... env steps are crossed
+    batches = [64, 64, 128, 64, 512, 64, 1024]
+    used = np.cumsum(batches)
+    assert [int(u) for u, b in zip(used, batches) if by_steps.due(0, int(u), b)] == [256, 832, 1920]
+    assert not EvalConfig().enabled and by_steps.enabled and by_iter.enabled
+
+
+def test_a_resumed_run_carries_its_latest_evaluation(tmp_path):
+    from rlscale.tracking import MetricsTable
+
+    t = MetricsTable(tmp_path / "metrics.csv")
+    for i, ev in enumerate([float("nan"), 120.0, float("nan"), 230.0, float("nan")], start=1):
+        t.append({"iteration": i, "eval/return_mean": ev})
+    assert MetricsTable(tmp_path / "metrics.csv").last_value("eval/return_mean") == 230.0
+    t.truncate_after(3)
+    assert t.last_value("eval/return_mean") == 120.0
+    assert math.isnan(t.last_value("no/such_column")) and math.isnan(MetricsTable(tmp_path / "none.csv").last_value("x"))
