@@ -20,6 +20,8 @@ from pathlib import Path
 def _num(x, digits: int = 3) -> str:
     if x is None:
         return "-"
+    if 0 < abs(x) < 1e-6:  # a bootstrap fit whose S_min collapsed to 0
+        return "~0"
     return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
 
 
