@@ -206,10 +206,11 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
                      f"; {len(bounds)} lower bounds (arrows)", fontsize=9)
     values = [e["b_simple"] for e in points] + [e["b_crit"] for e in points]
     values += [v for e in bounds for v in (e["b_simple"], e["b_crit_lower_bound"] * 2.5)]
-    for e in points:
-        values += (e["b_crit_ci"] or []) + (e.get("b_simple_ci") or [])
     values = [v for v in values if v and v > 0]
-    lim = (min(values) / 3, max(values) * 3)
+    # the axes span the points and the upper ends of their intervals; a lower end that
+    # collapses towards 0 (a bootstrap fit with S_min ~ 0) runs off the bottom
+    highs = [e[k][1] for e in points for k in ("b_crit_ci", "b_simple_ci") if e.get(k)]
+    lim = (min(values) / 10, max(values + highs) * 3)
     ax.plot(lim, lim, "k--", lw=1, label="B_crit = B_simple")
     for k in (3.0, 1 / 3):  # the band of the paper's claim
         ax.plot(lim, [v * k for v in lim], "k:", lw=0.8, label="x3 and x1/3" if k > 1 else None)
