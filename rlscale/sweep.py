@@ -401,6 +401,10 @@ def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
             params[k] = {"value": v}
         doc = {
             "name": f"{cfg.name}-{slug}",
+            "description": ("rlscale sweep grid; the study protocol's per-B settings (fragment_length's envs per B, "
+                            "eval_env_steps' interval per B) and adaptive runs are not expressed here: run `rlscale sweep` for them"
+                            if (env.fragment_length or cfg.fragment_length or env.eval_env_steps or cfg.eval_env_steps or env.adaptive)
+                            else "rlscale sweep grid"),
             "program": "rlscale",
             "method": "grid",
             "metric": {"name": "charts/episode_return_smoothed", "goal": "maximize"},
