@@ -1,0 +1,69 @@
+"""Learning curves of a study sweep: evaluation return against env steps, per env and batch size.
+
+    python scripts/study_curves.py docs/results/study/ppo --out docs/results/study/ppo/figures/curves.png
+
+For every env of the sweep's analysis.json and every batch size B, the trials of the lr that
+is best at the env's highest target (analysis.json best_configs) are drawn: each seed's
+evaluations (`eval/return_mean` in its metrics.csv) as a thin line, and the env's targets as
+dotted lines. The trials' metrics.csv must be present (they are not committed with the study's
+records: run it where the sweep ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_dir", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    analysis = json.loads((args.sweep_dir / "analysis.json").read_text())
+    table = pd.read_csv(args.sweep_dir / "steps_to_target.csv").drop_duplicates("trial_id")
+    envs = sorted({e["env_id"] for e in analysis["entries"] if e["best_configs"]})
+    if not envs:
+        raise SystemExit(f"study_curves: no env of {args.sweep_dir} has a best config yet; run rlscale analyze after some trials")
+    fig = Figure(figsize=(5.5 * len(envs), 4.0))
+    FigureCanvasAgg(fig)
+    for k, env in enumerate(envs):
+        ax = fig.add_subplot(1, len(envs), k + 1)
+        entries = [e for e in analysis["entries"] if e["env_id"] == env]
+        top = max(entries, key=lambda e: e["target"])
+        sizes = [c["B"] for c in top["best_configs"]]
+        cmap = colormaps["viridis"]
+        for j, c in enumerate(top["best_configs"]):
+            color = cmap(j / max(1, len(sizes) - 1))
+            rows = table[(table["env_id"] == env) & (table["B"] == c["B"]) & (table["lr"] == c["lr"])
+                         & (table["lr_rule"] == c["lr_rule"]) & (table["status"] == "completed")]
+            for n, tid in enumerate(rows["trial_id"]):
+                path = args.sweep_dir / "trials" / tid / "metrics.csv"
+                if not path.is_file():
+                    continue
+                m = pd.read_csv(path).dropna(subset=["eval/return_mean"])
+                ax.plot(m["env_steps_used"], m["eval/return_mean"], "-", color=color, lw=0.8, alpha=0.8,
+                        label=f"B = {c['B']:g}, lr {c['lr']:g}" if n == 0 else None)
+        for e in entries:
+            ax.axhline(e["target"], color="0.6", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("env steps trained on")
+        ax.set_ylabel("evaluation mean return")
+        ax.set_title(f"{env}: 5 seeds per B at the best lr for target {top['target']:g}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"written: {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
