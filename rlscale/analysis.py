@@ -305,10 +305,7 @@ def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, flo
     Returns (per gradient, in env steps per iteration, number of trials averaged, the trials'
     values in env steps per iteration).
     """
-    reached = best[np.isfinite(best["median_iterations"])]
-    keys = set(zip(reached["B"], reached["lr_rule"], reached["lr"]))
-    mask = [(b, rule, lr) in keys for b, rule, lr in zip(rows["B"], rows["lr_rule"], rows["lr"])]
-    sel = rows[np.asarray(mask, dtype=bool)]
+    sel = _rows_of(rows, best[np.isfinite(best["median_iterations"])])
     sel = sel[np.isfinite(sel["b_simple_to_target"].to_numpy(dtype=float))]
     if sel.empty:
         return None, None, 0, np.array([])
@@ -319,11 +316,17 @@ def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, flo
     return float(per_gradient.mean()), float(per_iteration.mean()), int(len(sel)), per_iteration
 
 
+def _rows_of(rows: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """The trials of `rows` that ran one of `configs` (rows of (B, lr_rule, lr))."""
+    keys = set(zip(configs["B"], configs["lr_rule"], configs["lr"]))
+    return rows[np.asarray([k in keys for k in zip(rows["B"], rows["lr_rule"], rows["lr"])], dtype=bool)]
+
+
 def _optimizer_steps_per_iteration(rows: pd.DataFrame, reached: pd.DataFrame) -> float | None:
     """Optimizer steps per PPO iteration (epochs x minibatches) of the best configs' trials that
     reached the target; None when the sweep's records do not tell (older sweeps)."""
-    keys = set(zip(reached["B"], reached["lr_rule"], reached["lr"]))
-    sel = rows[[k in keys for k in zip(rows["B"], rows["lr_rule"], rows["lr"])] & rows["reached"].to_numpy(dtype=bool)]
+    sel = _rows_of(rows, reached)
+    sel = sel[sel["reached"].to_numpy(dtype=bool)]
     ratio = (sel["optimizer_steps"] / sel["iterations"]).to_numpy(dtype=float)
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
     return float(np.median(ratio)) if ratio.size else None

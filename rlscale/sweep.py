@@ -146,7 +146,7 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
             raise ConfigError(f"sweep eval_env_steps must be >= 0 (0 = the base config's eval settings), got {steps}")
     for e in cfg.envs:
         _check_env_targets(e)
-        T = e.fragment_length or cfg.fragment_length
+        T = _fragment_length(cfg, e)
         if T < 0:
             raise ConfigError(f"sweep fragment_length must be >= 0 (0 = T grows with B), got {T} for env '{e.id}'")
         workers = _num_workers(cfg, e)
@@ -160,12 +160,32 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
     return cfg
 
 
-def _num_workers(cfg: SweepConfig, env: SweepEnv) -> int:
-    """The env's trials' rollout workers: its overrides, the sweep's, else its base config's."""
+def _num_workers(cfg: SweepConfig, env: SweepEnv, base=None) -> int:
+    """The env's trials' rollout workers: its overrides, the sweep's, else its base config's
+    (`base`: that config, when the caller has it loaded)."""
     overrides = {**cfg.overrides, **env.overrides}
     if "workers.num_workers" in overrides:
         return int(overrides["workers.num_workers"])
-    return int(OmegaConf.select(load_yaml(env.base_config or cfg.base_config), "workers.num_workers", default=0))
+    base = base if base is not None else load_yaml(env.base_config or cfg.base_config)
+    return int(OmegaConf.select(base, "workers.num_workers", default=0))
+
+
+def _slug(env_id: str) -> str:
+    return env_id.replace("ALE/", "").replace("/", "-")
+
+
+def _fragment_length(cfg: SweepConfig, env: SweepEnv) -> int:
+    return env.fragment_length or cfg.fragment_length
+
+
+def _eval_env_steps(cfg: SweepConfig, env: SweepEnv) -> int:
+    return env.eval_env_steps or cfg.eval_env_steps
+
+
+def _run_overrides(cfg: SweepConfig, env: SweepEnv, targets: list[float]) -> list[str]:
+    """What every trial of the env sets after its own settings: targets, stop, group, budget."""
+    ov = [f"targets={_yaml_value(targets)}", f"stop_return={max(targets)}", f"tracking.group={cfg.name}"]
+    return ov + ([f"total_env_steps={env.total_env_steps}"] if env.total_env_steps else [])
 
 
 def _batch_sizes(cfg: SweepConfig, env: SweepEnv) -> list[int]:
@@ -206,13 +226,13 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
         base_lr = cfg.lr or float(OmegaConf.select(base, "ppo.lr", default=2.5e-4))
         b0 = cfg.reference_env_steps or int(OmegaConf.select(base, "ppo.env_steps_per_iteration", default=512))
         base_nmb = OmegaConf.select(base, "ppo.num_minibatches", default=4)
-        slug = env.id.replace("ALE/", "").replace("/", "-")
+        slug = _slug(env.id)
         env_overrides = {**cfg.overrides, **env.overrides}  # the env's own win
         shared = [f"{k}={_yaml_value(v)}" for k, v in env_overrides.items()]
         nmb = int(env_overrides.get("ppo.num_minibatches", base_nmb))
         targets = env.resolved_targets()
-        T = env.fragment_length or cfg.fragment_length
-        workers = _num_workers(cfg, env)
+        T, eval_steps = _fragment_length(cfg, env), _eval_env_steps(cfg, env)
+        workers = _num_workers(cfg, env, base)
         for B in _batch_sizes(cfg, env):
             shape = [f"workers.fragment_length={T}", f"workers.num_envs_per_worker={B // (T * workers)}"] if T else []
             lr_choices = [(rule, base_lr) for rule in cfg.lr_rules] + [("grid", lr) for lr in _lr_grid(cfg, env)]
@@ -221,14 +241,10 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
                     ov = shared + shape + [
                         f"env.id={env.id}", f"seed={seed}", f"ppo.env_steps_per_iteration={B}",
                         f"ppo.lr={lr}", f"ppo.lr_rule={'fixed' if rule == 'grid' else rule}",
-                        f"ppo.lr_reference_env_steps={b0}",
-                        f"targets={_yaml_value(targets)}", f"stop_return={max(targets)}",
-                        f"tracking.group={cfg.name}",
+                        f"ppo.lr_reference_env_steps={b0}", *_run_overrides(cfg, env, targets),
                     ]
-                    if env.total_env_steps:
-                        ov.append(f"total_env_steps={env.total_env_steps}")
-                    if env.eval_env_steps or cfg.eval_env_steps:
-                        ov.append(f"eval.interval={max(1, (env.eval_env_steps or cfg.eval_env_steps) // B)}")
+                    if eval_steps:
+                        ov.append(f"eval.interval={max(1, eval_steps // B)}")
                     if cfg.population:
                         ov.append("tracking.wandb_mode=disabled")
                     if cfg.microbatches_per_minibatch:
@@ -246,17 +262,13 @@ def _adaptive_trials(cfg: SweepConfig, env: SweepEnv, base_path: str, shared: li
     """One adaptive-batch trial per seed: the env's shared overrides, then its `adaptive` ones."""
     from rlscale.config import load_train_config
 
-    slug = env.id.replace("ALE/", "").replace("/", "-")
     extra = [f"{k}={_yaml_value(v)}" for k, v in env.adaptive.items()]
-    probe = load_train_config(base_path, [*shared, *extra, "ppo.batch_schedule=noise"])  # its B0, lr, batch_min
-    eval_steps = env.eval_env_steps or cfg.eval_env_steps
+    probe = load_train_config(base_path, [*shared, *extra, "ppo.batch_schedule=noise"])  # its B0 and lr, for the record
+    eval_steps = _eval_env_steps(cfg, env)
     out = []
     for seed in cfg.seeds:
-        tid = f"{slug}_adaptive_s{seed}"
-        ov = [*shared, f"env.id={env.id}", f"seed={seed}", *extra, "ppo.batch_schedule=noise",
-              f"targets={_yaml_value(targets)}", f"stop_return={max(targets)}", f"tracking.group={cfg.name}"]
-        if env.total_env_steps:
-            ov.append(f"total_env_steps={env.total_env_steps}")
+        tid = f"{_slug(env.id)}_adaptive_s{seed}"
+        ov = [*shared, f"env.id={env.id}", f"seed={seed}", *extra, "ppo.batch_schedule=noise", *_run_overrides(cfg, env, targets)]
         if eval_steps:  # its B changes: evaluate every eval_steps env steps, as the grid's trials do
             ov += ["eval.interval=0", f"eval.env_steps={eval_steps}"]
         if cfg.population:
@@ -383,7 +395,7 @@ def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
     paths = []
     for env in cfg.envs:
         lrs = sorted(set(_lr_grid(cfg, env)) | ({cfg.lr} if cfg.lr else set()))
-        slug = env.id.replace("ALE/", "").replace("/", "-")
+        slug = _slug(env.id)
         params = {
             "env.id": {"value": env.id},
             "ppo.env_steps_per_iteration": {"values": _batch_sizes(cfg, env)},
@@ -403,7 +415,7 @@ def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
             "name": f"{cfg.name}-{slug}",
             "description": ("rlscale sweep grid; the study protocol's per-B settings (fragment_length's envs per B, "
                             "eval_env_steps' interval per B) and adaptive runs are not expressed here: run `rlscale sweep` for them"
-                            if (env.fragment_length or cfg.fragment_length or env.eval_env_steps or cfg.eval_env_steps or env.adaptive)
+                            if (_fragment_length(cfg, env) or _eval_env_steps(cfg, env) or env.adaptive)
                             else "rlscale sweep grid"),
             "program": "rlscale",
             "method": "grid",
