@@ -58,6 +58,11 @@ class WorkersConfig:
     """Optional per-worker E (overrides num_envs_per_worker; its length sets num_workers)."""
     fragment_length: int = 0
     """Steps T per fragment; 0 sizes fragments so one round of all workers fills the batch."""
+    collect: Literal["all", "needed"] = "all"
+    """With a fixed fragment_length, which workers sample in a round: 'all' (steps beyond the
+    batch wait in the buffer for the next one), or 'needed': the first workers whose T steps
+    cover the batch's missing steps, so B varies through the number of envs taking part at a
+    fixed T (what ppo.batch_schedule=noise needs to change B the way a grid over B does)."""
     num_cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each rollout actor."""
     overlap: bool = False
@@ -368,6 +373,9 @@ def validate(cfg: TrainConfig) -> None:
     for x in w.num_envs_per_worker_list:
         _positive("workers.num_envs_per_worker_list entries", x)
     _at_least("workers.fragment_length", w.fragment_length, 0, " (0 = auto)")
+    if w.collect == "needed" and w.fragment_length == 0:
+        raise ConfigError("workers.collect=needed varies the envs taking part at a fixed T; set workers.fragment_length > 0 "
+                          "(or workers.collect=all, where T = 0 sizes the fragments to the batch)")
     _positive("workers.num_cpus_per_worker", w.num_cpus_per_worker)
     _at_least("workers.max_restarts", w.max_restarts, 0)
     _positive("workers.start_timeout_s", w.start_timeout_s)
@@ -392,6 +400,9 @@ def validate(cfg: TrainConfig) -> None:
     _positive("ppo.batch_scale", p.batch_scale)
     _at_least("ppo.batch_warmup_iterations", p.batch_warmup_iterations, 0)
     if p.batch_schedule == "noise":
+        if w.collect == "needed" and len(set(w.num_envs_per_worker_list)) > 1:
+            raise ConfigError("ppo.batch_schedule=noise with workers.collect=needed rounds B to one worker's T x E steps; "
+                              "give every worker the same envs (workers.num_envs_per_worker, no per-worker list)")
         lo, hi = batch_bounds(p)
         if hi < lo:
             raise ConfigError(f"ppo.batch_max={hi} is below ppo.batch_min={lo}; raise ppo.batch_max (or set 0 for 32 x batch_min)")

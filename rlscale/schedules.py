@@ -97,17 +97,18 @@ class NoiseBatchSize:
     gradient) times the minibatches per iteration: env steps per iteration, the units of B. The
     first ``batch_warmup_iterations`` iterations, and any iteration whose estimate is undefined
     (|G|^2 not resolved), run at B_min. Rounding goes to the nearest multiple of
-    lcm(envs, num_minibatches) inside the bounds, so each iteration asks every env for the same
-    number of steps and splits into equal minibatches; the fragment buffer hands out exactly B
+    lcm(unit, num_minibatches) inside the bounds, where `unit` is what the workers deliver a
+    batch in (one step of every env, or T steps of one worker's envs: train.delivery_unit), so
+    a batch needs no leftover steps and splits into equal minibatches; the buffer hands out exactly B
     steps, so no collected step is wasted or used twice whatever the sequence of B.
 
     ``history`` holds the change points [iteration, B, B_simple that set it]: the schedule the
     run followed (checkpointed, so a resumed run continues it).
     """
 
-    def __init__(self, ppo, num_envs: int):
+    def __init__(self, ppo, unit: int):
         self.scale, self.warmup, self.num_minibatches = ppo.batch_scale, ppo.batch_warmup_iterations, ppo.num_minibatches
-        self.granule = math.lcm(num_envs, ppo.num_minibatches)
+        self.granule = math.lcm(unit, ppo.num_minibatches)
         lo, hi = batch_bounds(ppo)
         self.low = -(-lo // self.granule) * self.granule  # the bounds themselves on the grid
         self.high = max(self.low, hi // self.granule * self.granule)
@@ -148,8 +149,8 @@ BATCH_SCHEDULES: dict[str, Callable] = {"fixed": FixedBatchSize, "noise": NoiseB
 assert tuple(BATCH_SCHEDULES) == get_args(BatchScheduleName)
 
 
-def make_batch_schedule(ppo, num_envs: int):
-    """The run's batch schedule; num_envs: all workers' envs together (the rounding grid)."""
+def make_batch_schedule(ppo, unit: int):
+    """The run's batch schedule; unit: the env steps the workers deliver a batch in (the rounding grid)."""
     if ppo.batch_schedule == "noise":
-        return NoiseBatchSize(ppo, num_envs)
+        return NoiseBatchSize(ppo, unit)
     return FixedBatchSize(ppo)

@@ -62,7 +62,10 @@ class SweepEnv:
     adaptive: dict = field(default_factory=dict)
     """Train-config overrides of this env's adaptive-batch runs (dotted keys; the sweep adds
     ppo.batch_schedule=noise): when set, one such trial per seed (lr_rule 'adaptive') runs
-    beside the fixed-B grid, and the analysis sets it beside the fixed-B frontier."""
+    beside the fixed-B grid, and the analysis sets it beside the fixed-B frontier. With a
+    fragment_length T, its B varies as the grid's does, through the envs taking part at T:
+    workers of B_min / T envs each, B_max / B_min of them, and workers.collect=needed (these
+    overrides may replace that shape)."""
 
     def resolved_targets(self) -> list[float]:
         if not self.target_fractions:
@@ -263,12 +266,14 @@ def _adaptive_trials(cfg: SweepConfig, env: SweepEnv, base_path: str, shared: li
     from rlscale.config import load_train_config
 
     extra = [f"{k}={_yaml_value(v)}" for k, v in env.adaptive.items()]
-    probe = load_train_config(base_path, [*shared, *extra, "ppo.batch_schedule=noise"])  # its B0 and lr, for the record
+    shape = _adaptive_shape(cfg, env, load_train_config(base_path, [*shared, *extra, "ppo.batch_schedule=noise"]))
+    probe = load_train_config(base_path, [*shared, *shape, *extra, "ppo.batch_schedule=noise"])  # its B0 and lr, for the record
     eval_steps = _eval_env_steps(cfg, env)
     out = []
     for seed in cfg.seeds:
         tid = f"{_slug(env.id)}_adaptive_s{seed}"
-        ov = [*shared, f"env.id={env.id}", f"seed={seed}", *extra, "ppo.batch_schedule=noise", *_run_overrides(cfg, env, targets)]
+        ov = [*shared, *shape, f"env.id={env.id}", f"seed={seed}", *extra, "ppo.batch_schedule=noise",
+              *_run_overrides(cfg, env, targets)]
         if eval_steps:  # its B changes: evaluate every eval_steps env steps, as the grid's trials do
             ov += ["eval.interval=0", f"eval.env_steps={eval_steps}"]
         if cfg.population:
@@ -276,6 +281,22 @@ def _adaptive_trials(cfg: SweepConfig, env: SweepEnv, base_path: str, shared: li
         ov.append(f"tracking.name={tid}")
         out.append(Trial(tid, env.id, base_path, seed, probe.ppo.env_steps_per_iteration, "adaptive", probe.ppo.lr, ov))
     return out
+
+
+def _adaptive_shape(cfg: SweepConfig, env: SweepEnv, probe) -> list[str]:
+    """Worker overrides that let an adaptive run's B vary as the grid's does (through the envs
+    taking part at the env's fragment length T): B_max / B_min workers of B_min / T envs."""
+    from rlscale.schedules import batch_bounds
+
+    T = _fragment_length(cfg, env)
+    if not T:
+        return []
+    lo, hi = batch_bounds(probe.ppo)
+    if lo % T or hi % lo:
+        raise ConfigError(f"sweep env {env.id}: adaptive ppo.batch_min={lo} must be a multiple of fragment_length {T} "
+                          f"and ppo.batch_max={hi} a multiple of batch_min, so that B varies through whole workers")
+    return [f"workers.fragment_length={T}", "workers.collect=needed", f"workers.num_envs_per_worker={lo // T}",
+            f"workers.num_workers={hi // lo}", "workers.num_envs_per_worker_list=[]"]
 
 
 def _yaml_value(v) -> str:

@@ -31,12 +31,32 @@ def fragment_lengths(cfg: TrainConfig, envs_per_worker: list[int], need: int) ->
     """Steps T per worker for one sampling round that covers `need` env steps.
 
     With workers.fragment_length = 0 every worker gets T = ceil(need / total envs), so one
-    round fills the batch exactly when the envs divide it (then policy lag is 0).
+    round fills the batch exactly when the envs divide it (then policy lag is 0). With a fixed
+    T, every worker samples T steps (workers.collect=all), or only the first workers whose T x E
+    steps cover `need` (workers.collect=needed; the others get 0 and wait).
     """
-    if cfg.workers.fragment_length > 0:
-        return [cfg.workers.fragment_length] * len(envs_per_worker)
+    T = cfg.workers.fragment_length
+    if T > 0 and cfg.workers.collect == "needed":
+        lengths, covered = [], 0
+        for E in envs_per_worker:
+            take = covered < need
+            lengths.append(T if take else 0)
+            covered += T * E if take else 0
+        return lengths
+    if T > 0:
+        return [T] * len(envs_per_worker)
     T = max(1, math.ceil(need / sum(envs_per_worker)))
     return [T] * len(envs_per_worker)
+
+
+def delivery_unit(cfg: TrainConfig, envs_per_worker: list[int]) -> int:
+    """The env steps a varying batch comes in without leftovers: one step of every env (T sized
+    to the batch), or T steps of one worker's envs when a fixed T covers a batch with the
+    workers needed (workers.collect=needed; config validation asks for equal workers then)."""
+    T = cfg.workers.fragment_length
+    if T > 0 and cfg.workers.collect == "needed":
+        return T * envs_per_worker[0]
+    return sum(envs_per_worker)
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -106,7 +126,7 @@ def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunL
         create_run_dir(run_dir, overwrite)
     _write_config(run_dir, cfg, saved)
     state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
-    schedule = schedules.make_batch_schedule(cfg.ppo, sum(pool.envs_per_worker))
+    schedule = schedules.make_batch_schedule(cfg.ppo, delivery_unit(cfg, pool.envs_per_worker))
     wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
     return Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id)
 

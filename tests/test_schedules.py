@@ -83,9 +83,33 @@ def test_noise_batch_schedule_on_a_synthetic_noise_history():
     (["ppo.batch_min=64", "ppo.microbatch_size=64"], "lower ppo.microbatch_size to 32"),
     (["noise.enabled=false"], "needs the noise estimate"),
     (["ppo.batch_scale=0"], "ppo.batch_scale"),
+    (["workers.collect=needed", "workers.fragment_length=8", "workers.num_envs_per_worker_list=[4,2]"],
+     "give every worker the same envs"),
 ])
 def test_noise_batch_schedule_bad_settings(over, fragment):
     from rlscale.errors import ConfigError
 
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         cfg_for("ppo.batch_schedule=noise", *over)
+
+
+def test_collect_needed_without_a_fixed_fragment_length_is_refused():
+    from rlscale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="workers.collect=needed varies the envs taking part at a fixed T"):
+        cfg_for("workers.collect=needed")
+
+
+def test_fragment_lengths_give_t_to_the_workers_a_batch_needs():
+    from rlscale.train import delivery_unit, fragment_lengths
+
+    needed = cfg_for("workers.collect=needed", "workers.fragment_length=16", "workers.num_envs_per_worker=2")
+    assert fragment_lengths(needed, [2, 2, 2, 2], 32) == [16, 0, 0, 0]
+    assert fragment_lengths(needed, [2, 2, 2, 2], 33) == [16, 16, 0, 0]  # 64 collected, 31 wait in the buffer
+    assert fragment_lengths(needed, [2, 2, 2, 2], 1000) == [16] * 4  # a round of every worker, then another
+    assert fragment_lengths(needed, [3, 1, 2], 60) == [16, 16, 0]
+    assert delivery_unit(needed, [2, 2, 2, 2]) == 32
+    every = cfg_for("workers.fragment_length=16")
+    assert fragment_lengths(every, [2, 2, 2, 2], 32) == [16] * 4 and delivery_unit(every, [2, 2, 2, 2]) == 8
+    auto = cfg_for()
+    assert fragment_lengths(auto, [2, 2, 2, 2], 33) == [5] * 4 and delivery_unit(auto, [2, 2, 2, 2]) == 8

@@ -196,7 +196,6 @@ envs:
     adaptive:
       ppo.batch_min: 64
       ppo.batch_max: 1024
-      workers.num_envs_per_worker: 4
       ppo.microbatch_size: 16
   - id: Acrobot-v1
     targets: [-400]
@@ -225,7 +224,9 @@ def test_protocol_batch_through_envs_targets_from_a_reference_and_evaluation_per
     adaptive = trials.pop("CartPole-v1_adaptive_s1")  # one adaptive-batch trial per seed
     c = load_train_config(adaptive.base_config, adaptive.overrides)
     assert adaptive.lr_rule == "adaptive" and c.ppo.batch_schedule == "noise" and (c.ppo.batch_min, c.ppo.batch_max) == (64, 1024)
-    assert (c.eval.interval, c.eval.env_steps) == (0, 256) and c.workers.fragment_length == 0 and c.targets == [140.0, 260.0]
+    assert (c.eval.interval, c.eval.env_steps) == (0, 256) and c.targets == [140.0, 260.0]
+    # its B varies as the grid's: through the envs taking part at T = 16, in workers of B_min / T envs
+    assert (c.workers.fragment_length, c.workers.collect, c.workers.num_envs_per_worker, c.workers.num_workers) == (16, "needed", 4, 16)
     assert len(trials) == 2 * 3 * 2  # envs x B x lrs
     for t in trials.values():
         c = load_train_config(t.base_config, t.overrides)
@@ -249,6 +250,7 @@ def test_protocol_batch_through_envs_targets_from_a_reference_and_evaluation_per
     (("eval_env_steps: 256", "eval_env_steps: -1"), "eval_env_steps must be >= 0"),
     (("  workers.num_workers: 2\n", "  workers.num_workers: 0\n"), "needs workers.num_workers >= 1"),
     (("reference_score: 500", "reference_score: 10"), "must exceed random_score"),
+    (("ppo.batch_min: 64", "ppo.batch_min: 72"), "adaptive ppo.batch_min=72 must be a multiple of fragment_length 16"),
 ])
 def test_protocol_sweep_refuses_bad_settings_in_one_line(tmp_path, edit, match):
     from rlscale.errors import ConfigError
@@ -256,7 +258,7 @@ def test_protocol_sweep_refuses_bad_settings_in_one_line(tmp_path, edit, match):
     text = PROTOCOL_SWEEP.replace(*edit)
     assert text != PROTOCOL_SWEEP
     with pytest.raises(ConfigError, match=match) as err:
-        load_sweep_config(_protocol_sweep(tmp_path, text))
+        expand_grid(load_sweep_config(_protocol_sweep(tmp_path, text)))  # as `rlscale sweep` does before it starts
     assert len(str(err.value).splitlines()) == 1
 
 

@@ -359,6 +359,44 @@ def test_a_batch_that_changes_every_iteration_uses_every_collected_step_once(tmp
     assert (m["env_steps"] - m["env_steps_used"]).between(0, 7).all()  # at most one round's leftovers wait
 
 
+def test_an_adaptive_batch_at_a_fixed_t_changes_the_envs_taking_part(tmp_path, monkeypatch):
+    # 8 workers of 2 envs at T = 16: B = 32 k is k workers' fragments, the others wait; every
+    # fragment is T long, every step collected is used once, and none waits for a later batch.
+    from rlscale.actors import RolloutWorker
+    from rlscale.schedules import NoiseBatchSize
+
+    sizes = [64, 160, 32, 256, 96]
+
+    def cycling(self, iteration, b_simple):
+        self.current = sizes[iteration % len(sizes)]
+        return self.current
+
+    calls: list[tuple[int, int]] = []
+    sample = RolloutWorker.sample
+
+    def counted(self, num_steps, *a, **k):
+        calls.append((int(self.env_ids[0]) // 2, num_steps))
+        return sample(self, num_steps, *a, **k)
+
+    monkeypatch.setattr(NoiseBatchSize, "env_steps_per_iteration", cycling)
+    monkeypatch.setattr(RolloutWorker, "sample", counted)
+    s = train(cfg_for("workers.backend=local", "workers.num_workers=8", "workers.num_envs_per_worker=2",
+                      "workers.fragment_length=16", "workers.collect=needed", "ppo.batch_schedule=noise",
+                      "ppo.batch_min=32", "ppo.microbatch_size=4", "ppo.epochs=1", "total_env_steps=1216"),
+              tmp_path / "run", quiet=True)
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert m["env_steps_per_iteration"].tolist() == (sizes * 3)[:len(m)]
+    assert (m["env_steps"] == m["env_steps_used"]).all() and s["env_steps_buffered"] == 0
+    assert {T for _, T in calls} == {16}
+    # iteration by iteration, workers 0 .. B / 32 - 1 sample and no others
+    per_round, k = [], 0
+    for B in m["env_steps_per_iteration"]:
+        per_round.append([w for w, _ in calls[k:k + B // 32]])
+        k += B // 32
+    assert k == len(calls) and per_round == [list(range(B // 32)) for B in m["env_steps_per_iteration"]]
+    assert m["charts/policy_lag_max"].max() == 0
+
+
 @pytest.mark.slow
 def test_an_adaptive_batch_run_resumes_its_schedule_exactly(tmp_path, monkeypatch):
     args = ("workers.backend=local", "ppo.batch_schedule=noise", "ppo.batch_min=64", "ppo.microbatch_size=32",
