@@ -497,8 +497,11 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     order = {t.trial_id: k for k, t in enumerate(todo)}
     groups.sort(key=lambda g: order[g[0].trial_id])  # the config's order: env by env, adaptive runs after their env's grid
     if not quiet:
-        pops = f" as {len(groups)} populations" if cfg.population else ""
-        print(f"sweep {cfg.name}: {len(trials)} trials, {done} already completed, {len(todo)} to run{pops} -> {sweep_dir}", file=sys.stderr)
+        alone = sum(1 for g in groups if g[0].lr_rule == "adaptive")
+        pops = (f" as {len(groups) - alone} populations" + (f" and {alone} adaptive runs" if alone else "")) if cfg.population else ""
+        chosen = f" ({done + len(todo)} in {', '.join(only_envs)})" if only_envs else ""
+        print(f"sweep {cfg.name}: {len(trials)} trials{chosen}, {done} already completed, {len(todo)} to run{pops} -> {sweep_dir}",
+              file=sys.stderr)
 
     results = _run_on_ray(cfg, groups, trial_cfgs, sweep_dir, quiet) if todo else []
     statuses = [r["status"] for r in results]
