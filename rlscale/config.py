@@ -62,7 +62,10 @@ class WorkersConfig:
     """With a fixed fragment_length, which workers sample in a round: 'all' (steps beyond the
     batch wait in the buffer for the next one), or 'needed': the first workers whose T steps
     cover the batch's missing steps, so B varies through the number of envs taking part at a
-    fixed T (what ppo.batch_schedule=noise needs to change B the way a grid over B does)."""
+    fixed T (what ppo.batch_schedule=noise needs to change B the way a grid over B does). The
+    first workers take part first, so a later worker's envs wait mid-episode while B is small;
+    training data are unaffected, but finished training episodes then mix policies (evaluate
+    with eval.* to date targets)."""
     num_cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each rollout actor."""
     overlap: bool = False
@@ -373,6 +376,9 @@ def validate(cfg: TrainConfig) -> None:
     for x in w.num_envs_per_worker_list:
         _positive("workers.num_envs_per_worker_list entries", x)
     _at_least("workers.fragment_length", w.fragment_length, 0, " (0 = auto)")
+    if w.collect == "needed" and w.overlap:
+        raise ConfigError("workers.collect=needed cannot run with workers.overlap=true (the next batch's size is not known "
+                          "while the update runs); set workers.overlap=false")
     if w.collect == "needed" and w.fragment_length == 0:
         raise ConfigError("workers.collect=needed varies the envs taking part at a fixed T; set workers.fragment_length > 0 "
                           "(or workers.collect=all, where T = 0 sizes the fragments to the batch)")

@@ -93,11 +93,13 @@ def test_noise_batch_schedule_bad_settings(over, fragment):
         cfg_for("ppo.batch_schedule=noise", *over)
 
 
-def test_collect_needed_without_a_fixed_fragment_length_is_refused():
+def test_collect_needed_without_a_fixed_fragment_length_or_with_overlap_is_refused():
     from rlscale.errors import ConfigError
 
     with pytest.raises(ConfigError, match="workers.collect=needed varies the envs taking part at a fixed T"):
         cfg_for("workers.collect=needed")
+    with pytest.raises(ConfigError, match="cannot run with workers.overlap=true"):
+        cfg_for("workers.collect=needed", "workers.fragment_length=8", "workers.overlap=true")
 
 
 def test_fragment_lengths_give_t_to_the_workers_a_batch_needs():

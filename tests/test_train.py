@@ -397,6 +397,20 @@ def test_an_adaptive_batch_at_a_fixed_t_changes_the_envs_taking_part(tmp_path, m
     assert m["charts/policy_lag_max"].max() == 0
 
 
+def test_the_noise_schedule_rounds_to_one_workers_fragment_when_envs_take_part_as_needed(tmp_path):
+    # The real schedule (no patch): B = 8 x B_simple rounded to T x E = 48 (6 workers of 3 envs,
+    # T = 16), on [48, 288]; every batch is whole workers' fragments, nothing waits in the buffer.
+    s = train(cfg_for("workers.backend=local", "workers.num_workers=6", "workers.num_envs_per_worker=3",
+                      "workers.fragment_length=16", "workers.collect=needed", "ppo.batch_schedule=noise",
+                      "ppo.batch_min=48", "ppo.batch_max=288", "ppo.batch_scale=8", "ppo.batch_warmup_iterations=2",
+                      "ppo.num_minibatches=1", "ppo.microbatch_size=8", "ppo.epochs=2", "total_env_steps=2400"),
+              tmp_path / "run", quiet=True)
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    B = m["env_steps_per_iteration"]
+    assert (B % 48 == 0).all() and B.between(48, 288).all() and B.nunique() > 1
+    assert (m["env_steps"] == m["env_steps_used"]).all() and s["env_steps_buffered"] == 0
+
+
 @pytest.mark.slow
 def test_an_adaptive_batch_run_resumes_its_schedule_exactly(tmp_path, monkeypatch):
     args = ("workers.backend=local", "ppo.batch_schedule=noise", "ppo.batch_min=64", "ppo.microbatch_size=32",
