@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlscale.analysis import analyze, fit_pareto, steps_to_target_table
+from rlscale.analysis import analyze, fit_pareto, pareto_entries, steps_to_target_table
 from rlscale.errors import ConfigError
 
 BATCH_SIZES = 2.0 ** np.arange(5, 14)  # 32 .. 8192 env steps per iteration
@@ -184,6 +184,17 @@ def test_steps_to_target_table(tmp_path):
     failed = table[table["trial_id"] == "b256_failed"]
     assert set(failed["status"]) == {"failed"}
     assert set(table.loc[table["trial_id"] == "b512_pending", "reached"]) == {False}
+
+
+def test_an_entrys_intervals_do_not_depend_on_the_other_envs_analysed(tmp_path):
+    table = steps_to_target_table(make_fake_sweep(tmp_path))
+    other = table.assign(env_id="Acrobot-v1", trial_id=table["trial_id"] + "_acrobot")
+    alone = {e["target"]: e for e in pareto_entries(table)}
+    beside = {e["target"]: e for e in pareto_entries(pd.concat([other, table], ignore_index=True)) if e["env_id"] == ENV}
+    for key in ("b_crit_ci", "s_min_ci", "e_min_ci", "b_simple_ci"):
+        assert alone[100.0][key] is not None and alone[100.0][key] == beside[100.0][key], key
+    # ... while another seed of the analysis draws other resamples
+    assert pareto_entries(table, seed=1)[0]["b_crit_ci"] != alone[100.0]["b_crit_ci"]
 
 
 def test_analysis_json_fit_and_best_lr(analysed):
