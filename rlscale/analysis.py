@@ -38,7 +38,7 @@ DIMINISHING_REDUCTION = 0.2
 
 TABLE_COLUMNS = [
     "trial_id", "env_id", "target", "B", "num_minibatches", "lr_rule", "lr", "seed",
-    "status", "error", "reached", "iterations", "env_steps", "optimizer_steps",
+    "status", "error", "pruned", "reached", "iterations", "env_steps", "optimizer_steps",
     "wall_time_s", "b_simple_to_target",
 ]
 
@@ -221,6 +221,7 @@ def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
                 "seed": trial.get("seed"),
                 "status": trial.get("status", "pending"),
                 "error": trial.get("error"),
+                "pruned": bool(trial.get("pruned")),  # stopped in its population once its lr could not win
                 "reached": bool(res.get("reached", False)),
                 "iterations": res.get("iterations"),
                 "env_steps": res.get("env_steps"),
@@ -579,7 +580,10 @@ def analyze(
     table = steps_to_target_table(sweep_dir)
     entries = pareto_entries(table, meta["targets"], n_bootstrap=n_bootstrap, seed=seed, sweep_dir=sweep_dir)
     dim = diminishing_returns(table)
-    statuses = table.drop_duplicates("trial_id")["status"].value_counts().to_dict()
+    trials = table.drop_duplicates("trial_id")
+    statuses = trials["status"].value_counts().to_dict()
+    if trials["pruned"].any():  # completed trials among them, stopped early by a pruned population
+        statuses["pruned"] = int(trials["pruned"].sum())
     analysis = to_jsonable({
         "sweep_name": meta["name"],
         "units": UNITS,

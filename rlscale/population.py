@@ -615,18 +615,60 @@ class PopulationSampler:
         return out
 
 
+# ----------------------------------------------------------------------------- pruning
+
+
+def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: Sequence[bool], iteration: int,
+                   targets: Sequence[str]) -> list[int]:
+    """Active members whose group (their lr) can no longer win any target they have not reached.
+
+    A sweep's analysis takes, per batch size and target, the group with the smallest median
+    over seeds of the iterations to the target (a seed that never reaches counts as +inf).
+    ``groups[m]`` is member m's group, ``reached[m]`` maps a target to the iteration m reached
+    it at, ``active[m]`` says m still trains (a member that left has its final record). An
+    active member that has not reached a target by ``iteration`` reaches it later or never, so
+    its group's median lies between the median with those seeds at iteration + 1 and the one
+    with them at +inf. When both agree the median is fixed. A group loses a target when its
+    lowest possible median exceeds another group's fixed one. A member may stop when its group
+    loses every target it has not reached: which group wins, and every number the analysis
+    reports for the winner, stay what the full runs would give. Only bootstrap resamples, which
+    see a stopped seed as never reaching, can differ.
+    """
+    by_group: dict = {}
+    for m, g in enumerate(groups):
+        by_group.setdefault(g, []).append(m)
+
+    def median(ms: list[int], target: str, unknown: float) -> float:
+        return float(np.median([reached[m].get(target, unknown if active[m] else math.inf) for m in ms]))
+
+    lowest = {(g, k): median(ms, k, iteration + 1) for g, ms in by_group.items() for k in targets}
+    fixed = {(g, k): lowest[g, k] for g, ms in by_group.items() for k in targets
+             if lowest[g, k] == median(ms, k, math.inf)}
+    out = []
+    for m, g in enumerate(groups):
+        if not active[m]:
+            continue
+        open_targets = [k for k in targets if k not in reached[m]]
+        if open_targets and all(any(h != g and v < lowest[g, k] for (h, kk), v in fixed.items() if kk == k)
+                                for k in open_targets):
+            out.append(m)
+    return out
+
+
 # ----------------------------------------------------------------------------- training
 
 
 def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resume: bool = False, overwrite: bool = False,
-                     quiet: bool = False) -> list[dict]:
+                     quiet: bool = False, prune: bool = False) -> list[dict]:
     """Train the members `cfgs` as one population, member i into run_dirs[i]; their summaries.
 
     Each run directory gets what `rlscale train` writes (config.yaml, metrics.csv, checkpoints,
     summary.json; time columns are the population's shared iteration times); with `resume`
     each member continues from its newest checkpoint. A member leaves the population when its
     budget is used, its stop return reached, or it diverges (then diverged.json says where).
-    Local backend only (see the module docstring).
+    With `prune`, also when its learning rate can no longer win any target it has not reached
+    against the other members' (`losing_members`; pruned.json says when, and a resumed
+    population leaves it out). Local backend only (see the module docstring).
     """
     run_dirs = [Path(d) for d in run_dirs]
     check_population(cfgs, run_dirs)
@@ -641,7 +683,7 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
         learner = PopulationLearner(cfgs, spec, device)
         runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet)
                 for cfg, d, pool, member, s in zip(cfgs, run_dirs, pools, learner.members, saved)]
-        return _PopulationLoop(learner, runs).loop(quiet)
+        return _PopulationLoop(learner, runs, prune).loop(quiet)
     finally:
         for pool in pools:
             pool.close()
@@ -650,14 +692,26 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
 class _PopulationLoop:
     """The members' runs driven together: sample all, update all, log each (train.Run's steps)."""
 
-    def __init__(self, learner: PopulationLearner, runs: list[Run]):
-        self.learner, self.runs = learner, runs
+    def __init__(self, learner: PopulationLearner, runs: list[Run], prune: bool = False):
+        self.learner, self.runs, self.prune = learner, runs, prune
         self.sampler = PopulationSampler(learner, [r.pool for r in runs])
         self.summaries: dict[int, dict] = {}
+        # the members' learning rates: what `losing_members` compares
+        self.groups = [(r.cfg.ppo.lr_rule, r.cfg.ppo.lr) for r in runs]
+
+    def pruned(self, active: list[int]) -> list[int]:
+        """Active members to stop now (`losing_members`), when pruning is on."""
+        runs = self.runs
+        if not self.prune or not active:
+            return []
+        reached = [{k: v["iterations"] for k, v in r.state.counters.targets.items()} for r in runs]
+        live = [i in active for i in range(len(runs))]
+        t = max(runs[i].state.counters.iteration for i in active)
+        return losing_members(self.groups, reached, live, t, [str(x) for x in runs[0].targets])
 
     def loop(self, quiet: bool) -> list[dict]:
         runs, learner = self.runs, self.learner
-        active = [i for i, r in enumerate(runs) if not r.finished()]
+        active = [i for i, r in enumerate(runs) if not r.finished() and not (r.run_dir / "pruned.json").is_file()]
         for i in set(range(len(runs))) - set(active):
             self.finish(i)
         progress = self.progress(quiet)
@@ -690,6 +744,13 @@ class _PopulationLoop:
                 if progress:
                     progress.update(sum(r.state.counters.env_steps_used for r in runs), members=str(len(active)))
                 for i in [i for i in active if learner.members[i].diverged or runs[i].finished()]:
+                    self.finish(i)
+                    active.remove(i)
+                for i in self.pruned(active):
+                    c = runs[i].state.counters
+                    atomic_write_json(runs[i].run_dir / "pruned.json", {
+                        "iteration": c.iteration, "env_steps": c.env_steps_used,
+                        "reason": "its learning rate can no longer win any target it has not reached"})
                     self.finish(i)
                     active.remove(i)
         except BaseException:

@@ -116,6 +116,12 @@ class SweepConfig:
     batch size, network and every other shape setting) as one population per group, one Ray
     task each. Needs workers.backend: local; W&B is off for population trials (their overrides
     get tracking.wandb_mode=disabled: the analysis reads trial.json and metrics.csv only)."""
+    prune: bool = False
+    """In a population, stop a member once its learning rate can no longer win any target it
+    has not reached (the smallest median iterations over seeds, as the analysis picks the best
+    lr per batch size; rlscale.population.losing_members): which lr wins and the winner's
+    numbers stay those of full runs, and the losers' budgets are saved. Bootstrap resamples
+    see a stopped seed as never reaching its open targets."""
 
 
 @dataclass
@@ -134,16 +140,10 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
     cfg = merge_into(SweepConfig, load_yaml(path), parse_overrides(list(overrides)))
     if not cfg.envs:
         raise ConfigError(f"sweep '{path}' lists no envs; add an 'envs:' list with ids and targets")
+    if cfg.prune and not cfg.population:
+        raise ConfigError(f"sweep '{path}' sets prune: true, which stops members of a population; set population: true as well")
     for e in cfg.envs:
-        if not _batch_sizes(cfg, e) or not cfg.seeds or not (cfg.lr_rules or _lr_grid(cfg, e)):
-            raise ConfigError(f"sweep '{path}' has an empty grid for env '{e.id}'; env_steps_per_iteration, seeds and lr_rules "
-                              f"(or lr_grid) need at least one value each")
-        for b in _batch_sizes(cfg, e):
-            if b <= 0:
-                raise ConfigError(f"sweep env_steps_per_iteration entries must be positive, got {b}")
-        for lr in _lr_grid(cfg, e):
-            if not lr > 0:
-                raise ConfigError(f"sweep lr_grid entries must be positive, got {lr}")
+        _check_env_grid(cfg, e, path)
     for steps in [cfg.eval_env_steps] + [e.eval_env_steps for e in cfg.envs]:
         if steps < 0:
             raise ConfigError(f"sweep eval_env_steps must be >= 0 (0 = the base config's eval settings), got {steps}")
@@ -161,6 +161,19 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
                 raise ConfigError(f"sweep batch size {b} is not a multiple of fragment_length {T} x workers.num_workers {workers} "
                                   f"(env '{e.id}'); pick batch sizes that are, e.g. powers of two")
     return cfg
+
+
+def _check_env_grid(cfg: SweepConfig, e: SweepEnv, path) -> None:
+    """An env's grid is not empty and holds positive batch sizes and learning rates."""
+    if not _batch_sizes(cfg, e) or not cfg.seeds or not (cfg.lr_rules or _lr_grid(cfg, e)):
+        raise ConfigError(f"sweep '{path}' has an empty grid for env '{e.id}'; env_steps_per_iteration, seeds and lr_rules "
+                          f"(or lr_grid) need at least one value each")
+    for b in _batch_sizes(cfg, e):
+        if b <= 0:
+            raise ConfigError(f"sweep env_steps_per_iteration entries must be positive, got {b}")
+    for lr in _lr_grid(cfg, e):
+        if not lr > 0:
+            raise ConfigError(f"sweep lr_grid entries must be positive, got {lr}")
 
 
 def _num_workers(cfg: SweepConfig, env: SweepEnv, base=None) -> int:
@@ -311,7 +324,7 @@ def _trial_record(trial: Trial, status: str, error: str | None = None, summary: 
         "trial_id": trial.trial_id, "env_id": trial.env_id, "seed": trial.seed,
         "env_steps_per_iteration": trial.env_steps_per_iteration, "num_minibatches": s.get("num_minibatches", nmb),
         "lr_rule": trial.lr_rule, "lr": trial.lr, "status": status, "error": error,
-        "targets": s.get("targets", {}), "b_simple": s.get("b_simple"),
+        "targets": s.get("targets", {}), "b_simple": s.get("b_simple"), "pruned": s.get("pruned"),
         "env_steps": s.get("env_steps"), "iterations": s.get("iterations"), "wall_time_s": s.get("wall_time_s"),
         "overrides": trial.overrides,
     }
@@ -351,7 +364,7 @@ def _failure(trial_dir: Path, e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]) -> list[dict]:
+def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str], prune: bool = False) -> list[dict]:
     """Train trials that can share a population (see `population_groups`) as one; their
     records, written as run_trial writes them. Never raises: a failure fails every member."""
     from rlscale.population import train_population
@@ -363,7 +376,7 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
         cfgs = [load_train_config(d / "config.yaml", []) if resume else load_train_config(base_config, t.overrides)
                 for t, d in zip(trials, dirs)]
         nmbs = [c.ppo.num_minibatches for c in cfgs]
-        summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True)
+        summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True, prune=prune)
         recs = [_trial_record(t, "completed", summary=s, nmb=n) for t, s, n in zip(trials, summaries, nmbs)]
     except Exception as e:  # recorded for every member, so that analysis reports the failure
         err = _failure(dirs[0], e)
@@ -542,7 +555,7 @@ def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, s
                 dirs = [str((sweep_dir / "trials" / t.trial_id).resolve()) for t in group]
                 base = bases[group[0].base_config]
                 pooled = cfg.population and group[0].lr_rule != "adaptive"
-                fn, args = (remote_population, (group, base, dirs)) if pooled else (remote_trial, (group[0], base, dirs[0]))
+                fn, args = (remote_population, (group, base, dirs, cfg.prune)) if pooled else (remote_trial, (group[0], base, dirs[0]))
                 ref = fn.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(*args)
                 running[ref] = (group, pg)
             ready, _ = ray.wait(list(running), num_returns=1)

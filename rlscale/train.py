@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -443,6 +444,8 @@ def make_summary(cfg: TrainConfig, run: Run) -> dict:
         "b_simple_ci": noise.get("combined", {}).get("b_simple_ci"),
         "b_simple_parts": noise,
         "targets": targets,
+        # a population member stopped because its lr could no longer win (rlscale.population.losing_members)
+        "pruned": json.loads((run.run_dir / "pruned.json").read_text()) if (run.run_dir / "pruned.json").is_file() else None,
         "atari": family == "atari",
         "git_sha": git_sha(),
         "run_dir": str(run.run_dir),

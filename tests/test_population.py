@@ -235,3 +235,61 @@ def test_train_population_cli_refuses_bad_input_in_one_line(tmp_path, capsys, ov
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and match in err, err
     assert not (tmp_path / "pop").exists()  # refused before anything is written
+
+
+def test_losing_members_stop_only_when_their_lr_cannot_win_an_open_target():
+    from rlscale.population import losing_members
+
+    # two lrs x three seeds, targets "a" < "b"; iteration 10 now
+    groups = ["x", "x", "x", "y", "y", "y"]
+    active = [True] * 6
+    # x: two seeds reached b at 4 and 6 -> its median for both targets is fixed (6 for b);
+    # y: nothing reached by 10, so its median is at least 11 > 6: y loses both targets
+    reached = [{"a": 3, "b": 4}, {"a": 5, "b": 6}, {}, {}, {}, {}]
+    assert losing_members(groups, reached, active, 10, ["a", "b"]) == [3, 4, 5]
+    # at iteration 5, with x's second seed short of b, x's median for b is open: nobody stops
+    reached_early = [{"a": 3, "b": 4}, {"a": 5}, {}, {}, {}, {}]
+    assert losing_members(groups, reached_early, active, 5, ["a", "b"]) == []
+    # at iteration 5 with x's b fixed at 6, y's lowest median for b is 6: a tie is not a loss
+    assert losing_members(groups, reached, active, 5, ["a", "b"]) == []
+    # one y seed reached a early: y's median for a stays open (two seeds unknown), and y's
+    # members with a open keep training while x's median for a (5) is not yet beaten
+    reached_y = [{"a": 3, "b": 4}, {"a": 5, "b": 6}, {}, {"a": 2}, {}, {}]
+    assert losing_members(groups, reached_y, active, 4, ["a", "b"]) == []
+    # at iteration 8 y's lowest medians are 9 (a: 2, 9, 9) and 9 (b): both above x's fixed 5 and 6
+    assert losing_members(groups, reached_y, active, 8, ["a", "b"]) == [3, 4, 5]
+    # x's third seed never stops for x's sake: its lr's median is fixed, but x is the winner
+    assert 2 not in losing_members(groups, reached_y, active, 50, ["a", "b"])
+    # a member that left without reaching counts as never: y = (left, never), so y's median is
+    # +inf, fixed, and it loses to x; a group alone never loses
+    left = [True, True, True, False, True, True]
+    assert losing_members(groups, [{}, {}, {}, {}, {}, {}], left, 3, ["a"]) == []
+    assert losing_members(["x", "x"], [{"a": 1}, {}], [True, True], 9, ["a"]) == []
+
+
+def test_a_pruned_population_stops_the_losing_lr_and_leaves_the_winner_as_it_was(tmp_path):
+    import json
+
+    from rlscale.population import train_population
+
+    base = ["workers.backend=local", "total_env_steps=6144", "ppo.env_steps_per_iteration=256", "eval.interval=1",
+            "eval.episodes=3", "targets=[60]", "stop_return=60", "checkpoint_interval=4"]
+    cfgs = [cfg_for(*base, f"seed={s}", f"ppo.lr={lr}") for lr in (2e-3, 1e-7) for s in (1, 2, 3)]
+    full = train_population(cfgs, [tmp_path / "full" / str(i) for i in range(6)], quiet=True)
+    pruned = train_population(cfgs, [tmp_path / "pruned" / str(i) for i in range(6)], quiet=True, prune=True)
+    good = sorted(s["targets"]["60.0"]["iterations"] for s in full[:3])
+    assert all(s["targets"]["60.0"]["reached"] is False for s in full[3:])  # lr 1e-7 never learns
+    # the winner's seeds reach as they do in the full population, none is stopped
+    keys = ("reached", "iterations", "env_steps", "optimizer_steps")
+    assert [[s["targets"]["60.0"][k] for k in keys] for s in pruned[:3]] == [[s["targets"]["60.0"][k] for k in keys] for s in full[:3]]
+    for p, f in zip(pruned[:3], full[:3]):
+        assert p["targets"]["60.0"]["b_simple"] == pytest.approx(f["targets"]["60.0"]["b_simple"], rel=1e-3)
+    assert all(s["pruned"] is None for s in pruned[:3])
+    # the loser's stop when the winner's median (its second seed of three) is known
+    for i, s in enumerate(pruned[3:], start=3):
+        record = json.loads((tmp_path / "pruned" / str(i) / "pruned.json").read_text())
+        assert s["pruned"] == record and record["iteration"] == good[1] and s["iterations"] == good[1]
+        assert full[i]["iterations"] == 24  # its full budget
+    # a resumed population leaves the pruned members out
+    again = train_population(cfgs, [tmp_path / "pruned" / str(i) for i in range(6)], resume=True, quiet=True, prune=True)
+    assert [s["iterations"] for s in again] == [s["iterations"] for s in pruned]

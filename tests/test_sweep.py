@@ -251,6 +251,7 @@ def test_protocol_batch_through_envs_targets_from_a_reference_and_evaluation_per
     (("  workers.num_workers: 2\n", "  workers.num_workers: 0\n"), "needs workers.num_workers >= 1"),
     (("reference_score: 500", "reference_score: 10"), "must exceed random_score"),
     (("ppo.batch_min: 64", "ppo.batch_min: 72"), "adaptive ppo.batch_min=72 must be a multiple of fragment_length 16"),
+    (("lr_rules: []", "lr_rules: []\nprune: true"), "sets prune: true, which stops members of a population"),
 ])
 def test_protocol_sweep_refuses_bad_settings_in_one_line(tmp_path, edit, match):
     from rlscale.errors import ConfigError
@@ -291,6 +292,25 @@ def test_envs_filter_and_adaptive_trials_run_alone_beside_populations(tmp_path, 
     assert groups[-2:] == [["CartPole-v1_adaptive_s1"], ["CartPole-v1_adaptive_s2"]]
     assert all(t.startswith("CartPole-v1_B64_") for t in groups[0])
     assert not any((tmp_path / "s" / "trials").glob("Acrobot*"))
+
+
+def test_a_population_task_hands_the_sweeps_prune_setting_to_its_population(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import rlscale.population as population_mod
+    import rlscale.sweep as sweep_mod
+
+    seen = {}
+
+    def fake_train_population(cfgs, dirs, **kw):
+        seen.update(kw)
+        return [{"targets": {}} for _ in cfgs]
+
+    monkeypatch.setattr(population_mod, "train_population", fake_train_population)
+    trials = [t for t in expand_grid(load_sweep_config(_protocol_sweep(tmp_path))) if t.trial_id.startswith("CartPole-v1_B64_")]
+    base = OmegaConf.to_container(sweep_mod.load_yaml(trials[0].base_config))  # as _run_on_ray sends it
+    recs = sweep_mod.run_population(trials, base, [str(tmp_path / t.trial_id) for t in trials], True)
+    assert seen["prune"] is True and {r["status"] for r in recs} == {"completed"}
 
 
 def test_evaluation_due_every_interval_or_every_env_steps():
