@@ -618,32 +618,33 @@ class PopulationSampler:
 # ----------------------------------------------------------------------------- pruning
 
 
-def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: Sequence[bool], iteration: int,
+def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: Sequence[bool], iterations: Sequence[int],
                    targets: Sequence[str]) -> list[int]:
     """Active members whose group (their lr) can no longer win any target they have not reached.
 
     A sweep's analysis takes, per batch size and target, the group with the smallest median
     over seeds of the iterations to the target (a seed that never reaches counts as +inf).
     ``groups[m]`` is member m's group, ``reached[m]`` maps a target to the iteration m reached
-    it at, ``active[m]`` says m still trains (a member that left has its final record). An
-    active member that has not reached a target by ``iteration`` reaches it later or never, so
-    its group's median lies between the median with those seeds at iteration + 1 and the one
-    with them at +inf. When both agree the median is fixed. A group loses a target when its
-    lowest possible median exceeds another group's fixed one. A member may stop when its group
-    loses every target it has not reached: which group wins, and every number the analysis
-    reports for the winner, stay what the full runs would give. Only bootstrap resamples, which
-    see a stopped seed as never reaching, can differ.
+    it at, ``active[m]`` says m still trains (a member that left has its final record) and
+    ``iterations[m]`` how far it got. An active member that has not reached a target by its
+    iteration t reaches it later or never, so its group's median lies between the median with
+    such seeds at t + 1 and the one with them at +inf. When both agree the median is fixed. A
+    group loses a target when its lowest possible median exceeds another group's fixed one. A
+    member may stop when its group loses every target it has not reached: which group wins,
+    and every number the analysis reports for the winner, stay what the full runs would give.
+    Only bootstrap resamples, which see a stopped seed as never reaching, can differ; and a
+    sweep extended later by more seeds or targets compares against members that stopped.
     """
     by_group: dict = {}
     for m, g in enumerate(groups):
         by_group.setdefault(g, []).append(m)
 
-    def median(ms: list[int], target: str, unknown: float) -> float:
-        return float(np.median([reached[m].get(target, unknown if active[m] else math.inf) for m in ms]))
+    def median(ms: list[int], target: str, soonest: bool) -> float:
+        later = [iterations[m] + 1 if soonest and active[m] else math.inf for m in ms]
+        return float(np.median([reached[m].get(target, t) for m, t in zip(ms, later)]))
 
-    lowest = {(g, k): median(ms, k, iteration + 1) for g, ms in by_group.items() for k in targets}
-    fixed = {(g, k): lowest[g, k] for g, ms in by_group.items() for k in targets
-             if lowest[g, k] == median(ms, k, math.inf)}
+    lowest = {(g, k): median(ms, k, True) for g, ms in by_group.items() for k in targets}
+    fixed = {(g, k): lowest[g, k] for g, ms in by_group.items() for k in targets if lowest[g, k] == median(ms, k, False)}
     out = []
     for m, g in enumerate(groups):
         if not active[m]:
@@ -659,7 +660,7 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 
 
 def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resume: bool = False, overwrite: bool = False,
-                     quiet: bool = False, prune: bool = False) -> list[dict]:
+                     quiet: bool = False, prune: bool = False, groups: Sequence[tuple[str, float]] | None = None) -> list[dict]:
     """Train the members `cfgs` as one population, member i into run_dirs[i]; their summaries.
 
     Each run directory gets what `rlscale train` writes (config.yaml, metrics.csv, checkpoints,
@@ -667,8 +668,10 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     each member continues from its newest checkpoint. A member leaves the population when its
     budget is used, its stop return reached, or it diverges (then diverged.json says where).
     With `prune`, also when its learning rate can no longer win any target it has not reached
-    against the other members' (`losing_members`; pruned.json says when, and a resumed
-    population leaves it out). Local backend only (see the module docstring).
+    against the other members' of its lr rule (`losing_members`; pruned.json says when, and a
+    resumed population leaves it out). `groups`: each member's (lr rule, lr) as the analysis
+    labels it (a sweep's grid trials train with rule 'fixed'); default the configs'. Local
+    backend only (see the module docstring).
     """
     run_dirs = [Path(d) for d in run_dirs]
     check_population(cfgs, run_dirs)
@@ -683,7 +686,8 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
         learner = PopulationLearner(cfgs, spec, device)
         runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet)
                 for cfg, d, pool, member, s in zip(cfgs, run_dirs, pools, learner.members, saved)]
-        return _PopulationLoop(learner, runs, prune).loop(quiet)
+        labels: list[tuple[str, float]] = list(groups) if groups is not None else [(str(c.ppo.lr_rule), c.ppo.lr) for c in cfgs]
+        return _PopulationLoop(learner, runs, labels if prune else None).loop(quiet)
     finally:
         for pool in pools:
             pool.close()
@@ -692,26 +696,32 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
 class _PopulationLoop:
     """The members' runs driven together: sample all, update all, log each (train.Run's steps)."""
 
-    def __init__(self, learner: PopulationLearner, runs: list[Run], prune: bool = False):
-        self.learner, self.runs, self.prune = learner, runs, prune
+    def __init__(self, learner: PopulationLearner, runs: list[Run], groups: list[tuple[str, float]] | None = None):
+        self.learner, self.runs = learner, runs
+        self.groups = groups  # each member's (lr rule, lr) when pruning, else None
         self.sampler = PopulationSampler(learner, [r.pool for r in runs])
         self.summaries: dict[int, dict] = {}
-        # the members' learning rates: what `losing_members` compares
-        self.groups = [(r.cfg.ppo.lr_rule, r.cfg.ppo.lr) for r in runs]
 
     def pruned(self, active: list[int]) -> list[int]:
-        """Active members to stop now (`losing_members`), when pruning is on."""
-        runs = self.runs
-        if not self.prune or not active:
+        """Active members to stop now, when pruning: `losing_members` among each lr rule's
+        members (the analysis also picks a best lr per rule)."""
+        runs, groups = self.runs, self.groups
+        if groups is None or not active:
             return []
-        reached = [{k: v["iterations"] for k, v in r.state.counters.targets.items()} for r in runs]
-        live = [i in active for i in range(len(runs))]
-        t = max(runs[i].state.counters.iteration for i in active)
-        return losing_members(self.groups, reached, live, t, [str(x) for x in runs[0].targets])
+        targets = [str(x) for x in runs[0].targets]
+        out = []
+        for rule in sorted({g[0] for g in groups}):
+            ms = [i for i, g in enumerate(groups) if g[0] == rule]
+            lose = losing_members([groups[i] for i in ms],
+                                  [{k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms],
+                                  [i in active for i in ms], [runs[i].state.counters.iteration for i in ms], targets)
+            out += [ms[j] for j in lose]
+        return sorted(out)
 
     def loop(self, quiet: bool) -> list[dict]:
         runs, learner = self.runs, self.learner
-        active = [i for i, r in enumerate(runs) if not r.finished() and not (r.run_dir / "pruned.json").is_file()]
+        active = [i for i, r in enumerate(runs)
+                  if not r.finished() and not any((r.run_dir / f).is_file() for f in ("pruned.json", "diverged.json"))]
         for i in set(range(len(runs))) - set(active):
             self.finish(i)
         progress = self.progress(quiet)
@@ -743,16 +753,7 @@ class _PopulationLoop:
                     runs[i].record(B[i], lags[i], metrics[i] or {}, (t0, t1, t2, t2), starts[i], None, evaluations.get(i))
                 if progress:
                     progress.update(sum(r.state.counters.env_steps_used for r in runs), members=str(len(active)))
-                for i in [i for i in active if learner.members[i].diverged or runs[i].finished()]:
-                    self.finish(i)
-                    active.remove(i)
-                for i in self.pruned(active):
-                    c = runs[i].state.counters
-                    atomic_write_json(runs[i].run_dir / "pruned.json", {
-                        "iteration": c.iteration, "env_steps": c.env_steps_used,
-                        "reason": "its learning rate can no longer win any target it has not reached"})
-                    self.finish(i)
-                    active.remove(i)
+                self.leave(active)
         except BaseException:
             # as a single run: keep only consistent states (never one inside an update)
             for i in active if consistent else []:
@@ -815,9 +816,27 @@ class _PopulationLoop:
                 for i, result in self.sampler.sample(members, lengths).items():
                     self.runs[i].state.absorb(result)
 
-    def finish(self, i: int) -> None:
+    def leave(self, active: list[int]) -> None:
+        """Members done after this iteration leave `active`: budget used, stop return reached,
+        diverged, or (pruning) their lr can no longer win a target they have not reached."""
+        runs = self.runs
+        for i in [i for i in active if self.learner.members[i].diverged or runs[i].finished()]:
+            self.finish(i)
+            active.remove(i)
+        stop = self.pruned(active)
+        for i in active if stop else []:  # the others' checkpoints hold the reaches that decided it
+            if i not in stop:
+                runs[i].save()
+        for i in stop:
+            c = runs[i].state.counters
+            self.finish(i, pruned={"iteration": c.iteration, "env_steps": c.env_steps_used,
+                                   "reason": "its learning rate can no longer win any target it has not reached"})
+            active.remove(i)
+
+    def finish(self, i: int, pruned: dict | None = None) -> None:
         """Member i leaves the population: its final checkpoint (none after a divergence: the
-        last one holds finite weights) and summary."""
+        last one holds finite weights), pruned.json when `pruned` says why it stops, and its
+        summary."""
         run, member = self.runs[i], self.learner.members[i]
         if member.diverged:
             c = run.state.counters
@@ -826,6 +845,8 @@ class _PopulationLoop:
             print(f"population: member {i} ({run.run_dir}) diverged at iteration {c.iteration}; the others go on", file=sys.stderr)
         else:
             run.save()
+            if pruned is not None:  # after the checkpoint: a resume from it leaves the member out
+                atomic_write_json(run.run_dir / "pruned.json", pruned)
         run.wb.finish(0)
         if run.evaluator is not None:
             run.evaluator.close()

@@ -376,7 +376,8 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
         cfgs = [load_train_config(d / "config.yaml", []) if resume else load_train_config(base_config, t.overrides)
                 for t, d in zip(trials, dirs)]
         nmbs = [c.ppo.num_minibatches for c in cfgs]
-        summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True, prune=prune)
+        summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True, prune=prune,
+                                     groups=[(t.lr_rule, t.lr) for t in trials])
         recs = [_trial_record(t, "completed", summary=s, nmb=n) for t, s, n in zip(trials, summaries, nmbs)]
     except Exception as e:  # recorded for every member, so that analysis reports the failure
         err = _failure(dirs[0], e)

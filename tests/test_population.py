@@ -240,31 +240,64 @@ def test_train_population_cli_refuses_bad_input_in_one_line(tmp_path, capsys, ov
 def test_losing_members_stop_only_when_their_lr_cannot_win_an_open_target():
     from rlscale.population import losing_members
 
-    # two lrs x three seeds, targets "a" < "b"; iteration 10 now
+    def lose(groups, reached, t, targets, active=None):
+        n = len(groups)
+        return losing_members(groups, reached, active or [True] * n, [t] * n if isinstance(t, int) else t, targets)
+
+    # two lrs x three seeds, targets "a" < "b"
     groups = ["x", "x", "x", "y", "y", "y"]
-    active = [True] * 6
     # x: two seeds reached b at 4 and 6 -> its median for both targets is fixed (6 for b);
     # y: nothing reached by 10, so its median is at least 11 > 6: y loses both targets
     reached = [{"a": 3, "b": 4}, {"a": 5, "b": 6}, {}, {}, {}, {}]
-    assert losing_members(groups, reached, active, 10, ["a", "b"]) == [3, 4, 5]
+    assert lose(groups, reached, 10, ["a", "b"]) == [3, 4, 5]
     # at iteration 5, with x's second seed short of b, x's median for b is open: nobody stops
-    reached_early = [{"a": 3, "b": 4}, {"a": 5}, {}, {}, {}, {}]
-    assert losing_members(groups, reached_early, active, 5, ["a", "b"]) == []
+    assert lose(groups, [{"a": 3, "b": 4}, {"a": 5}, {}, {}, {}, {}], 5, ["a", "b"]) == []
     # at iteration 5 with x's b fixed at 6, y's lowest median for b is 6: a tie is not a loss
-    assert losing_members(groups, reached, active, 5, ["a", "b"]) == []
-    # one y seed reached a early: y's median for a stays open (two seeds unknown), and y's
-    # members with a open keep training while x's median for a (5) is not yet beaten
+    assert lose(groups, reached, 5, ["a", "b"]) == []
+    # one y seed reached a early: at iteration 4 y's lowest median for a is 5, x's fixed one 5
     reached_y = [{"a": 3, "b": 4}, {"a": 5, "b": 6}, {}, {"a": 2}, {}, {}]
-    assert losing_members(groups, reached_y, active, 4, ["a", "b"]) == []
-    # at iteration 8 y's lowest medians are 9 (a: 2, 9, 9) and 9 (b): both above x's fixed 5 and 6
-    assert losing_members(groups, reached_y, active, 8, ["a", "b"]) == [3, 4, 5]
-    # x's third seed never stops for x's sake: its lr's median is fixed, but x is the winner
-    assert 2 not in losing_members(groups, reached_y, active, 50, ["a", "b"])
-    # a member that left without reaching counts as never: y = (left, never), so y's median is
-    # +inf, fixed, and it loses to x; a group alone never loses
-    left = [True, True, True, False, True, True]
-    assert losing_members(groups, [{}, {}, {}, {}, {}, {}], left, 3, ["a"]) == []
-    assert losing_members(["x", "x"], [{"a": 1}, {}], [True, True], 9, ["a"]) == []
+    assert lose(groups, reached_y, 4, ["a", "b"]) == []
+    # at iteration 8 y's lowest medians are 9 (a: 2, 9, 9) and 9 (b): both above x's 5 and 6
+    assert lose(groups, reached_y, 8, ["a", "b"]) == [3, 4, 5]
+    # the winner's last seed never stops: its lr's median is fixed, but nothing beats it
+    assert 2 not in lose(groups, reached_y, 50, ["a", "b"])
+    # a member behind the others (resumed from an older checkpoint) is bounded by its own
+    # iteration: y's seeds at 3 could still reach by 4 < x's fixed 5 for a
+    assert lose(groups, reached_y, [8, 8, 8, 3, 3, 3], ["a"]) == []
+    # four seeds: x reached a at 3 and 5, the other two are open, so x's median lies between
+    # (5 + 11) / 2 and +inf: not fixed, and y (nothing yet) does not lose to it
+    four = ["x"] * 4 + ["y"] * 4
+    assert lose(four, [{"a": 3}, {"a": 5}, {}, {}, {}, {}, {}, {}], 10, ["a"]) == []
+    # ... once x's two open seeds have left without reaching, x's median is +inf and fixed:
+    # y's lowest, 11, is below it, so y goes on; a third x seed at 7 fixes x's median at 6
+    left = [True, True, False, False, True, True, True, True]
+    assert lose(four, [{"a": 3}, {"a": 5}, {}, {}, {}, {}, {}, {}], 10, ["a"], left) == []
+    assert lose(four, [{"a": 3}, {"a": 5}, {"a": 7}, {}, {}, {}, {}, {}], 10, ["a"]) == [4, 5, 6, 7]
+    # a y seed that left without reaching counts as never: with x fixed at 6, y = (inf, 2, open)
+    # has a lowest median of 11 at iteration 10 and loses; with it still active, 2 and 11 and
+    # 11 give 11 too; and a group alone never loses
+    gone = [True, True, True, False, True, True]
+    assert lose(groups, [{"a": 3}, {"a": 6}, {}, {}, {"a": 2}, {}], 10, ["a"], gone) == [5]
+    assert lose(["x", "x"], [{"a": 1}, {}], 9, ["a"]) == []
+
+
+def test_a_population_prunes_only_against_the_lrs_of_its_own_rule(tmp_path, monkeypatch):
+    from rlscale import population
+
+    seen = []
+    real = population.losing_members
+
+    def spy(groups, *args):
+        seen.append(sorted(set(groups)))
+        return real(groups, *args)
+
+    monkeypatch.setattr(population, "losing_members", spy)
+    base = ["workers.backend=local", "total_env_steps=512", "ppo.env_steps_per_iteration=256", "targets=[60]"]
+    cfgs = [cfg_for(*base, f"seed={s}") for s in (1, 2)]
+    population.train_population(cfgs, [tmp_path / "a", tmp_path / "b"], quiet=True, prune=True,
+                                groups=[("fixed", 2.5e-4), ("grid", 2.5e-4)])
+    # the same lr under two rules: two separate comparisons, as the analysis picks a best lr per rule
+    assert seen and all(len(g) == 1 for g in seen) and {g[0][0] for g in seen} == {"fixed", "grid"}
 
 
 def test_a_pruned_population_stops_the_losing_lr_and_leaves_the_winner_as_it_was(tmp_path):
