@@ -118,10 +118,11 @@ class SweepConfig:
     get tracking.wandb_mode=disabled: the analysis reads trial.json and metrics.csv only)."""
     prune: bool = False
     """In a population, stop a member once its learning rate can no longer win any target it
-    has not reached (the smallest median iterations over seeds, as the analysis picks the best
-    lr per batch size; rlscale.population.losing_members): which lr wins and the winner's
-    numbers stay those of full runs, and the losers' budgets are saved. Bootstrap resamples
-    see a stopped seed as never reaching its open targets."""
+    has not reached against the other lrs of its rule (the smallest median iterations over
+    seeds, as the analysis picks the best lr per batch size; rlscale.population.losing_members):
+    which lr wins and the winner's numbers stay those of full runs, and the losers' budgets are
+    saved. Bootstrap resamples see a stopped seed as never reaching its open targets, and seeds
+    or targets added to the sweep later are compared against members that stopped."""
 
 
 @dataclass
