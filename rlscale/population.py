@@ -40,6 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -618,6 +619,23 @@ class PopulationSampler:
 # ----------------------------------------------------------------------------- pruning
 
 
+class Finished(NamedTuple):
+    """A finished run of the same batch size outside the population (a sweep's earlier trial,
+    for instance one of an lr the grid had before it grew), which pruning counts as a member
+    that left: `group` is its (lr rule, lr), `reached` maps a target to the iteration it was
+    reached at, `iterations` is how far the run got."""
+
+    group: tuple[str, float]
+    reached: dict[str, int]
+    iterations: int
+
+    @classmethod
+    def from_summary(cls, group: tuple[str, float], summary: dict) -> Finished:
+        """From a run's summary (or a sweep's trial record, which carries the same fields)."""
+        reached = {k: int(v["iterations"]) for k, v in (summary.get("targets") or {}).items() if v.get("reached")}
+        return cls((str(group[0]), float(group[1])), reached, int(summary.get("iterations") or 0))
+
+
 def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: Sequence[bool], iterations: Sequence[int],
                    targets: Sequence[str]) -> list[int]:
     """Active members whose group (their lr) can no longer win any target they have not reached.
@@ -660,7 +678,8 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 
 
 def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resume: bool = False, overwrite: bool = False,
-                     quiet: bool = False, prune: bool = False, groups: Sequence[tuple[str, float]] | None = None) -> list[dict]:
+                     quiet: bool = False, prune: bool = False, groups: Sequence[tuple[str, float]] | None = None,
+                     finished: Sequence[Finished] = ()) -> list[dict]:
     """Train the members `cfgs` as one population, member i into run_dirs[i]; their summaries.
 
     Each run directory gets what `rlscale train` writes (config.yaml, metrics.csv, checkpoints,
@@ -670,8 +689,10 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     With `prune`, also when its learning rate can no longer win any target it has not reached
     against the other members' of its lr rule (`losing_members`; pruned.json says when, and a
     resumed population leaves it out). `groups`: each member's (lr rule, lr) as the analysis
-    labels it (a sweep's grid trials train with rule 'fixed'); default the configs'. Local
-    backend only (see the module docstring).
+    labels it (a sweep's grid trials train with rule 'fixed'); default the configs'.
+    `finished`: runs of the same batch size and targets outside the population, which pruning
+    compares against as members that left (so an lr added to a grid later can lose to the lrs
+    already run). Local backend only (see the module docstring).
     """
     run_dirs = [Path(d) for d in run_dirs]
     check_population(cfgs, run_dirs)
@@ -687,7 +708,7 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
         runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet)
                 for cfg, d, pool, member, s in zip(cfgs, run_dirs, pools, learner.members, saved)]
         labels: list[tuple[str, float]] = list(groups) if groups is not None else [(str(c.ppo.lr_rule), c.ppo.lr) for c in cfgs]
-        return _PopulationLoop(learner, runs, labels if prune else None).loop(quiet)
+        return _PopulationLoop(learner, runs, labels if prune else None, finished).loop(quiet)
     finally:
         for pool in pools:
             pool.close()
@@ -696,15 +717,17 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
 class _PopulationLoop:
     """The members' runs driven together: sample all, update all, log each (train.Run's steps)."""
 
-    def __init__(self, learner: PopulationLearner, runs: list[Run], groups: list[tuple[str, float]] | None = None):
+    def __init__(self, learner: PopulationLearner, runs: list[Run], groups: list[tuple[str, float]] | None = None,
+                 finished: Sequence[Finished] = ()):
         self.learner, self.runs = learner, runs
         self.groups = groups  # each member's (lr rule, lr) when pruning, else None
+        self.finished = list(finished)  # runs outside the population that pruning counts as members that left
         self.sampler = PopulationSampler(learner, [r.pool for r in runs])
         self.summaries: dict[int, dict] = {}
 
     def pruned(self, active: list[int]) -> list[int]:
         """Active members to stop now, when pruning: `losing_members` among each lr rule's
-        members (the analysis also picks a best lr per rule)."""
+        members and finished runs (the analysis also picks a best lr per rule)."""
         runs, groups = self.runs, self.groups
         if groups is None or not active:
             return []
@@ -712,10 +735,13 @@ class _PopulationLoop:
         out = []
         for rule in sorted({g[0] for g in groups}):
             ms = [i for i, g in enumerate(groups) if g[0] == rule]
-            lose = losing_members([groups[i] for i in ms],
-                                  [{k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms],
-                                  [i in active for i in ms], [runs[i].state.counters.iteration for i in ms], targets)
-            out += [ms[j] for j in lose]
+            done = [f for f in self.finished if f.group[0] == rule]
+            lose = losing_members([*(groups[i] for i in ms), *(f.group for f in done)],
+                                  [*({k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms),
+                                   *(f.reached for f in done)],
+                                  [*(i in active for i in ms), *[False] * len(done)],
+                                  [*(runs[i].state.counters.iteration for i in ms), *(f.iterations for f in done)], targets)
+            out += [ms[j] for j in lose]  # the finished runs, inactive, are never among them
         return sorted(out)
 
     def loop(self, quiet: bool) -> list[dict]:

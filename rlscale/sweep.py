@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,9 +366,12 @@ def _failure(trial_dir: Path, e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str], prune: bool = False) -> list[dict]:
+def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str], prune: bool = False,
+                   finished: Sequence = ()) -> list[dict]:
     """Train trials that can share a population (see `population_groups`) as one; their
-    records, written as run_trial writes them. Never raises: a failure fails every member."""
+    records, written as run_trial writes them. Never raises: a failure fails every member.
+    `finished`: completed trials of the same env and B that pruning compares against
+    (`finished_trials`)."""
     from rlscale.population import train_population
 
     dirs = [Path(d) for d in trial_dirs]
@@ -378,7 +382,7 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
                 for t, d in zip(trials, dirs)]
         nmbs = [c.ppo.num_minibatches for c in cfgs]
         summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True, prune=prune,
-                                     groups=[(t.lr_rule, t.lr) for t in trials])
+                                     groups=[(t.lr_rule, t.lr) for t in trials], finished=finished)
         recs = [_trial_record(t, "completed", summary=s, nmb=n) for t, s, n in zip(trials, summaries, nmbs)]
     except Exception as e:  # recorded for every member, so that analysis reports the failure
         err = _failure(dirs[0], e)
@@ -388,6 +392,28 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
     for rec, d in zip(recs, dirs):
         atomic_write_json(d / "trial.json", rec)
     return recs
+
+
+def finished_trials(sweep_dir: Path, group: list[Trial]) -> list:
+    """The sweep's completed trials of the group's env, B and lr rules, outside the group, as
+    pruning's `population.Finished` runs: an lr added to a grid later can then lose to the lrs
+    that ran before (the analysis compares them all). Read when the group starts, so that
+    populations which finished earlier in the same sweep count."""
+    from rlscale.population import Finished
+
+    ids = {t.trial_id for t in group}
+    keys = {(t.env_id, t.env_steps_per_iteration, t.lr_rule) for t in group}
+    out = []
+    for path in sorted((sweep_dir / "trials").glob("*/trial.json")):
+        if path.parent.name in ids:
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rec.get("status") == "completed" and (rec.get("env_id"), rec.get("env_steps_per_iteration"), rec.get("lr_rule")) in keys:
+            out.append(Finished.from_summary((rec["lr_rule"], rec["lr"]), rec))
+    return out
 
 
 def _pooled(trials: list[Trial]) -> list[Trial]:
@@ -557,7 +583,8 @@ def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, s
                 dirs = [str((sweep_dir / "trials" / t.trial_id).resolve()) for t in group]
                 base = bases[group[0].base_config]
                 pooled = cfg.population and group[0].lr_rule != "adaptive"
-                fn, args = (remote_population, (group, base, dirs, cfg.prune)) if pooled else (remote_trial, (group[0], base, dirs[0]))
+                fn, args = ((remote_population, (group, base, dirs, cfg.prune, finished_trials(sweep_dir, group) if cfg.prune else []))
+                            if pooled else (remote_trial, (group[0], base, dirs[0])))
                 ref = fn.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(*args)
                 running[ref] = (group, pg)
             ready, _ = ray.wait(list(running), num_returns=1)

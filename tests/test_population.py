@@ -281,6 +281,31 @@ def test_losing_members_stop_only_when_their_lr_cannot_win_an_open_target():
     assert lose(["x", "x"], [{"a": 1}, {}], 9, ["a"]) == []
 
 
+def test_an_lr_added_later_is_pruned_against_the_finished_runs_of_the_others(tmp_path):
+    """A grid grown by one lr: its population stops the new lr when the lr already run wins,
+    at the iteration where the winner's median is known, as the two trained together would."""
+    from rlscale.population import Finished, train_population
+
+    base = ["workers.backend=local", "total_env_steps=6144", "ppo.env_steps_per_iteration=256", "eval.interval=1",
+            "eval.episodes=3", "targets=[60]", "stop_return=60", "checkpoint_interval=4"]
+    good = [cfg_for(*base, f"seed={s}", "ppo.lr=2e-3") for s in (1, 2, 3)]
+    late = [cfg_for(*base, f"seed={s}", "ppo.lr=1e-7") for s in (1, 2, 3)]
+    first = train_population(good, [tmp_path / "good" / str(i) for i in range(3)], quiet=True, prune=True,
+                             groups=[("grid", 2e-3)] * 3)
+    reach = sorted(s["targets"]["60.0"]["iterations"] for s in first)
+    assert all(s["targets"]["60.0"]["reached"] for s in first) and reach[1] < 24
+    finished = [Finished.from_summary(("grid", 2e-3), s) for s in first]
+    assert finished[0].reached == {"60.0": first[0]["targets"]["60.0"]["iterations"]}
+    # the same rule: the new lr stops as soon as the finished lr's median is beaten
+    grown = train_population(late, [tmp_path / "late" / str(i) for i in range(3)], quiet=True, prune=True,
+                             groups=[("grid", 1e-7)] * 3, finished=finished)
+    assert [s["iterations"] for s in grown] == [reach[1]] * 3 and all(s["pruned"] for s in grown)
+    # another rule's finished runs are not its competitors: the new lr runs its whole budget
+    alone = train_population(late, [tmp_path / "alone" / str(i) for i in range(3)], quiet=True, prune=True,
+                             groups=[("noise", 1e-7)] * 3, finished=finished)
+    assert [s["iterations"] for s in alone] == [24] * 3 and not any(s["pruned"] for s in alone)
+
+
 def test_a_population_prunes_only_against_the_lrs_of_its_own_rule(tmp_path, monkeypatch):
     from rlscale import population
 

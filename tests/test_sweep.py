@@ -309,8 +309,31 @@ def test_a_population_task_hands_the_sweeps_prune_setting_to_its_population(tmp_
     monkeypatch.setattr(population_mod, "train_population", fake_train_population)
     trials = [t for t in expand_grid(load_sweep_config(_protocol_sweep(tmp_path))) if t.trial_id.startswith("CartPole-v1_B64_")]
     base = OmegaConf.to_container(sweep_mod.load_yaml(trials[0].base_config))  # as _run_on_ray sends it
-    recs = sweep_mod.run_population(trials, base, [str(tmp_path / t.trial_id) for t in trials], True)
-    assert seen["prune"] is True and {r["status"] for r in recs} == {"completed"}
+    finished = [population_mod.Finished(("grid", 1.0), {}, 3)]
+    recs = sweep_mod.run_population(trials, base, [str(tmp_path / t.trial_id) for t in trials], True, finished)
+    assert seen["prune"] is True and seen["finished"] == finished and {r["status"] for r in recs} == {"completed"}
+
+
+def test_a_population_prunes_against_the_sweeps_finished_trials_of_its_env_and_b(tmp_path):
+    """finished_trials: completed records of the group's env, B and lr rule, other trials only."""
+    import rlscale.sweep as sweep_mod
+    from rlscale.population import Finished
+
+    trials = expand_grid(load_sweep_config(_protocol_sweep(tmp_path)))
+    group = [t for t in trials if t.trial_id.startswith("CartPole-v1_B64_") and t.lr == trials[0].lr]
+    others = [t for t in trials if t not in group]
+    same_b = next(t for t in others if t.env_id == group[0].env_id and t.env_steps_per_iteration == 64)
+    other_b = next(t for t in others if t.env_id == group[0].env_id and t.env_steps_per_iteration != 64 and t.lr_rule == "grid")
+    summary = {"targets": {"100.0": {"reached": True, "iterations": 7}, "200.0": {"reached": False, "iterations": None}},
+               "iterations": 9}
+    sweep = tmp_path / "s"
+    for t, status in [(same_b, "completed"), (other_b, "completed"), (group[0], "completed")]:
+        sweep_mod.atomic_write_json(sweep / "trials" / t.trial_id / "trial.json", sweep_mod._trial_record(t, status, summary=summary))
+    (sweep / "trials" / "broken").mkdir()
+    (sweep / "trials" / "broken" / "trial.json").write_text("{")  # a half-written record is skipped
+    assert sweep_mod.finished_trials(sweep, group) == [Finished((same_b.lr_rule, same_b.lr), {"100.0": 7}, 9)]
+    sweep_mod.atomic_write_json(sweep / "trials" / same_b.trial_id / "trial.json", sweep_mod._trial_record(same_b, "pending"))
+    assert sweep_mod.finished_trials(sweep, group) == []
 
 
 def test_evaluation_due_every_interval_or_every_env_steps():
