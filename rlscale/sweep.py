@@ -320,7 +320,8 @@ def _yaml_value(v) -> str:
     return str(v)
 
 
-def _trial_record(trial: Trial, status: str, error: str | None = None, summary: dict | None = None, nmb: int = 0) -> dict:
+def _trial_record(trial: Trial, status: str, error: str | None = None, summary: dict | None = None, nmb: int = 0,
+                  population: dict | None = None) -> dict:
     s = summary or {}
     return {
         "trial_id": trial.trial_id, "env_id": trial.env_id, "seed": trial.seed,
@@ -328,7 +329,7 @@ def _trial_record(trial: Trial, status: str, error: str | None = None, summary: 
         "lr_rule": trial.lr_rule, "lr": trial.lr, "status": status, "error": error,
         "targets": s.get("targets", {}), "b_simple": s.get("b_simple"), "pruned": s.get("pruned"),
         "env_steps": s.get("env_steps"), "iterations": s.get("iterations"), "wall_time_s": s.get("wall_time_s"),
-        "overrides": trial.overrides,
+        "overrides": trial.overrides, "population": population,
     }
 
 
@@ -383,7 +384,8 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
         nmbs = [c.ppo.num_minibatches for c in cfgs]
         summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True, prune=prune,
                                      groups=[(t.lr_rule, t.lr) for t in trials], finished=finished)
-        recs = [_trial_record(t, "completed", summary=s, nmb=n) for t, s, n in zip(trials, summaries, nmbs)]
+        pop = {"first": trials[0].trial_id, "members": len(trials)}  # scripts/study_cost.py sums populations' times
+        recs = [_trial_record(t, "completed", summary=s, nmb=n, population=pop) for t, s, n in zip(trials, summaries, nmbs)]
     except Exception as e:  # recorded for every member, so that analysis reports the failure
         err = _failure(dirs[0], e)
         for d in dirs[1:]:

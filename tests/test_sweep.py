@@ -156,6 +156,8 @@ def test_population_sweep_writes_the_records_and_analysis_of_separate_trials(ray
     for tid, sep in recs["separate"].items():
         pop = recs["population"][tid]
         assert list(pop) == list(sep) and pop["status"] == "completed"
+        assert sep["population"] is None and pop["population"]["members"] == 4
+        assert recs["population"][pop["population"]["first"]]["population"] == pop["population"]  # its first member's record
         assert sorted(pop["targets"]) == sorted(sep["targets"]) and pop["num_minibatches"] == sep["num_minibatches"]
         assert pop["overrides"] == [*sep["overrides"][:-2], "tracking.wandb_mode=disabled", *sep["overrides"][-2:]]
         files = lambda d: sorted(p.name for p in d.iterdir() if p.name != "wandb")  # noqa: E731
