@@ -62,7 +62,7 @@ def _train_population(args) -> int:
 def _sweep(args) -> int:
     from rlscale.sweep import run_sweep
 
-    out = run_sweep(args.config, args.overrides, Path(args.out) if args.out else None, only_envs=args.envs)
+    out = run_sweep(args.config, args.overrides, Path(args.out) if args.out else None, only_envs=args.envs, only=args.only)
     print(json.dumps(out))
     return 0
 
@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides of the sweep file")
     s.add_argument("--out", help="sweep directory (default sweeps/<name>); rerunning resumes it")
     s.add_argument("--envs", nargs="+", metavar="ENV_ID", help="run only these envs' trials now (the others are left as they are)")
+    s.add_argument("--only", choices=("grid", "adaptive"), help="run only the fixed-B grid's trials or only the adaptive-batch runs "
+                   "(two sweeps of one directory with the two choices run side by side)")
     s.set_defaults(func=_sweep)
 
     a = sub.add_parser("analyze", help="fit steps vs examples, B_crit vs B_simple, write the report")

@@ -494,11 +494,14 @@ def write_wandb_sweep_files(cfg: SweepConfig, sweep_dir: Path) -> list[Path]:
 
 
 def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: bool = False,
-              only_envs: list[str] | None = None) -> dict:
+              only_envs: list[str] | None = None, only: str | None = None) -> dict:
     """Run the sweep's trials not completed yet (with `only_envs`, only those envs' trials;
-    the others are left as they are); returns counts."""
+    with `only` 'grid' or 'adaptive', only the fixed-B grid's trials or the adaptive-batch
+    runs; the others are left as they are); returns counts."""
     cfg = load_sweep_config(config_path, overrides)
     trials = expand_grid(cfg)
+    if only not in (None, "grid", "adaptive"):
+        raise ConfigError(f"only={only!r} is not a kind of trial; use 'grid' or 'adaptive' (or leave it out for both)")
     unknown = sorted(set(only_envs or []) - {e.id for e in cfg.envs})
     if unknown:
         raise ConfigError(f"--envs names {', '.join(unknown)}, which sweep '{config_path}' does not list; "
@@ -522,7 +525,9 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     write_wandb_sweep_files(cfg, sweep_dir)
 
     todo, done = [], 0
-    for t in trials if not only_envs else [t for t in trials if t.env_id in only_envs]:
+    chosen = [t for t in trials if (not only_envs or t.env_id in only_envs)
+              and (only is None or (t.lr_rule == "adaptive") == (only == "adaptive"))]
+    for t in chosen:
         rec_path = sweep_dir / "trials" / t.trial_id / "trial.json"
         if rec_path.is_file():
             try:
@@ -542,8 +547,9 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     if not quiet:
         alone = sum(1 for g in groups if g[0].lr_rule == "adaptive")
         pops = (f" as {len(groups) - alone} populations" + (f" and {alone} adaptive runs" if alone else "")) if cfg.population else ""
-        chosen = f" ({done + len(todo)} in {', '.join(only_envs)})" if only_envs else ""
-        print(f"sweep {cfg.name}: {len(trials)} trials{chosen}, {done} already completed, {len(todo)} to run{pops} -> {sweep_dir}",
+        part = ", ".join([*(only_envs or []), *([f"{only} trials only"] if only else [])])
+        picked = f" ({done + len(todo)} in {part})" if part else ""
+        print(f"sweep {cfg.name}: {len(trials)} trials{picked}, {done} already completed, {len(todo)} to run{pops} -> {sweep_dir}",
               file=sys.stderr)
 
     results = _run_on_ray(cfg, groups, trial_cfgs, sweep_dir, quiet) if todo else []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rlscale.analysis import analyze
+from rlscale.errors import ConfigError
 from rlscale.sweep import expand_grid, load_sweep_config, run_sweep
 from tests.helpers import ROOT
 
@@ -294,6 +295,14 @@ def test_envs_filter_and_adaptive_trials_run_alone_beside_populations(tmp_path, 
     assert groups[-2:] == [["CartPole-v1_adaptive_s1"], ["CartPole-v1_adaptive_s2"]]
     assert all(t.startswith("CartPole-v1_B64_") for t in groups[0])
     assert not any((tmp_path / "s" / "trials").glob("Acrobot*"))
+    # --only splits the same trials between two sweeps that may run side by side
+    run_sweep(path, [], tmp_path / "g", quiet=True, only_envs=["CartPole-v1"], only="grid")
+    assert [len(g) for g in seen["groups"]] == [4, 4, 4]
+    run_sweep(path, [], tmp_path / "a", quiet=True, only="adaptive")
+    assert seen["groups"] == [["CartPole-v1_adaptive_s1"], ["CartPole-v1_adaptive_s2"]]
+    assert sorted(p.name for p in (tmp_path / "a" / "trials").iterdir()) == ["CartPole-v1_adaptive_s1", "CartPole-v1_adaptive_s2"]
+    with pytest.raises(ConfigError, match="grid' or 'adaptive"):
+        run_sweep(path, [], tmp_path / "x", quiet=True, only="fixed")
 
 
 def test_a_population_task_hands_the_sweeps_prune_setting_to_its_population(tmp_path, monkeypatch):
