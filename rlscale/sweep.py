@@ -546,7 +546,8 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     groups.sort(key=lambda g: order[g[0].trial_id])  # the config's order: env by env, adaptive runs after their env's grid
     if not quiet:
         alone = sum(1 for g in groups if g[0].lr_rule == "adaptive")
-        pops = (f" as {len(groups) - alone} populations" + (f" and {alone} adaptive runs" if alone else "")) if cfg.population else ""
+        kinds = [*([f"{len(groups) - alone} populations"] if len(groups) > alone else []), *([f"{alone} adaptive runs"] if alone else [])]
+        pops = f" as {' and '.join(kinds)}" if cfg.population and kinds else ""
         part = ", ".join([*(only_envs or []), *([f"{only} trials only"] if only else [])])
         picked = f" ({done + len(todo)} in {part})" if part else ""
         print(f"sweep {cfg.name}: {len(trials)} trials{picked}, {done} already completed, {len(todo)} to run{pops} -> {sweep_dir}",
