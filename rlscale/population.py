@@ -623,21 +623,23 @@ class Finished(NamedTuple):
     """A finished run of the same batch size outside the population (a sweep's earlier trial,
     for instance one of an lr the grid had before it grew), which pruning counts as a member
     that left: `group` is its (lr rule, lr), `reached` maps a target to the iteration it was
-    reached at, `iterations` is how far the run got."""
+    reached at, `iterations` is how far the run got, `pruned` that pruning stopped it (so it
+    might still have reached its open targets, after `iterations`)."""
 
     group: tuple[str, float]
     reached: dict[str, int]
     iterations: int
+    pruned: bool = False
 
     @classmethod
     def from_summary(cls, group: tuple[str, float], summary: dict) -> Finished:
         """From a run's summary (or a sweep's trial record, which carries the same fields)."""
-        reached = {k: int(v["iterations"]) for k, v in (summary.get("targets") or {}).items() if v.get("reached")}
-        return cls((str(group[0]), float(group[1])), reached, int(summary.get("iterations") or 0))
+        reached = {k: int(v["iterations"]) for k, v in (summary.get("targets") or {}).items() if v and v.get("reached")}
+        return cls((str(group[0]), float(group[1])), reached, int(summary.get("iterations") or 0), bool(summary.get("pruned")))
 
 
 def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: Sequence[bool], iterations: Sequence[int],
-                   targets: Sequence[str]) -> list[int]:
+                   targets: Sequence[str], finished: Sequence[Finished] = ()) -> list[int]:
     """Active members whose group (their lr) can no longer win any target they have not reached.
 
     A sweep's analysis takes, per batch size and target, the group with the smallest median
@@ -652,19 +654,29 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
     and every number the analysis reports for the winner, stay what the full runs would give.
     Only bootstrap resamples, which see a stopped seed as never reaching, can differ; and a
     sweep extended later by more seeds or targets compares against members that stopped.
+
+    `finished`: runs outside the population (`Finished`) that count as members that left; one
+    that was pruned counts as one that might still reach its open targets after its last
+    iteration (its lr may have more seeds now, and with them another median). They are never
+    among the members returned.
     """
+    n = len(groups)
+    groups = [*groups, *(f.group for f in finished)]
+    reached = [*reached, *(f.reached for f in finished)]
+    iterations = [*iterations, *(f.iterations for f in finished)]
+    open_ = [*active, *(f.pruned for f in finished)]  # whose unreached targets are still open
     by_group: dict = {}
     for m, g in enumerate(groups):
         by_group.setdefault(g, []).append(m)
 
     def median(ms: list[int], target: str, soonest: bool) -> float:
-        later = [iterations[m] + 1 if soonest and active[m] else math.inf for m in ms]
+        later = [iterations[m] + 1 if soonest and open_[m] else math.inf for m in ms]
         return float(np.median([reached[m].get(target, t) for m, t in zip(ms, later)]))
 
     lowest = {(g, k): median(ms, k, True) for g, ms in by_group.items() for k in targets}
     fixed = {(g, k): lowest[g, k] for g, ms in by_group.items() for k in targets if lowest[g, k] == median(ms, k, False)}
     out = []
-    for m, g in enumerate(groups):
+    for m, g in enumerate(groups[:n]):
         if not active[m]:
             continue
         open_targets = [k for k in targets if k not in reached[m]]
@@ -735,13 +747,11 @@ class _PopulationLoop:
         out = []
         for rule in sorted({g[0] for g in groups}):
             ms = [i for i, g in enumerate(groups) if g[0] == rule]
-            done = [f for f in self.finished if f.group[0] == rule]
-            lose = losing_members([*(groups[i] for i in ms), *(f.group for f in done)],
-                                  [*({k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms),
-                                   *(f.reached for f in done)],
-                                  [*(i in active for i in ms), *[False] * len(done)],
-                                  [*(runs[i].state.counters.iteration for i in ms), *(f.iterations for f in done)], targets)
-            out += [ms[j] for j in lose]  # the finished runs, inactive, are never among them
+            lose = losing_members([groups[i] for i in ms],
+                                  [{k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms],
+                                  [i in active for i in ms], [runs[i].state.counters.iteration for i in ms], targets,
+                                  [f for f in self.finished if f.group[0] == rule])
+            out += [ms[j] for j in lose]
         return sorted(out)
 
     def loop(self, quiet: bool) -> list[dict]:

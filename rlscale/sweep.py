@@ -411,10 +411,10 @@ def finished_trials(sweep_dir: Path, group: list[Trial]) -> list:
             continue
         try:
             rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if rec.get("status") == "completed" and (rec.get("env_id"), rec.get("env_steps_per_iteration"), rec.get("lr_rule")) in keys:
-            out.append(Finished.from_summary((rec["lr_rule"], rec["lr"]), rec))
+            if rec.get("status") == "completed" and (rec.get("env_id"), rec.get("env_steps_per_iteration"), rec.get("lr_rule")) in keys:
+                out.append(Finished.from_summary((rec["lr_rule"], rec["lr"]), rec))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue  # a record this code cannot read: pruning goes on without it (never less safe)
     return out
 
 

@@ -3,7 +3,8 @@
     python scripts/study_cost.py docs/results/study/ppo [--by-batch]
 
 A population's time is its slowest member's `wall_time_s` (members share one clock; a resumed
-member's time adds up over its sessions). A record names its population (`population.first`);
+member's time adds up over its sessions); a trial trained alone is its own population. Only
+completed trials count: a running or failed population's time is left out. A record names its population (`population.first`);
 records written before that field existed are grouped by (env, B), which merges populations
 that ran one after the other at the same B (an lr added to a grid later) into the slowest of
 them, so their time is a lower bound. Times are wall-clock under whatever else shared the
@@ -24,7 +25,7 @@ def load_records(sweep_dir: Path) -> list[dict]:
     for p in sorted((sweep_dir / "trials").glob("*/trial.json")):
         try:
             recs.append(json.loads(p.read_text()))
-        except json.JSONDecodeError:
+        except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             print(f"study_cost: skipping {p}: not valid JSON (half-written?)", file=sys.stderr)
     return recs
 
@@ -36,11 +37,11 @@ def population_times(recs: list[dict]) -> dict[tuple, dict]:
     for r in recs:
         if r.get("status") != "completed":
             continue
-        pop = r.get("population")
+        legacy = "population" not in r and r["lr_rule"] != "adaptive"  # a record from before the field
+        pop = r.get("population")  # None: trained alone
         key = (r["env_id"], r["env_steps_per_iteration"] if r["lr_rule"] != "adaptive" else "adaptive",
-               pop["first"] if pop else (r["trial_id"] if r["lr_rule"] == "adaptive" else None))
-        cell = out.setdefault(key, {"seconds": 0.0, "members": 0, "pruned": 0, "env_steps": 0,
-                                    "grouped_by_batch": pop is None and r["lr_rule"] != "adaptive"})
+               None if legacy else pop["first"] if pop else r["trial_id"])
+        cell = out.setdefault(key, {"seconds": 0.0, "members": 0, "pruned": 0, "env_steps": 0, "grouped_by_batch": legacy})
         cell["seconds"] = max(cell["seconds"], float(r.get("wall_time_s") or 0.0))
         cell["members"] += 1
         cell["pruned"] += bool(r.get("pruned"))

@@ -281,6 +281,27 @@ def test_losing_members_stop_only_when_their_lr_cannot_win_an_open_target():
     assert lose(["x", "x"], [{"a": 1}, {}], 9, ["a"]) == []
 
 
+def test_finished_runs_count_as_members_that_left_and_a_pruned_one_as_still_open():
+    from rlscale.population import Finished, losing_members
+
+    # lr x finished earlier (3 seeds, median 6); lr y trains now: nothing by 10, so it loses
+    x = [Finished(("r", 1.0), {"a": 3}, 3), Finished(("r", 1.0), {"a": 6}, 6), Finished(("r", 1.0), {}, 50)]
+    assert losing_members([("r", 2.0)] * 3, [{}, {}, {}], [True] * 3, [10] * 3, ["a"], x) == [0, 1, 2]
+    # ... but not by 5 (its lowest median, 6, ties); the finished runs themselves never stop
+    assert losing_members([("r", 2.0)] * 3, [{}, {}, {}], [True] * 3, [5] * 3, ["a"], x) == []
+    # lr w wins at 1: y's member stops, and of the finished runs (lr x lost too) none is named
+    assert losing_members([("r", 3.0), ("r", 2.0)], [{"a": 1}, {}], [True, True], [10, 10], ["a"], x) == [1]
+    # two new seeds of an lr whose 3 old seeds were pruned at iteration 4 (lr z, fixed at 6, beat
+    # them then); the new ones are at iteration 3. The old seeds might have reached at 5, the new
+    # at 4: lr x's lowest median is 5 < 6, so it goes on. Counted as never, the old seeds would
+    # make it +inf and stop the new ones: a wrong call
+    z = [Finished(("r", 9.0), {"a": k}, k) for k in (5, 6, 7)]
+    old = [Finished(("r", 1.0), {}, 4, pruned=True) for _ in range(3)]
+    assert losing_members([("r", 1.0)] * 2, [{}, {}], [True] * 2, [3] * 2, ["a"], z + old) == []
+    never = [f._replace(pruned=False) for f in old]
+    assert losing_members([("r", 1.0)] * 2, [{}, {}], [True] * 2, [3] * 2, ["a"], z + never) == [0, 1]
+
+
 def test_an_lr_added_later_is_pruned_against_the_finished_runs_of_the_others(tmp_path):
     """A grid grown by one lr: its population stops the new lr when the lr already run wins,
     at the iteration where the winner's median is known, as the two trained together would."""

@@ -16,9 +16,10 @@ def _script(name: str):
     return mod
 
 
-def _rec(tid, B, lr_rule="grid", status="completed", wall=0.0, pruned=None, population=None, env_steps=100):
-    return {"trial_id": tid, "env_id": "E", "env_steps_per_iteration": B, "lr_rule": lr_rule, "status": status,
-            "wall_time_s": wall, "pruned": pruned, "population": population, "env_steps": env_steps}
+def _rec(tid, B, lr_rule="grid", status="completed", wall=0.0, pruned=None, population="legacy", env_steps=100):
+    r = {"trial_id": tid, "env_id": "E", "env_steps_per_iteration": B, "lr_rule": lr_rule, "status": status,
+         "wall_time_s": wall, "pruned": pruned, "env_steps": env_steps}
+    return r if population == "legacy" else {**r, "population": population}  # records before the field had none
 
 
 def test_study_cost_sums_each_populations_slowest_member(tmp_path):
@@ -28,18 +29,19 @@ def test_study_cost_sums_each_populations_slowest_member(tmp_path):
             _rec("c", 256, wall=900, population=p2),  # an lr added later at the same B: its own population
             _rec("d", 512, wall=600), _rec("e", 512, wall=1200),  # records without the field: one (env, B) group
             _rec("f", 512, status="pending", wall=99999),
-            _rec("g", 256, lr_rule="adaptive", wall=60), _rec("h", 256, lr_rule="adaptive", wall=30)]
+            _rec("g", 256, lr_rule="adaptive", wall=60, population=None), _rec("h", 256, lr_rule="adaptive", wall=30, population=None),
+            _rec("i", 1024, wall=10, population=None), _rec("j", 1024, wall=20, population=None)]  # trained alone
     cells = cost.population_times(recs)
     assert {k: (v["seconds"], v["members"], v["pruned"]) for k, v in cells.items()} == {
         ("E", 256, "a"): (3600, 2, 1), ("E", 256, "c"): (900, 1, 0), ("E", 512, None): (1200, 2, 0),
-        ("E", "adaptive", "g"): (60, 1, 0), ("E", "adaptive", "h"): (30, 1, 0)}
+        ("E", "adaptive", "g"): (60, 1, 0), ("E", "adaptive", "h"): (30, 1, 0), ("E", 1024, "i"): (10, 1, 0), ("E", 1024, "j"): (20, 1, 0)}
     for r in recs:
         d = tmp_path / "trials" / r["trial_id"]
         d.mkdir(parents=True)
         (d / "trial.json").write_text(json.dumps(r))
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    # 3600 + 900 + 1200 + 60 + 30 s; the (env, B) grouping makes it a lower bound
-    assert "| E | 5 | 7 (1) | 700 | 1.61 (at least) |" in out.stdout, out.stdout
+    # 3600 + 900 + 1200 + 60 + 30 + 10 + 20 s; the (env, B) grouping of the old records makes it a lower bound
+    assert "| E | 7 | 9 (1) | 900 | 1.62 (at least) |" in out.stdout, out.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -327,6 +327,8 @@ def test_a_population_task_hands_the_sweeps_prune_setting_to_its_population(tmp_
 
 def test_a_population_prunes_against_the_sweeps_finished_trials_of_its_env_and_b(tmp_path):
     """finished_trials: completed records of the group's env, B and lr rule, other trials only."""
+    import dataclasses
+
     import rlscale.sweep as sweep_mod
     from rlscale.population import Finished
 
@@ -335,16 +337,27 @@ def test_a_population_prunes_against_the_sweeps_finished_trials_of_its_env_and_b
     others = [t for t in trials if t not in group]
     same_b = next(t for t in others if t.env_id == group[0].env_id and t.env_steps_per_iteration == 64)
     other_b = next(t for t in others if t.env_id == group[0].env_id and t.env_steps_per_iteration != 64 and t.lr_rule == "grid")
+    other_env = next(t for t in others if t.env_id == "Acrobot-v1" and t.env_steps_per_iteration == 64)
+    other_rule = dataclasses.replace(same_b, trial_id="CartPole-v1_B64_noise", lr_rule="noise")
+    pruned = dataclasses.replace(same_b, trial_id="CartPole-v1_B64_pruned", seed=9)
     summary = {"targets": {"100.0": {"reached": True, "iterations": 7}, "200.0": {"reached": False, "iterations": None}},
                "iterations": 9}
     sweep = tmp_path / "s"
-    for t, status in [(same_b, "completed"), (other_b, "completed"), (group[0], "completed")]:
-        sweep_mod.atomic_write_json(sweep / "trials" / t.trial_id / "trial.json", sweep_mod._trial_record(t, status, summary=summary))
+
+    def write(t, status, s=summary):
+        sweep_mod.atomic_write_json(sweep / "trials" / t.trial_id / "trial.json", sweep_mod._trial_record(t, status, summary=s))
+
+    for t in (same_b, other_b, other_env, other_rule, group[0]):
+        write(t, "completed")
+    write(pruned, "completed", {**summary, "pruned": {"iteration": 9}})
     (sweep / "trials" / "broken").mkdir()
     (sweep / "trials" / "broken" / "trial.json").write_text("{")  # a half-written record is skipped
-    assert sweep_mod.finished_trials(sweep, group) == [Finished((same_b.lr_rule, same_b.lr), {"100.0": 7}, 9)]
-    sweep_mod.atomic_write_json(sweep / "trials" / same_b.trial_id / "trial.json", sweep_mod._trial_record(same_b, "pending"))
-    assert sweep_mod.finished_trials(sweep, group) == []
+    odd = dataclasses.replace(same_b, trial_id="CartPole-v1_B64_odd")
+    write(odd, "completed", {"targets": {"100.0": None, "200.0": {"reached": True, "iterations": None}}})  # unreadable: skipped
+    assert sweep_mod.finished_trials(sweep, group) == [Finished((same_b.lr_rule, same_b.lr), {"100.0": 7}, 9),
+                                                       Finished((same_b.lr_rule, same_b.lr), {"100.0": 7}, 9, pruned=True)]
+    write(same_b, "pending")
+    assert [f.pruned for f in sweep_mod.finished_trials(sweep, group)] == [True]
 
 
 def test_evaluation_due_every_interval_or_every_env_steps():
