@@ -262,22 +262,26 @@ def plot_steps_vs_batch(dim: pd.DataFrame, path: Path) -> Path:
 
 def plot_batch_over_training(runs: list[Path], path: Path, title: str = "") -> Path:
     """Adaptive-batch runs: the batch B each iteration used (solid) beside the B_simple EMA
-    that set it (dotted), both in env steps per iteration, one colour per run."""
-    fig, (ax,) = _new_figure(1, panel_size=(6.5, 3.8))
-    for k, run in enumerate(runs):
-        m = pd.read_csv(run / "metrics.csv")
-        nmb = json.loads((run / "summary.json").read_text())["num_minibatches"]
-        color = f"C{k % 10}"
-        ax.plot(m["iteration"], m["env_steps_per_iteration"], "-", color=color, lw=1.2, label=f"B, {run.name}")
-        ax.plot(m["iteration"], m["noise/b_simple_ema"] * nmb, ":", color=color, lw=1)
-    if runs:
+    that set it (dotted), both in env steps per iteration; one panel per environment, one
+    colour per run within it."""
+    by_env: dict[str, list[tuple[Path, dict]]] = {}
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        by_env.setdefault(str(summary.get("env_id", "?")), []).append((run, summary))
+    fig, axes = _new_figure(len(by_env), panel_size=(5.0, 3.6))
+    for ax, (env, env_runs) in zip(axes, sorted(by_env.items())):
+        for k, (run, summary) in enumerate(env_runs):
+            m = pd.read_csv(run / "metrics.csv")
+            color = f"C{k % 10}"
+            ax.plot(m["iteration"], m["env_steps_per_iteration"], "-", color=color, lw=1.2, label=f"seed {summary.get('seed', k)}")
+            ax.plot(m["iteration"], m["noise/b_simple_ema"] * summary["num_minibatches"], ":", color=color, lw=1)
         ax.set_yscale("log")
-        ax.legend(fontsize=6, ncol=2)
-    else:
-        _no_data(ax, "no adaptive-batch run")
-    ax.set_xlabel("PPO iteration")
-    ax.set_ylabel("env steps per iteration")
-    ax.set_title(f"{title}batch used (solid) and B_simple EMA (dotted)", fontsize=9)
+        ax.legend(fontsize=7, title="B (solid), B_simple EMA (dotted)", title_fontsize=7)
+        ax.set_xlabel("PPO iteration")
+        ax.set_ylabel("env steps per iteration")
+        ax.set_title(f"{title}{env}", fontsize=9)
+    if not by_env:
+        _no_data(axes[0], "no adaptive-batch run")
     return _save(fig, path)
 
 
