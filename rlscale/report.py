@@ -102,8 +102,10 @@ def plot_pareto(analysis: dict, path: Path) -> Path:
                 ax.plot(b_line * s_line, s_line, color=color, lw=1.5)
                 ax.plot([e["e_min"] * 2], [e["s_min"] * 2], marker="*", ms=12, color=color,
                         ls="none", markeredgecolor="k")
+            elif e["status"] == "b_crit_above_range":
+                label += f" (B_crit > {e['b_crit_lower_bound']:g})"
             else:
-                label += " (too few batch sizes)"
+                label += f" ({e['status'].replace('_', ' ')})"
             ax.plot(b * s, s, "o", color=color, label=label)
             runs = [p for p in (e.get("adaptive") or {}).get("runs", []) if p["reached"]]
             if runs:  # adaptive-batch runs, one marker per seed, beside the fixed-B frontier
