@@ -1,12 +1,13 @@
 """Markdown tables of a study's analysis.json (`rlscale analyze SWEEP_DIR`), for the results page.
 
-    python scripts/study_table.py docs/results/study/ppo/analysis.json [--a2c docs/results/study/a2c/analysis.json]
+    python scripts/study_table.py docs/results/study/ppo/analysis.json [--a2c docs/results/study/a2c/analysis.json] [--envs ENV_ID ...]
 
 Per environment and target: S_min, E_min, B_crit with its 95% interval (or a lower bound when
 B_crit lies beyond the largest batch swept), B_simple with its interval, their ratio, B_crit per
 optimizer step, the batch sizes whose best lr sits at the edge of the grid, and the adaptive
 runs' medians when there are any; then the paper's claim over all points. With --a2c, the
-control's B_crit per iteration and per optimizer step beside PPO's, per (env, target).
+control's B_crit per iteration and per optimizer step beside PPO's, per (env, target). With
+--envs, only those envs' rows, and the claim recomputed over them (`noise_scale_claim`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("analysis", type=Path)
     ap.add_argument("--a2c", type=Path, help="the A2C control's analysis.json")
+    ap.add_argument("--envs", nargs="+", metavar="ENV_ID", help="only these envs (the claim is recomputed over them)")
     args = ap.parse_args(argv)
     a = json.loads(args.analysis.read_text())
+    if args.envs:
+        from rlscale.analysis import noise_scale_claim
+
+        unknown = sorted(set(args.envs) - {e["env_id"] for e in a["entries"]})
+        if unknown:
+            print(f"study_table: --envs names {', '.join(unknown)}, which {args.analysis} has no entry for", file=sys.stderr)
+            return 2
+        a["entries"] = [e for e in a["entries"] if e["env_id"] in args.envs]
+        a["noise_scale_claim"] = noise_scale_claim(a["entries"], a["noise_scale_claim"]["within_factor"])
     print("| env | target | batch sizes reached | S_min | E_min | B_crit [95% CI] | B_simple [95% CI] | B_crit / B_simple "
           "| B_crit per optimizer step | best lr at grid edge (B) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -45,3 +45,25 @@ def test_study_cost_sums_each_populations_slowest_member(tmp_path):
     assert "| E | 7 | 9 (1) | 900 | 1.62 (at least) |" in out.stdout, out.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
+    def entry(env, b_crit, b_simple, status="ok"):
+        return {"env_id": env, "target": 1.0, "status": status, "s_min": 2.0, "e_min": 2.0 * b_crit, "b_crit": b_crit,
+                "b_crit_ci": [1, 2], "b_simple": b_simple, "b_simple_ci": [1, 2], "ratio": b_crit / b_simple, "n_batch_sizes": 3,
+                "batch_sizes_swept": [1, 2, 3], "best_configs": [], "b_crit_lower_bound": 3.0}
+    entries = [entry("A", 100, 50), entry("A", 200, 100), entry("A", 400, 200), entry("B", 1000, 10), entry("B", 5, 1, "b_crit_above_range")]
+    from rlscale.analysis import noise_scale_claim
+
+    path = tmp_path / "analysis.json"
+    path.write_text(json.dumps({"entries": entries, "noise_scale_claim": noise_scale_claim(entries)}))
+    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "scripts" / "study_table.py"), str(path), *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    every, only_a = run(), run("--envs", "A")
+    assert "4 points over 2 envs" in every.stdout and "fraction within x3: 0.75" in every.stdout and "1 lower bounds" in every.stdout
+    # A alone: every ratio 2, B_crit = 2 B_simple exactly: all within x3, r2 1, slope 1
+    assert "3 points over 1 envs" in only_a.stdout and "fraction within x3: 1;" in only_a.stdout and "median ratio 2;" in only_a.stdout
+    assert "r2 of log B_crit on log B_simple 1 (slope 1)" in only_a.stdout
+    assert "| B |" not in only_a.stdout and "0 lower bounds" in only_a.stdout
+    bad = run("--envs", "C")
+    assert bad.returncode == 2 and "C" in bad.stderr
