@@ -9,6 +9,12 @@ Units used throughout this module:
 - ``b_simple_per_gradient``: the trainer's noise scale, in examples per gradient (one gradient
   is one minibatch of ``B / num_minibatches`` env steps). ``b_simple`` is the same quantity
   times ``num_minibatches``, i.e. in env steps per iteration, so it compares with ``B_crit``.
+- Noise-scale variants (``NOISE_VARIANTS``): ``combined`` (the policy + value loss's gradient, the
+  learner's primary estimate, top-level ``b_simple``), ``adam`` (the same gradient in Adam's
+  preconditioned metric, tr(P Sigma) / G^T P G) and, from trials with
+  ``noise.split_policy_value``, ``policy`` and ``value`` (each loss's gradient alone). Every
+  entry carries the variants its trials recorded (``b_simple_variants``), and the claim is
+  computed per variant (``noise_scale_claim_by_variant``).
 
 Entry point: :func:`analyze` (reads ``sweep.json`` and ``trials/*/trial.json``, writes
 ``analysis.json``, CSV tables, figures and ``report.html`` into the sweep directory).
@@ -39,8 +45,17 @@ DIMINISHING_REDUCTION = 0.2
 TABLE_COLUMNS = [
     "trial_id", "env_id", "target", "B", "num_minibatches", "lr_rule", "lr", "seed",
     "status", "error", "pruned", "reached", "iterations", "env_steps", "optimizer_steps",
-    "wall_time_s", "b_simple_to_target",
+    "wall_time_s", "b_simple_to_target", "b_simple_adam_to_target", "b_simple_policy_to_target",
+    "b_simple_value_to_target",
 ]
+
+# The noise-scale variants a trial can record up to a target (rlscale.noise_scale.SUMMARY_PARTS);
+# 'combined' is the primary one (entry["b_simple"]).
+NOISE_VARIANTS = ("combined", "adam", "policy", "value")
+
+
+def _variant_column(variant: str) -> str:
+    return "b_simple_to_target" if variant == "combined" else f"b_simple_{variant}_to_target"
 
 
 # ----------------------------------------------------------------------------------------
@@ -210,6 +225,7 @@ def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
             targets = [float("nan")]  # keep the trial visible even with no target at all
         for target in targets:
             res = results.get(target, {})
+            parts = res.get("b_simple_parts") or {}
             rows.append({
                 "trial_id": str(trial.get("trial_id")),
                 "env_id": env_id,
@@ -229,10 +245,11 @@ def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
                 "wall_time_s": res.get("wall_time_s"),
                 # the ratio of averaged estimates up to the target (sweeps before it: a mean of ratios)
                 "b_simple_to_target": res.get("b_simple", res.get("b_simple_mean")),
+                **{_variant_column(v): (parts.get(v) or {}).get("b_simple") for v in NOISE_VARIANTS[1:]},
             })
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for col in ["B", "num_minibatches", "lr", "seed", "target", "iterations", "env_steps",
-                "optimizer_steps", "wall_time_s", "b_simple_to_target"]:
+                "optimizer_steps", "wall_time_s", *(_variant_column(v) for v in NOISE_VARIANTS)]:
         table[col] = pd.to_numeric(table[col], errors="coerce")
     return table.sort_values(["env_id", "target", "B", "lr_rule", "lr", "seed"], ignore_index=True)
 
@@ -301,17 +318,19 @@ def _bootstrap_fits(rows: pd.DataFrame, n_bootstrap: int, rng: np.random.Generat
     return np.array(fits).reshape(-1, 3)
 
 
-def _b_simple(rows: pd.DataFrame, best: pd.DataFrame) -> tuple[float | None, float | None, int, np.ndarray]:
-    """Mean b_simple at this target over the best-config trials of the batch sizes that reached.
+def _b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str = "combined") -> tuple[float | None, float | None, int, np.ndarray]:
+    """Mean b_simple (of a noise-scale variant) at this target over the best-config trials of
+    the batch sizes that reached, among those that recorded it.
 
     Returns (per gradient, in env steps per iteration, number of trials averaged, the trials'
     values in env steps per iteration).
     """
+    column = _variant_column(variant)
     sel = _rows_of(rows, best[np.isfinite(best["median_iterations"])])
-    sel = sel[np.isfinite(sel["b_simple_to_target"].to_numpy(dtype=float))]
+    sel = sel[np.isfinite(sel[column].to_numpy(dtype=float))]
     if sel.empty:
         return None, None, 0, np.array([])
-    per_gradient = sel["b_simple_to_target"].to_numpy(dtype=float)
+    per_gradient = sel[column].to_numpy(dtype=float)
     # One gradient sees B/num_minibatches env steps, so scale up to the rollout batch B.
     minibatches = sel["num_minibatches"].fillna(1).to_numpy(dtype=float)
     per_iteration = per_gradient * minibatches
@@ -385,11 +404,20 @@ def pareto_entries(
         entry["batch_sizes"] = reached["B"].tolist()
         entry["steps"] = reached["median_iterations"].tolist()
         entry["env_steps"] = (reached["B"] * reached["median_iterations"]).tolist()
-        b_grad, b_iter, n_b, b_trials = _b_simple(rows, best)
-        entry.update(b_simple_per_gradient=b_grad, b_simple=b_iter, n_b_simple_trials=n_b)
-        # interval of the mean over the trials (seeds x best-config batch sizes), by bootstrap
-        entry["b_simple_ci"] = _ci(np.array([rng.choice(b_trials, len(b_trials)).mean() for _ in range(n_bootstrap)])
-                                   if len(b_trials) >= 2 else np.array([]))
+        variants: dict[str, dict[str, Any]] = {}
+        for variant in NOISE_VARIANTS:
+            b_grad, b_iter, n_b, b_trials = _b_simple(rows, best, variant)
+            # the other variants draw from their own streams, so the combined one's and the fit's
+            # intervals stay those of an analysis without them
+            vrng = rng if variant == "combined" else np.random.default_rng(
+                [seed, zlib.crc32(f"{env_id}|{target:.9g}|{variant}".encode())])
+            if n_b:  # interval of the mean over the trials (seeds x best-config batch sizes), by bootstrap
+                variants[variant] = {"b_simple": b_iter, "b_simple_per_gradient": b_grad, "n_trials": n_b, "b_simple_ci": _ci(
+                    np.array([vrng.choice(b_trials, len(b_trials)).mean() for _ in range(n_bootstrap)]) if n_b >= 2 else np.array([]))}
+        combined = variants.get("combined", {})
+        entry.update(b_simple_per_gradient=combined.get("b_simple_per_gradient"), b_simple=combined.get("b_simple"),
+                     n_b_simple_trials=combined.get("n_trials", 0), b_simple_ci=combined.get("b_simple_ci"),
+                     b_simple_variants=variants)
         if len(reached) < 2:
             entry["status"] = "too_few_batch_sizes"
             entries.append(entry)
@@ -418,8 +446,10 @@ def pareto_entries(
             s_min=fit.s_min, e_min=fit.e_min, b_crit=fit.b_crit, residual_rms=fit.residual_rms,
             s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=_ci(boot[:, 2]),
             n_bootstrap_ok=int(len(boot)),
-            ratio=fit.b_crit / b_iter if b_iter else None,
+            ratio=fit.b_crit / b_iter if (b_iter := variants.get("combined", {}).get("b_simple")) else None,
         )
+        for v in variants.values():  # as the top-level ratio: of the fit, a lower bound's included
+            v["ratio"] = fit.b_crit / v["b_simple"] if v["b_simple"] else None
         runs = adaptive[(adaptive["env_id"] == env_id) & (adaptive["target"] == target)]
         if sweep_dir is not None and len(runs) and entry["status"] == "ok":  # beside a frontier, not a lower bound
             from rlscale.adaptive import adaptive_point, summarise
@@ -430,28 +460,45 @@ def pareto_entries(
     return entries
 
 
-def noise_scale_claim(entries: list[dict], within: float = 3.0) -> dict:
-    """The paper's claim across (env, target) points: B_crit ~ B_simple. Over the points with a
-    B_crit fitted inside the swept range and a B_simple: the r^2 of log B_crit on log B_simple
-    (least squares), the slope, and the fraction of points whose ratio B_crit / B_simple lies in
-    [1/within, within]. Points whose B_crit is only a lower bound are counted apart."""
-    pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and e.get("b_simple")]
-    out: dict[str, Any] = {"n_points": len(pts), "n_envs": len({e["env_id"] for e in pts}), "within_factor": within,
-                           "n_lower_bounds": sum(e["status"] == "b_crit_above_range" for e in entries),
+def variant_b_simple(entry: dict, variant: str = "combined") -> float | None:
+    """An entry's B_simple (env steps per iteration) of one noise-scale variant, or None."""
+    if variant == "combined":
+        return entry.get("b_simple")
+    return ((entry.get("b_simple_variants") or {}).get(variant) or {}).get("b_simple")
+
+
+def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "combined") -> dict:
+    """The paper's claim across (env, target) points: B_crit ~ B_simple, for one noise-scale
+    variant. Over the points with a B_crit fitted inside the swept range and that variant's
+    B_simple: the r^2 of log B_crit on log B_simple (least squares), the slope, and the fraction
+    of points whose ratio B_crit / B_simple lies in [1/within, within]. Points whose B_crit is
+    only a lower bound are counted apart."""
+    pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant)]
+    out: dict[str, Any] = {"variant": variant, "n_points": len(pts), "n_envs": len({e["env_id"] for e in pts}),
+                           "within_factor": within,
+                           "n_lower_bounds": sum(e["status"] == "b_crit_above_range" and bool(variant_b_simple(e, variant))
+                                                 for e in entries),
                            "r2_log": None, "slope_log": None, "fraction_within": None}
     if not pts:
         return out
-    ratios = np.array([e["b_crit"] / e["b_simple"] for e in pts])
+    b_simple = np.array([variant_b_simple(e, variant) for e in pts], dtype=float)
+    ratios = np.array([e["b_crit"] for e in pts], dtype=float) / b_simple
     out["fraction_within"] = float(np.mean((ratios >= 1 / within) & (ratios <= within)))
     out["median_ratio"] = float(np.median(ratios))
     if len(pts) >= 3:
-        x, y = np.log([e["b_simple"] for e in pts]), np.log([e["b_crit"] for e in pts])
+        x, y = np.log(b_simple), np.log([e["b_crit"] for e in pts])
         if np.ptp(x) > 0:
             slope, icpt = np.polyfit(x, y, 1)
             resid = y - (slope * x + icpt)
             out["r2_log"] = float(1 - resid.var() / y.var()) if y.var() > 0 else None
             out["slope_log"] = float(slope)
     return out
+
+
+def claims_by_variant(entries: list[dict], within: float = 3.0) -> dict[str, dict]:
+    """The claim for every noise-scale variant some entry records, in NOISE_VARIANTS order."""
+    present = [v for v in NOISE_VARIANTS if any(variant_b_simple(e, v) for e in entries)]
+    return {v: noise_scale_claim(entries, within, v) for v in present}
 
 
 # ----------------------------------------------------------------------------------------
@@ -535,9 +582,13 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
     adaptive = ["s_over_s_min", "e_over_e_min", "measured_product", "predicted_gamma"]
     columns = scalars + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]] + per_step
     columns += ["adaptive_n_reached"] + [f"adaptive_{k}" for k in adaptive]
+    columns += [f"{k}_{v}" for v in NOISE_VARIANTS[1:] for k in ("b_simple", "ratio")]
     rows = []
     for e in entries:
         row = {k: e[k] for k in scalars} | {k: e.get(k) for k in per_step}
+        for v, part in (e.get("b_simple_variants") or {}).items():
+            if v != "combined":
+                row[f"b_simple_{v}"], row[f"ratio_{v}"] = part["b_simple"], part.get("ratio")
         if e.get("adaptive"):  # medians over the adaptive runs that reached the target
             row["adaptive_n_reached"] = e["adaptive"]["n_reached"]
             row.update({f"adaptive_{k}": e["adaptive"][k]["median"] for k in adaptive})
@@ -590,6 +641,7 @@ def analyze(
         "trial_counts": statuses,
         "entries": entries,
         "noise_scale_claim": noise_scale_claim(entries),
+        "noise_scale_claim_by_variant": claims_by_variant(entries),
         "references": meta.get("references", {}),
         "lr_at_grid_edge": [{"env_id": e["env_id"], "target": e["target"], "B": c["B"], "lr": c["lr"]}
                             for e in entries for c in e["best_configs"] if c.get("lr_at_grid_edge")],

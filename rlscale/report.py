@@ -31,6 +31,7 @@ FIGURES = {
     "pareto": "pareto_steps_vs_env_steps.png",
     "noise": "b_simple_over_training.png",
     "bcrit": "b_crit_vs_b_simple.png",
+    "bcrit_variants": "b_crit_vs_b_simple_by_variant.png",
     "scaling": "steps_vs_batch_size.png",
     "adaptive": "adaptive_batch_over_training.png",
 }
@@ -169,49 +170,71 @@ def plot_noise_over_training(sweep_dir: Path, table: pd.DataFrame, path: Path) -
     return _save(fig, path)
 
 
-def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
-    """B_crit against B_simple (both env steps per iteration), log-log, with y = x."""
-    points = [e for e in analysis["entries"]
-              if e["status"] == "ok" and e["b_crit"] and e["b_simple"]]
+VARIANT_LABELS = {
+    "combined": "combined (policy + value) gradient",
+    "adam": "combined, Adam-preconditioned",
+    "policy": "policy loss's gradient",
+    "value": "value loss's gradient",
+}
+
+
+def _variant(e: dict, variant: str) -> tuple[float | None, list | None]:
+    """An entry's B_simple of one noise-scale variant and its interval (analysis.json layout)."""
+    if variant == "combined":
+        return e.get("b_simple"), e.get("b_simple_ci")
+    v = (e.get("b_simple_variants") or {}).get(variant) or {}
+    return v.get("b_simple"), v.get("b_simple_ci")
+
+
+def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
+    """B_crit against one variant's B_simple (both env steps per iteration), log-log, with y = x,
+    the x3 band, and lower bounds as upward arrows."""
+    entries = analysis["entries"]
+    points = [e for e in entries if e["status"] == "ok" and e["b_crit"] and _variant(e, variant)[0]]
     # B_crit beyond the largest batch swept: a lower bound, drawn as an upward arrow from it
-    bounds = [e for e in analysis["entries"] if e["status"] == "b_crit_above_range" and e.get("b_simple")]
-    fig, (ax,) = _new_figure(1, panel_size=(6.0, 5.0))
-    ax.set_title("Critical batch size vs noise scale (one point per env and target)")
+    bounds = [e for e in entries if e["status"] == "b_crit_above_range" and _variant(e, variant)[0]]
+    label = VARIANT_LABELS.get(variant, variant)
     if not points and not bounds:
-        _no_data(ax, "no fitted target with a B_simple")
-        return _save(fig, path)
-    envs = sorted({e["env_id"] for e in points + bounds})
+        _no_data(ax, f"no fitted target with a B_simple ({label})")
+        return
     markers = "osD^v<>ph"
-    for i, (color, env) in enumerate(zip(_colors(len(envs)), envs)):
+    for i, env in enumerate(sorted(colors)):
         pts = [e for e in points if e["env_id"] == env]
-        x = np.array([e["b_simple"] for e in pts])
+        if not pts:
+            continue
+        x = np.array([_variant(e, variant)[0] for e in pts])
         y = np.array([e["b_crit"] for e in pts])
+        xci = [_variant(e, variant)[1] for e in pts]
         # Bootstrap CIs as asymmetric error bars; a missing CI gets none.
         lo = np.array([e["b_crit"] - e["b_crit_ci"][0] if e["b_crit_ci"] else 0.0 for e in pts])
         hi = np.array([e["b_crit_ci"][1] - e["b_crit"] if e["b_crit_ci"] else 0.0 for e in pts])
-        xlo = np.array([e["b_simple"] - e["b_simple_ci"][0] if e.get("b_simple_ci") else 0.0 for e in pts])
-        xhi = np.array([e["b_simple_ci"][1] - e["b_simple"] if e.get("b_simple_ci") else 0.0 for e in pts])
+        xlo = np.array([xi - c[0] if c else 0.0 for xi, c in zip(x, xci)])
+        xhi = np.array([c[1] - xi if c else 0.0 for xi, c in zip(x, xci)])
         ax.errorbar(x, y, yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)],
                     xerr=[np.clip(xlo, 0, None), np.clip(xhi, 0, None)], fmt=markers[i % len(markers)],
-                    color=color, capsize=3, label=env)
+                    color=colors[env], capsize=3, label=env)
         for e, xi, yi in zip(pts, x, y):
             ax.annotate(f"{e['target']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    colors = dict(zip(envs, _colors(len(envs))))
     for e in bounds:
-        ax.annotate("", xy=(e["b_simple"], e["b_crit_lower_bound"] * 2.5), xytext=(e["b_simple"], e["b_crit_lower_bound"]),
+        xb = _variant(e, variant)[0]
+        ax.annotate("", xy=(xb, e["b_crit_lower_bound"] * 2.5), xytext=(xb, e["b_crit_lower_bound"]),
                     arrowprops={"arrowstyle": "->", "color": colors.get(e["env_id"], "gray")})
-        ax.plot([e["b_simple"]], [e["b_crit_lower_bound"]], "_", color=colors.get(e["env_id"], "gray"), ms=12)
-    claim = analysis.get("noise_scale_claim") or {}
-    if claim.get("fraction_within") is not None:
+        ax.plot([xb], [e["b_crit_lower_bound"]], "_", color=colors.get(e["env_id"], "gray"), ms=12)
+    claim = (analysis.get("noise_scale_claim_by_variant") or {}).get(variant)
+    if claim is None and variant == "combined":
+        claim = analysis.get("noise_scale_claim")
+    title = label
+    if claim and claim.get("fraction_within") is not None:
         r2 = f", r2(log) {claim['r2_log']:.2f}" if claim.get("r2_log") is not None else ""
-        ax.set_title(f"B_crit vs B_simple: {claim['fraction_within']:.0%} of {claim['n_points']} points within x3{r2}"
-                     f"; {len(bounds)} lower bounds (arrows)", fontsize=9)
-    values = [e["b_simple"] for e in points] + [e["b_crit"] for e in points]
-    values += [v for e in bounds for v in (e["b_simple"], e["b_crit_lower_bound"] * 2.5)]
+        title += (f"\n{claim['fraction_within']:.0%} of {claim['n_points']} points within x3{r2}"
+                  f"; {len(bounds)} lower bounds (arrows)")
+    ax.set_title(title, fontsize=9)
+    values = [_variant(e, variant)[0] for e in points] + [e["b_crit"] for e in points]
+    values += [v for e in bounds for v in (_variant(e, variant)[0], e["b_crit_lower_bound"] * 2.5)]
     values = [v for v in values if v and v > 0]
     # the axes span the points and the upper ends of their intervals; a lower end that
     # collapses towards 0 (a bootstrap fit with S_min ~ 0) runs off the bottom
-    highs = [e[k][1] for e in points for k in ("b_crit_ci", "b_simple_ci") if e.get(k)]
+    highs = [c[1] for e in points for c in (e.get("b_crit_ci"), _variant(e, variant)[1]) if c]
     lim = (min(values) / 10, max(values + highs) * 3)
     ax.plot(lim, lim, "k--", lw=1, label="B_crit = B_simple")
     for k in (3.0, 1 / 3):  # the band of the paper's claim
@@ -223,6 +246,29 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
     ax.set_xlabel("B_simple (env steps per iteration; to the target, 95% CI over trials)")
     ax.set_ylabel("B_crit = E_min / S_min (env steps per iteration)")
     ax.legend(fontsize=8)
+
+
+def _bcrit_colors(analysis: dict) -> dict:
+    envs = sorted({e["env_id"] for e in analysis["entries"] if e["status"] in ("ok", "b_crit_above_range")})
+    return dict(zip(envs, _colors(len(envs))))
+
+
+def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
+    """B_crit against the primary (combined) B_simple, one colour per env and a point per target."""
+    fig, (ax,) = _new_figure(1, panel_size=(6.0, 5.0))
+    _bcrit_panel(ax, analysis, "combined", _bcrit_colors(analysis))
+    fig.suptitle("Critical batch size vs noise scale (one point per env and target)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_bcrit_by_variant(analysis: dict, variants: list[str], path: Path) -> Path:
+    """One panel per noise-scale variant: B_crit against that variant's B_simple (same envs, same
+    colours)."""
+    fig, axes = _new_figure(len(variants), panel_size=(5.5, 4.8))
+    colors = _bcrit_colors(analysis)
+    for ax, variant in zip(axes, variants):
+        _bcrit_panel(ax, analysis, variant, colors)
+    fig.suptitle("Critical batch size vs each noise-scale variant", fontsize=10)
     return _save(fig, path)
 
 
@@ -307,7 +353,9 @@ def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> 
         plot_bcrit_vs_bsimple(analysis, fig_dir / FIGURES["bcrit"]),
         plot_steps_vs_batch(dim, fig_dir / FIGURES["scaling"]),
     ] + ([plot_batch_over_training(runs, fig_dir / FIGURES["adaptive"], "adaptive-batch runs: ")]
-         if (runs := _adaptive_runs(sweep_dir, table)) else [])
+         if (runs := _adaptive_runs(sweep_dir, table)) else []) \
+      + ([plot_bcrit_by_variant(analysis, variants, fig_dir / FIGURES["bcrit_variants"])]
+         if len(variants := list(analysis.get("noise_scale_claim_by_variant") or {})) > 1 else [])
 
 
 # ----------------------------------------------------------------------------------------
@@ -329,7 +377,10 @@ examples per minibatch (<code>b_simple_per_gradient</code>), averaged over train
 target and over the best-config trials. <code>b_simple</code> multiplies it by the number of
 minibatches per iteration to express it in env steps per iteration, the unit of B_crit;
 <code>ratio = b_crit / b_simple</code> (McCandlish et al. 2018 find B_crit &asymp; B_simple
-across tasks).</p>
+across tasks). That is the combined (policy + value) gradient's noise scale; the table of
+variants below also sets B_crit beside its Adam-preconditioned form and, for trials run with
+<code>noise.split_policy_value</code>, beside the policy and value losses' gradients apart
+(<code>b_simple_&lt;variant&gt;</code>, <code>ratio_&lt;variant&gt;</code> in the fits table).</p>
 <p><b>b_diminishing</b> (Golmant et al. 2018): for each lr rule, the smallest swept B such that
 moving to the next larger swept B cuts the median iterations by less than 20% per doubling of B
 (perfect scaling halves them); a larger B that stops reaching the target counts as no cut.</p>
@@ -359,6 +410,14 @@ def _references(analysis: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["env_id", "targets", "fractions", "reference_score", "random_score", "source"])
 
 
+def _claims(analysis: dict) -> pd.DataFrame:
+    """One row per noise-scale variant: points, envs, share within x3, median ratio, r^2."""
+    claims = analysis.get("noise_scale_claim_by_variant") or {}
+    keys = ["n_points", "n_envs", "fraction_within", "median_ratio", "r2_log", "slope_log", "n_lower_bounds"]
+    rows = [{"variant": VARIANT_LABELS.get(v, v), **{k: c.get(k) for k in keys}} for v, c in claims.items()]
+    return pd.DataFrame(rows, columns=["variant", *keys])
+
+
 def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: list[Path]) -> Path:
     """Self-contained ``report.html``: explanation, figures as data URIs, tables, failures."""
     sweep_dir = Path(sweep_dir)
@@ -381,6 +440,7 @@ def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: lis
         "<h2>Figures</h2>", *[_img_tag(p) for p in figures],
         "<h2>Targets and their references</h2>", _table_html(_references(analysis)),
         "<h2>Critical batch size per target</h2>", _table_html(fits),
+        "<h2>The claim B_crit ~ B_simple per noise-scale variant</h2>", _table_html(_claims(analysis)),
         "<h2>Diminishing returns per learning-rate rule</h2>", _table_html(dim),
         f"<h2>Failed trials ({len(failed)})</h2>", _table_html(failed),
         "<h2>Steps to target, every trial</h2>", _table_html(table),

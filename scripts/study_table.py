@@ -5,7 +5,9 @@
 Per environment and target: S_min, E_min, B_crit with its 95% interval (or a lower bound when
 B_crit lies beyond the largest batch swept), B_simple with its interval, their ratio, B_crit per
 optimizer step, the batch sizes whose best lr sits at the edge of the grid, and the adaptive
-runs' medians when there are any; then the paper's claim over all points. With --a2c, the
+runs' medians when there are any; then B_crit beside every noise-scale variant the trials
+recorded (combined, Adam-preconditioned, policy and value apart), and the paper's claim over all
+points, per variant. With --a2c, the
 control's B_crit per iteration and per optimizer step beside PPO's, per (env, target). With
 --envs, only those envs' rows, and the claim recomputed over them (`noise_scale_claim`).
 """
@@ -38,6 +40,33 @@ def b_crit_cell(e: dict) -> str:
     return f"{_num(e['b_crit'])} {_ci(e['b_crit_ci'])}"
 
 
+def print_variants(a: dict) -> None:
+    """B_crit beside every noise-scale variant's B_simple (when the trials recorded more than the
+    combined one), then the claim per variant."""
+    variants = [v for v in a.get("noise_scale_claim_by_variant") or {} if v != "combined"]
+    if variants:
+        print("\n| env | target | B_crit | " + " | ".join(f"B_simple {v} [95% CI] (ratio)" for v in ["combined", *variants]) + " |")
+        print("| --- | --- | --- | " + " | ".join("---" for _ in ["combined", *variants]) + " |")
+        for e in a["entries"]:
+            cells = []
+            for v in ["combined", *variants]:
+                part = (e.get("b_simple_variants") or {}).get(v)
+                ratio = ""
+                if part and e["status"] == "ok" and part.get("ratio"):
+                    ratio = f" ({_num(part['ratio'])})"
+                elif part and e["status"] == "b_crit_above_range":
+                    ratio = f" (> {_num(e['b_crit_lower_bound'] / part['b_simple'])})"
+                cells.append(f"{_num(part['b_simple'])} {_ci(part.get('b_simple_ci'))}{ratio}" if part else "-")
+            print(f"| {e['env_id']} | {e['target']:g} | {b_crit_cell(e)} | " + " | ".join(cells) + " |")
+    claims = a.get("noise_scale_claim_by_variant") or {"combined": a["noise_scale_claim"]}
+    for v, c in claims.items():
+        name = "" if len(claims) == 1 else f", {v}"
+        print(f"\nClaim (B_crit ~ B_simple{name}): {c['n_points']} points over {c['n_envs']} envs with a fitted B_crit; "
+              f"fraction within x{c['within_factor']:g}: {_num(c['fraction_within'])}; median ratio {_num(c.get('median_ratio'))}; "
+              f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}); "
+              f"{c['n_lower_bounds']} lower bounds.")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("analysis", type=Path)
@@ -46,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     a = json.loads(args.analysis.read_text())
     if args.envs:
-        from rlscale.analysis import noise_scale_claim
+        from rlscale.analysis import claims_by_variant, noise_scale_claim
 
         unknown = sorted(set(args.envs) - {e["env_id"] for e in a["entries"]})
         if unknown:
@@ -54,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         a["entries"] = [e for e in a["entries"] if e["env_id"] in args.envs]
         a["noise_scale_claim"] = noise_scale_claim(a["entries"], a["noise_scale_claim"]["within_factor"])
+        a["noise_scale_claim_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"])
     print("| env | target | batch sizes reached | S_min | E_min | B_crit [95% CI] | B_simple [95% CI] | B_crit / B_simple "
           "| B_crit per optimizer step | best lr at grid edge (B) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -78,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = lambda k, ad=ad: f"{_num(ad[k]['median'])} {_ci(ad[k]['ci'])}"  # noqa: E731
             print(f"| {e['env_id']} | {e['target']:g} | {ad['n_reached']} of {ad['n_runs']} | {cell('s_over_s_min')} "
                   f"| {cell('e_over_e_min')} | {cell('measured_product')} | {cell('predicted_gamma')} |")
-    c = a["noise_scale_claim"]
-    print(f"\nClaim (B_crit ~ B_simple): {c['n_points']} points over {c['n_envs']} envs with a fitted B_crit; "
-          f"fraction within x{c['within_factor']:g}: {_num(c['fraction_within'])}; median ratio {_num(c.get('median_ratio'))}; "
-          f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}); "
-          f"{c['n_lower_bounds']} lower bounds.")
+    print_variants(a)
     if args.a2c:
         b = {(e["env_id"], e["target"]): e for e in json.loads(args.a2c.read_text())["entries"]}
         print("\n| env | target | PPO B_crit | A2C B_crit | PPO B_crit per optimizer step | A2C B_crit per optimizer step | PPO B_simple | A2C B_simple |")

@@ -502,3 +502,55 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
     png = sweep / "figures" / "adaptive_batch_over_training.png"
     assert "figures/adaptive_batch_over_training.png" in result["figures"] and png.read_bytes()[:4] == b"\x89PNG"
     assert "figures/adaptive_batch_over_training.png" not in plain.get("figures", [])
+
+
+def test_noise_scale_variants_are_averaged_from_the_trials_that_recorded_them(tmp_path):
+    """Trials that measured the policy and value gradients apart (b_simple_parts) give each
+    entry those variants' B_simple from the best-config trials that have them, their ratios to
+    B_crit, a claim per variant, a figure with a panel per variant and the report's table."""
+    sweep = make_fake_sweep(tmp_path)
+    for path in (sweep / "trials").glob("*/trial.json"):
+        t = json.loads(path.read_text())
+        if t["status"] != "completed" or t["env_steps_per_iteration"] == 64:  # B = 64's trials did not split
+            continue
+        for res in t["targets"].values():
+            if res["reached"]:
+                res["b_simple_parts"] = {"policy": {"b_simple": 10.0 + t["seed"]}, "value": {"b_simple": 100.0 + 2 * t["seed"]}}
+        path.write_text(json.dumps(t))
+    result = analyze(sweep, wandb_mode="disabled")
+    low = next(e for e in result["entries"] if e["target"] == 100.0)
+    v = low["b_simple_variants"]
+    assert list(v) == ["combined", "policy", "value"]  # no trial recorded an Adam-preconditioned one
+    # the good lr's seeds 0, 1, 2 at B = 128 .. 1024 (B = 64's best trials recorded none)
+    assert v["policy"]["n_trials"] == 12 and v["combined"]["n_trials"] == 15
+    assert math.isclose(v["policy"]["b_simple_per_gradient"], 11.0)
+    assert math.isclose(v["value"]["b_simple"], 102.0 * NUM_MINIBATCHES)
+    assert math.isclose(v["policy"]["ratio"], low["b_crit"] / (11.0 * NUM_MINIBATCHES))
+    assert math.isclose(v["combined"]["b_simple"], low["b_simple"]) and v["combined"]["ratio"] == low["ratio"]
+    lo, hi = v["value"]["b_simple_ci"]
+    assert 100.0 * NUM_MINIBATCHES <= lo <= v["value"]["b_simple"] <= hi <= 104.0 * NUM_MINIBATCHES
+    claims = result["noise_scale_claim_by_variant"]
+    assert list(claims) == ["combined", "policy", "value"] and claims["combined"] == result["noise_scale_claim"]
+    assert claims["policy"]["variant"] == "policy" and claims["policy"]["n_points"] == 1
+    assert claims["policy"]["median_ratio"] == pytest.approx(v["policy"]["ratio"])
+    fits = pd.read_csv(sweep / "pareto_fits.csv")
+    assert fits.loc[fits["target"] == 100.0, "b_simple_policy"].item() == pytest.approx(44.0)
+    assert "figures/b_crit_vs_b_simple_by_variant.png" in result["figures"]
+    assert "per noise-scale variant" in (sweep / "report.html").read_text()
+
+
+def test_noise_scale_claim_per_variant_uses_that_variants_b_simple():
+    from rlscale.analysis import claims_by_variant, noise_scale_claim
+
+    def entry(env, b_crit, b_simple, policy=None, status="ok"):
+        return {"env_id": env, "target": 1.0, "status": status, "b_crit": b_crit, "b_simple": b_simple,
+                "b_simple_variants": {"policy": {"b_simple": policy}} if policy else {}}
+
+    pts = [entry("A", 100.0, 10.0, policy=100.0), entry("B", 1000.0, 50.0, policy=2000.0), entry("C", 40.0, 40.0),
+           entry("D", 10.0, 5.0, policy=1.0, status="b_crit_above_range")]
+    combined, policy = noise_scale_claim(pts), noise_scale_claim(pts, variant="policy")
+    assert combined["n_points"] == 3 and combined["fraction_within"] == pytest.approx(1 / 3)
+    assert combined["median_ratio"] == pytest.approx(10.0) and combined["n_lower_bounds"] == 1
+    assert policy["n_points"] == 2 and policy["n_envs"] == 2 and policy["fraction_within"] == 1.0
+    assert policy["median_ratio"] == pytest.approx(0.75) and policy["r2_log"] is None  # 2 points: no fit
+    assert list(claims_by_variant(pts)) == ["combined", "policy"]

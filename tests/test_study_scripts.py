@@ -67,3 +67,34 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     assert "| B |" not in only_a.stdout and "0 lower bounds" in only_a.stdout
     bad = run("--envs", "C")
     assert bad.returncode == 2 and "C" in bad.stderr
+
+
+def test_study_table_sets_b_crit_beside_every_variant(tmp_path):
+    """With Adam-preconditioned and policy B_simple in the entries: a column per variant (a lower
+    bound's ratio as a bound) and one claim line per variant, recomputed under --envs."""
+    def entry(env, b_crit, b_simple, adam, policy=None, status="ok"):
+        variants = {"combined": {"b_simple": b_simple, "ratio": b_crit / b_simple},
+                    "adam": {"b_simple": adam, "b_simple_ci": [adam / 2, adam * 2], "ratio": b_crit / adam}}
+        if policy:
+            variants["policy"] = {"b_simple": policy, "ratio": b_crit / policy}
+        return {"env_id": env, "target": 1.0, "status": status, "s_min": 2.0, "e_min": 2.0 * b_crit, "b_crit": b_crit,
+                "b_crit_ci": [1, 2], "b_simple": b_simple, "b_simple_ci": None, "ratio": b_crit / b_simple, "n_batch_sizes": 3,
+                "batch_sizes_swept": [1, 2, 3], "best_configs": [], "b_crit_lower_bound": 64.0, "b_simple_variants": variants}
+    from rlscale.analysis import claims_by_variant, noise_scale_claim
+
+    entries = [entry("A", 100, 10, 50, policy=400), entry("A", 300, 30, 100), entry("B", 1000, 10, 2000, policy=1000),
+               entry("B", 999, 4, 16, status="b_crit_above_range")]
+    path = tmp_path / "analysis.json"
+    path.write_text(json.dumps({"entries": entries, "noise_scale_claim": noise_scale_claim(entries),
+                                "noise_scale_claim_by_variant": claims_by_variant(entries)}))
+    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "scripts" / "study_table.py"), str(path), *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    out = run().stdout
+    assert "| B_simple combined [95% CI] (ratio) | B_simple adam [95% CI] (ratio) | B_simple policy [95% CI] (ratio) |" in out
+    assert "| A | 1 | 100 [1, 2] | 10  (10) | 50 [25, 100] (2) | 400  (0.25) |" in out
+    assert "| B | 1 | > 64 (lower bound) | 4  (> 16) | 16 [8, 32] (> 4) | - |" in out
+    # adam: ratios 2, 3, 0.5, all within x3; policy: 0.25 and 1
+    assert "B_simple, adam): 3 points over 2 envs with a fitted B_crit; fraction within x3: 1;" in out
+    assert "B_simple, policy): 2 points over 2 envs with a fitted B_crit; fraction within x3: 0.5;" in out
+    only_a = run("--envs", "A").stdout
+    assert "B_simple, policy): 1 points over 1 envs" in only_a and "B_simple, adam): 2 points over 1 envs" in only_a
