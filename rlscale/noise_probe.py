@@ -3,7 +3,9 @@
 At each chosen checkpoint of a run the policy is frozen; the run's own worker layout (same envs
 per worker and fragment shape, the probe's own action seeds) continues the run's environments
 where the checkpoint saved them (local backend; new episodes otherwise), burns in, then collects
-K batches of B env steps, each after a gap of steps that decorrelates it from the one before. Per loss part (policy: clipped surrogate minus the entropy bonus; value; combined) the
+K batches of B env steps, each after a gap of steps that decorrelates it from the one before. Per loss part (policy: clipped surrogate minus the entropy bonus; value; combined; and adam:
+the combined gradient in the metric of the checkpoint's Adam preconditioner P, tr(P Sigma) /
+G^T P G, which is the reference on gradients scaled by sqrt(P)) the
 batch gradients give the between-batch reference (rlscale.noise_scale.between_batch_estimates,
 a bootstrap interval over the batches). On the same K batches every in-loop estimator runs
 through the learner's own code (Learner.update at learning rate 0, so every minibatch is
@@ -35,7 +37,7 @@ from rlscale.rollout import FragmentBuffer
 from rlscale.train import fragment_lengths
 from rlscale.util import atomic_write_json, configure_learner_process, seed_everything
 
-PARTS = ("policy", "value", "combined")
+PARTS = ("policy", "value", "combined", "adam")
 MODES: tuple[Literal["random", "env"], ...] = ("random", "env")
 
 
@@ -53,9 +55,11 @@ def _checkpoints(run_dir: Path, iterations: list[int] | None) -> list[Path]:
     return [by_iter[i] for i in iterations]
 
 
-def batch_gradients(learner: Learner, batch: dict, clip_coef: float) -> dict[str, torch.Tensor]:
+def batch_gradients(learner: Learner, batch: dict, clip_coef: float, precond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Flat gradients [D] of each loss part on the whole batch (mean over its steps), at the
-    learner's parameters; advantages normalised over the batch. Micro-batches bound memory."""
+    learner's parameters; advantages normalised over the batch. Micro-batches bound memory.
+    With Adam's preconditioner `precond` [D], also 'adam': the combined gradient times
+    sqrt(precond), whose plain noise scale is tr(P Sigma) / G^T P G."""
     cfg = learner.cfg.ppo
     t = learner._to_device(batch)
     n = len(t["actions"])
@@ -71,7 +75,10 @@ def batch_gradients(learner: Learner, batch: dict, clip_coef: float) -> dict[str
         g_v = learner._grads(parts.value)
         for k, g in (("policy", g_pi), ("value", g_v), ("combined", torch._foreach_add(g_pi, g_v))):
             torch._foreach_add_(sums[k], g, alpha=w)
-    return {k: torch.cat([x.flatten() for x in v]).cpu() for k, v in sums.items()}
+    out = {k: torch.cat([x.flatten() for x in v]).cpu() for k, v in sums.items()}
+    if precond is not None:
+        out["adam"] = out["combined"] * precond.sqrt()
+    return out
 
 
 def _continue_run_envs(pool, path: Path, seed: int) -> bool:
@@ -90,8 +97,9 @@ def _continue_run_envs(pool, path: Path, seed: int) -> bool:
 
 
 def inloop_learner(cfg: TrainConfig, spec, state: dict, mode: Literal["random", "env"]) -> Learner:
-    """A learner at the checkpoint's weights whose free estimator measures every minibatch of one
-    epoch, policy and value apart, with the given micro-batch grouping."""
+    """A learner at the checkpoint's weights (and Adam state, for the preconditioned estimate)
+    whose free estimator measures every minibatch of one epoch, policy and value apart, with the
+    given micro-batch grouping."""
     c = copy.deepcopy(cfg)
     c.noise.enabled, c.noise.microbatch_mode, c.noise.split_policy_value = True, mode, True
     c.noise.epochs, c.noise.per_example_interval, c.noise.b_noise_interval = "first", 0, 0
@@ -101,12 +109,16 @@ def inloop_learner(cfg: TrainConfig, spec, state: dict, mode: Literal["random", 
     return learner
 
 
-def inloop_estimates(learner: Learner, batch: dict, version: int) -> dict[str, tuple[float, float]]:
-    """(|G|^2, tr(Sigma)) per part from the learner's own free estimator on one batch."""
+def inloop_estimates(learner: Learner, batch: dict, version: int, optimizer_state: dict | None) -> dict[str, tuple[float, float]]:
+    """(|G|^2, tr(Sigma)) per part from the learner's own free estimator on one batch; the
+    Adam-preconditioned part with the checkpoint's optimizer state (reloaded for every batch: a
+    step at lr 0 still moves Adam's second moment)."""
     learner.version = version  # the batch was collected at lag 0
+    if optimizer_state is not None:
+        learner.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
     m = learner.update(batch, lr=0.0)  # lr 0: every minibatch at the checkpoint's parameters
     keys = {"combined": ("noise/grad_sq", "noise/trace_cov"), "policy": ("noise/policy_grad_sq", "noise/policy_trace_cov"),
-            "value": ("noise/value_grad_sq", "noise/value_trace_cov")}
+            "value": ("noise/value_grad_sq", "noise/value_trace_cov"), "adam": ("noise/adam_grad_sq", "noise/adam_trace_cov")}
     return {part: (m.get(g, math.nan), m.get(t, math.nan)) for part, (g, t) in keys.items()}
 
 
@@ -127,6 +139,11 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
         seed_everything(cfg.seed)
         learner = Learner(cfg, spec, torch.device("cpu"))
         learner.model.load_state_dict(learner_state["model"])
+        learner.optimizer.load_state_dict(learner_state["optimizer"])
+        p = learner._adam_preconditioner()  # None before Adam's first step: no 'adam' part
+        precond = torch.cat([x.flatten() for x in p]).cpu() if p is not None else None
+        optimizer_state = learner_state["optimizer"] if p is not None else None
+        parts = [k for k in PARTS if k != "adam" or precond is not None]
         version = learner.version = learner_state["version"]
         weights = learner.get_weights()
         envs = pool.envs_per_worker
@@ -141,25 +158,26 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
 
         inloop_learners = {mode: inloop_learner(cfg, spec, learner_state, mode) for mode in MODES}
         steps(burn_in)
-        grads: dict[str, list[torch.Tensor]] = {k: [] for k in PARTS}
-        inloop: dict[str, dict[str, list[tuple[float, float]]]] = {m: {k: [] for k in PARTS} for m in MODES}
+        grads: dict[str, list[torch.Tensor]] = {k: [] for k in parts}
+        inloop: dict[str, dict[str, list[tuple[float, float]]]] = {m: {k: [] for k in parts} for m in MODES}
         for _ in range(batches):
             buf = FragmentBuffer(cfg.ppo.gamma, cfg.ppo.gae_lambda)
             while len(buf) < env_steps:
                 for frag in pool.sample(lengths, weights, version).fragments:
                     buf.add(frag)
             batch = buf.take(env_steps)
-            for k, g in batch_gradients(learner, batch, cfg.ppo.clip_coef).items():
+            for k, g in batch_gradients(learner, batch, cfg.ppo.clip_coef, precond).items():
                 grads[k].append(g)
             for mode in MODES:
-                for k, est in inloop_estimates(inloop_learners[mode], batch, version).items():
-                    inloop[mode][k].append(est)
+                for k, est in inloop_estimates(inloop_learners[mode], batch, version, optimizer_state).items():
+                    if k in inloop[mode]:
+                        inloop[mode][k].append(est)
             steps(gap)
     finally:
         pool.close()
     counters = state["run"]["counters"]
     rows = []
-    for part in PARTS:
+    for part in parts:
         g = torch.stack(grads[part])
         grad_sq, trace_cov = between_batch_estimates(g, env_steps)
         lo, hi = bootstrap_interval(g, env_steps, n_boot=n_boot, seed=seed)
@@ -212,12 +230,12 @@ def noise_probe(run_dir: Path, iterations: list[int] | None = None, batches: int
     rows = []
     for path in paths:
         for b in sizes:
-            rows += probe_checkpoint(cfg, path, b, batches, burn_in, gap, seed, n_boot)
+            new = probe_checkpoint(cfg, path, b, batches, burn_in, gap, seed, n_boot)
+            rows += new
             if not quiet:
-                r = {x["part"]: x for x in rows[-len(PARTS):]}
                 print(f"{path.name} B={b}: " + ", ".join(
-                    f"{p} ref {_fmt(r[p]['reference_b_simple'])} random {_fmt(r[p]['inloop_b_simple_random'])} "
-                    f"env {_fmt(r[p]['inloop_b_simple_env'])}" for p in PARTS), file=sys.stderr)
+                    f"{r['part']} ref {_fmt(r['reference_b_simple'])} random {_fmt(r['inloop_b_simple_random'])} "
+                    f"env {_fmt(r['inloop_b_simple_env'])}" for r in new), file=sys.stderr)
     atomic_write_json(run_dir / "noise_probe.json", rows)
     plot(rows, run_dir / "noise_probe.png")
     return rows
@@ -231,10 +249,11 @@ def plot(rows: list[dict], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2 * len(PARTS), 3.6))
+    parts = [p for p in PARTS if any(r["part"] == p for r in rows)]
+    fig = Figure(figsize=(4.2 * len(parts), 3.6))
     FigureCanvasAgg(fig)
-    for i, part in enumerate(PARTS):
-        ax = fig.add_subplot(1, len(PARTS), i + 1)
+    for i, part in enumerate(parts):
+        ax = fig.add_subplot(1, len(parts), i + 1)
         sel = [r for r in rows if r["part"] == part]
         x = np.array([r["env_steps"] for r in sel], dtype=float)
         ref = np.array([r["reference_b_simple"] or np.nan for r in sel], dtype=float)
@@ -246,7 +265,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(x, [r[f"inloop_b_simple_{mode}"] or np.nan for r in sel], "s--", color=color, label=f"in-loop, {mode} micro-batches")
         ax.set_yscale("log")
         ax.set_xlabel("env steps at the checkpoint")
-        ax.set_title(f"{part} gradient")
+        ax.set_title("combined gradient, Adam-preconditioned" if part == "adam" else f"{part} gradient")
         if i == 0:
             ax.set_ylabel("B_simple (env steps per gradient)")
             ax.legend(fontsize=7)

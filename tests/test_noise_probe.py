@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
 def test_probe_writes_rows_per_checkpoint_and_part_and_a_figure(run_dir, capsys):
     assert main(["noise-probe", str(run_dir), "--checkpoints", "2", "8", "--batches", "4", "--burn-in", "50"]) == 0
     rows = json.loads((run_dir / "noise_probe.json").read_text())
-    assert [(r["iteration"], r["part"]) for r in rows] == [(i, p) for i in (2, 8) for p in ("policy", "value", "combined")]
+    assert [(r["iteration"], r["part"]) for r in rows] == [(i, p) for i in (2, 8) for p in ("policy", "value", "combined", "adam")]
     for r in rows:
         assert KEYS <= r.keys() and r["batches"] == 4 and r["env_steps_per_batch"] == 256
         assert r["inloop_b_simple"] == r["inloop_b_simple_env"]  # the run's own (default) mode is its headline
@@ -30,7 +30,7 @@ def test_probe_writes_rows_per_checkpoint_and_part_and_a_figure(run_dir, capsys)
         assert r["reference_trace_cov"] > 0
     assert (run_dir / "noise_probe.png").stat().st_size > 10_000
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(printed) == 6
+    assert len(printed) == 8
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -47,3 +47,45 @@ def test_probe_bad_input(run_dir, capsys, argv, fragment):
 def test_probe_of_a_non_run(tmp_path, capsys):
     assert main(["noise-probe", str(tmp_path)]) == 2
     assert "holds no rlscale run" in capsys.readouterr().err
+
+
+def test_adam_part_is_the_combined_gradient_in_the_checkpoints_preconditioner(run_dir):
+    """The reference's 'adam' gradient is the combined one times sqrt(P) for the checkpoint's
+    Adam state, and the in-loop estimate of it does not drift with the lr-0 steps it takes: the
+    same batch measured twice gives the same numbers only because Adam's state is reloaded."""
+    import copy
+
+    import torch
+
+    from rlscale import checkpoint
+    from rlscale.actors import make_pool
+    from rlscale.config import load_train_config
+    from rlscale.noise_probe import batch_gradients, inloop_estimates, inloop_learner
+    from rlscale.ppo import Learner
+    from rlscale.rollout import FragmentBuffer
+    from rlscale.train import fragment_lengths
+
+    cfg = load_train_config(run_dir / "config.yaml", ["tracking.wandb_mode=disabled"])
+    state = checkpoint.load(checkpoint.list_checkpoints(run_dir)[-1])["learner"]
+    pool = make_pool(cfg)
+    try:
+        spec = pool.spec()
+        learner = Learner(cfg, spec, torch.device("cpu"))
+        learner.model.load_state_dict(state["model"])
+        learner.optimizer.load_state_dict(state["optimizer"])
+        buf = FragmentBuffer(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        while len(buf) < 256:
+            for frag in pool.sample(fragment_lengths(cfg, pool.envs_per_worker, 256), learner.get_weights(), state["version"]).fragments:
+                buf.add(frag)
+        batch = buf.take(256)
+    finally:
+        pool.close()
+    p = torch.cat([x.flatten() for x in learner._adam_preconditioner()])
+    g = batch_gradients(learner, batch, cfg.ppo.clip_coef, p)
+    assert torch.allclose(g["adam"], g["combined"] * p.sqrt()) and not torch.allclose(g["adam"], g["combined"])
+    inloop = inloop_learner(cfg, spec, state, "env")
+    first = inloop_estimates(inloop, copy.deepcopy(batch), state["version"], state["optimizer"])
+    again = inloop_estimates(inloop, copy.deepcopy(batch), state["version"], state["optimizer"])
+    drifted = inloop_estimates(inloop, copy.deepcopy(batch), state["version"], None)  # Adam's state as the steps left it
+    assert all(x > 0 for x in first["adam"]) and first["adam"] == again["adam"] and first["combined"] == again["combined"]
+    assert drifted["adam"] != first["adam"] and drifted["combined"] == first["combined"]
