@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-PARTS = ("policy", "value", "combined")
+PARTS = ("policy", "value", "combined", "adam")  # adam: the combined gradient in Adam's metric
 
 
 def fmt(x: float | None) -> str:
@@ -60,7 +60,7 @@ def main() -> None:
     print()
     print("| part | quantity | " + " | ".join(f"{m} / reference: median (n)" for m in modes) + " |")
     print("|" + " --- |" * (2 + len(modes)))
-    for part in PARTS:
+    for part in [p for p in PARTS if any(r["part"] == p for _, r in rows)]:
         for what in ("B_simple", "tr(Sigma)", "\\|G\\|^2"):
             cells = []
             for m in modes:
