@@ -461,10 +461,10 @@ def pareto_entries(
 
 
 def variant_b_simple(entry: dict, variant: str = "combined") -> float | None:
-    """An entry's B_simple (env steps per iteration) of one noise-scale variant, or None."""
-    if variant == "combined":
-        return entry.get("b_simple")
-    return ((entry.get("b_simple_variants") or {}).get(variant) or {}).get("b_simple")
+    """An entry's B_simple (env steps per iteration) of one noise-scale variant; None when it has
+    none or it is not positive (a mean two-batch estimate can be)."""
+    b = entry.get("b_simple") if variant == "combined" else ((entry.get("b_simple_variants") or {}).get(variant) or {}).get("b_simple")
+    return float(b) if b is not None and np.isfinite(b) and b > 0 else None
 
 
 def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "combined") -> dict:
@@ -472,7 +472,8 @@ def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "
     variant. Over the points with a B_crit fitted inside the swept range and that variant's
     B_simple: the r^2 of log B_crit on log B_simple (least squares), the slope, and the fraction
     of points whose ratio B_crit / B_simple lies in [1/within, within]. Points whose B_crit is
-    only a lower bound are counted apart."""
+    only a lower bound are counted apart (``n_lower_bounds``: those with that variant's B_simple,
+    the ones the comparison would hold)."""
     pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant)]
     out: dict[str, Any] = {"variant": variant, "n_points": len(pts), "n_envs": len({e["env_id"] for e in pts}),
                            "within_factor": within,

@@ -5,7 +5,8 @@ per worker and fragment shape, the probe's own action seeds) continues the run's
 where the checkpoint saved them (local backend; new episodes otherwise), burns in, then collects
 K batches of B env steps, each after a gap of steps that decorrelates it from the one before. Per loss part (policy: clipped surrogate minus the entropy bonus; value; combined; and adam:
 the combined gradient in the metric of the checkpoint's Adam preconditioner P, tr(P Sigma) /
-G^T P G, which is the reference on gradients scaled by sqrt(P)) the
+G^T P G, which is the reference on gradients scaled by sqrt(P); the in-loop estimate keeps that
+P for every minibatch) the
 batch gradients give the between-batch reference (rlscale.noise_scale.between_batch_estimates,
 a bootstrap interval over the batches). On the same K batches every in-loop estimator runs
 through the learner's own code (Learner.update at learning rate 0, so every minibatch is
@@ -96,26 +97,28 @@ def _continue_run_envs(pool, path: Path, seed: int) -> bool:
     return True
 
 
-def inloop_learner(cfg: TrainConfig, spec, state: dict, mode: Literal["random", "env"]) -> Learner:
-    """A learner at the checkpoint's weights (and Adam state, for the preconditioned estimate)
-    whose free estimator measures every minibatch of one epoch, policy and value apart, with the
-    given micro-batch grouping."""
+def inloop_learner(cfg: TrainConfig, spec, state: dict, mode: Literal["random", "env"],
+                   precond: list[torch.Tensor] | None = None) -> Learner:
+    """A learner at the checkpoint's weights whose free estimator measures every minibatch of one
+    epoch, policy and value apart, with the given micro-batch grouping, and, given Adam's
+    preconditioner at the checkpoint (`precond`, per parameter), the preconditioned estimate in
+    that fixed metric."""
     c = copy.deepcopy(cfg)
     c.noise.enabled, c.noise.microbatch_mode, c.noise.split_policy_value = True, mode, True
     c.noise.epochs, c.noise.per_example_interval, c.noise.b_noise_interval = "first", 0, 0
     c.ppo.epochs, c.ppo.target_kl = 1, None
     learner = Learner(c, spec, torch.device("cpu"))
     learner.model.load_state_dict(state["model"])
+    if precond is not None:
+        # the checkpoint's P for every minibatch: the lr-0 steps the probe takes still move Adam's
+        # second moment, which would otherwise enter P from the second minibatch on
+        learner._adam_preconditioner = lambda: precond  # type: ignore[method-assign]
     return learner
 
 
-def inloop_estimates(learner: Learner, batch: dict, version: int, optimizer_state: dict | None) -> dict[str, tuple[float, float]]:
-    """(|G|^2, tr(Sigma)) per part from the learner's own free estimator on one batch; the
-    Adam-preconditioned part with the checkpoint's optimizer state (reloaded for every batch: a
-    step at lr 0 still moves Adam's second moment)."""
+def inloop_estimates(learner: Learner, batch: dict, version: int) -> dict[str, tuple[float, float]]:
+    """(|G|^2, tr(Sigma)) per part from the learner's own free estimator on one batch."""
     learner.version = version  # the batch was collected at lag 0
-    if optimizer_state is not None:
-        learner.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
     m = learner.update(batch, lr=0.0)  # lr 0: every minibatch at the checkpoint's parameters
     keys = {"combined": ("noise/grad_sq", "noise/trace_cov"), "policy": ("noise/policy_grad_sq", "noise/policy_trace_cov"),
             "value": ("noise/value_grad_sq", "noise/value_trace_cov"), "adam": ("noise/adam_grad_sq", "noise/adam_trace_cov")}
@@ -142,7 +145,6 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
         learner.optimizer.load_state_dict(learner_state["optimizer"])
         p = learner._adam_preconditioner()  # None before Adam's first step: no 'adam' part
         precond = torch.cat([x.flatten() for x in p]).cpu() if p is not None else None
-        optimizer_state = learner_state["optimizer"] if p is not None else None
         parts = [k for k in PARTS if k != "adam" or precond is not None]
         version = learner.version = learner_state["version"]
         weights = learner.get_weights()
@@ -156,7 +158,7 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
                 pool.sample([T] * len(envs), weights, version)
                 n_per_env -= T
 
-        inloop_learners = {mode: inloop_learner(cfg, spec, learner_state, mode) for mode in MODES}
+        inloop_learners = {mode: inloop_learner(cfg, spec, learner_state, mode, p) for mode in MODES}
         steps(burn_in)
         grads: dict[str, list[torch.Tensor]] = {k: [] for k in parts}
         inloop: dict[str, dict[str, list[tuple[float, float]]]] = {m: {k: [] for k in parts} for m in MODES}
@@ -169,7 +171,7 @@ def probe_checkpoint(cfg: TrainConfig, path: Path, env_steps: int, batches: int,
             for k, g in batch_gradients(learner, batch, cfg.ppo.clip_coef, precond).items():
                 grads[k].append(g)
             for mode in MODES:
-                for k, est in inloop_estimates(inloop_learners[mode], batch, version, optimizer_state).items():
+                for k, est in inloop_estimates(inloop_learners[mode], batch, version).items():
                     if k in inloop[mode]:
                         inloop[mode][k].append(est)
             steps(gap)

@@ -377,10 +377,11 @@ examples per minibatch (<code>b_simple_per_gradient</code>), averaged over train
 target and over the best-config trials. <code>b_simple</code> multiplies it by the number of
 minibatches per iteration to express it in env steps per iteration, the unit of B_crit;
 <code>ratio = b_crit / b_simple</code> (McCandlish et al. 2018 find B_crit &asymp; B_simple
-across tasks). That is the combined (policy + value) gradient's noise scale; the table of
-variants below also sets B_crit beside its Adam-preconditioned form and, for trials run with
+across tasks). That is the combined (policy + value) gradient's noise scale. The fits table
+also sets B_crit beside its Adam-preconditioned form and, for trials run with
 <code>noise.split_policy_value</code>, beside the policy and value losses' gradients apart
-(<code>b_simple_&lt;variant&gt;</code>, <code>ratio_&lt;variant&gt;</code> in the fits table).</p>
+(<code>b_simple_&lt;variant&gt;</code>, <code>ratio_&lt;variant&gt;</code>), and the claim is
+given per variant below it.</p>
 <p><b>b_diminishing</b> (Golmant et al. 2018): for each lr rule, the smallest swept B such that
 moving to the next larger swept B cuts the median iterations by less than 20% per doubling of B
 (perfect scaling halves them); a larger B that stops reaching the target counts as no cut.</p>

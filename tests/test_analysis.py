@@ -554,3 +554,33 @@ def test_noise_scale_claim_per_variant_uses_that_variants_b_simple():
     assert policy["n_points"] == 2 and policy["n_envs"] == 2 and policy["fraction_within"] == 1.0
     assert policy["median_ratio"] == pytest.approx(0.75) and policy["r2_log"] is None  # 2 points: no fit
     assert list(claims_by_variant(pts)) == ["combined", "policy"]
+
+
+def test_variants_leave_the_combined_numbers_and_the_fit_unchanged(tmp_path):
+    """An analysis of trials that also recorded Adam-preconditioned (and negative policy) B_simple
+    gives the same combined B_simple, intervals and fit as one of the same trials without them;
+    the adam variant of a lower-bound entry counts as a lower bound, a negative mean as no point."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain_dir, parts_dir = make_fake_sweep(tmp_path / "a"), make_fake_sweep(tmp_path / "b")
+    for path in (parts_dir / "trials").glob("*/trial.json"):
+        t = json.loads(path.read_text())
+        for res in t.get("targets", {}).values():
+            if res.get("reached"):
+                res["b_simple_parts"] = {"adam": {"b_simple": 3.0 * res["b_simple_mean"]}, "policy": {"b_simple": -5.0}}
+        path.write_text(json.dumps(t))
+    plain, parts = analyze(plain_dir, wandb_mode="disabled"), analyze(parts_dir, wandb_mode="disabled")
+    keys = ["b_simple", "b_simple_ci", "b_crit", "b_crit_ci", "s_min_ci", "e_min_ci", "ratio", "status"]
+    for a, b in zip(plain["entries"], parts["entries"]):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert parts["noise_scale_claim"] == plain["noise_scale_claim"] == parts["noise_scale_claim_by_variant"]["combined"]
+    low = next(e for e in parts["entries"] if e["target"] == 100.0)
+    assert math.isclose(low["b_simple_variants"]["adam"]["b_simple"], 3 * low["b_simple"])
+    assert list(parts["noise_scale_claim_by_variant"]) == ["combined", "adam"]  # a negative policy mean is no point
+
+    from rlscale.analysis import noise_scale_claim
+
+    bound = {"env_id": "X", "target": 1.0, "status": "b_crit_above_range", "b_crit": 9e9, "b_simple": 10.0,
+             "b_simple_variants": {"adam": {"b_simple": 30.0}}}
+    assert noise_scale_claim([low, bound], variant="adam")["n_lower_bounds"] == 1
+    assert noise_scale_claim([low, bound], variant="value")["n_lower_bounds"] == 0
