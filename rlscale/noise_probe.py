@@ -109,10 +109,9 @@ def inloop_learner(cfg: TrainConfig, spec, state: dict, mode: Literal["random", 
     c.ppo.epochs, c.ppo.target_kl = 1, None
     learner = Learner(c, spec, torch.device("cpu"))
     learner.model.load_state_dict(state["model"])
-    if precond is not None:
-        # the checkpoint's P for every minibatch: the lr-0 steps the probe takes still move Adam's
-        # second moment, which would otherwise enter P from the second minibatch on
-        learner._adam_preconditioner = lambda: precond  # type: ignore[method-assign]
+    # the checkpoint's P for every minibatch: the lr-0 steps the probe takes still move Adam's
+    # second moment, which would otherwise enter P from the second minibatch on
+    learner.fixed_preconditioner = precond
     return learner
 
 

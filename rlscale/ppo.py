@@ -85,6 +85,9 @@ class Learner:
         self.params = list(self.model.parameters())
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, foreach=True)
+        # A fixed P for the preconditioned noise scale instead of Adam's current one (the noise
+        # probe measures a checkpoint's metric while its lr-0 steps move Adam's state).
+        self.fixed_preconditioner: list[torch.Tensor] | None = None
         self.probe = NoiseProbe(cfg.noise, cfg.ppo.microbatch_size)
         self.rng = np.random.default_rng(cfg.seed)  # minibatch order
         self.version = 0  # bumped by every update; actors report the version they acted with
@@ -183,7 +186,10 @@ class Learner:
 
     def _adam_preconditioner(self) -> list[torch.Tensor] | None:
         """Adam's diagonal preconditioner 1 / (sqrt(v / (1 - beta2^t)) + eps) per parameter (the
-        step it would take is lr m_hat P); None before its first step."""
+        step it would take is lr m_hat P); None before its first step. `fixed_preconditioner`,
+        when set, is returned instead."""
+        if self.fixed_preconditioner is not None:
+            return self.fixed_preconditioner
         group = self.optimizer.param_groups[0]
         beta2, eps = group["betas"][1], group["eps"]
         out = []
