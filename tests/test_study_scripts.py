@@ -98,3 +98,27 @@ def test_study_table_sets_b_crit_beside_every_variant(tmp_path):
     assert "B_simple, policy): 2 points over 2 envs with a fitted B_crit; fraction within x3: 0.5;" in out
     only_a = run("--envs", "A").stdout
     assert "B_simple, policy): 1 points over 1 envs" in only_a and "B_simple, adam): 2 points over 1 envs" in only_a
+
+
+def test_reference_curves_tabulates_each_run_against_its_reference_score(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"env_steps_used": 100 * i, "charts/episode_return_smoothed": float(i), "eval/return_mean": None} for i in range(1, 7)]
+    for i, ret in ((2, 2.0), (4, 6.0), (5, 8.0), (6, 10.0)):  # evaluations at 4 of the 6 iterations
+        rows[i - 1]["eval/return_mean"] = ret
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+    (run / "summary.json").write_text(json.dumps({"env_id": "E", "env_steps_used": 600, "iterations": 6, "wall_time_s": 120.0,
+                                                  "env_steps_per_s": 5.0, "episode_return_mean_last20": 7.5}))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("envs:\n  - {id: E, reference_score: 12, random_score: 2}\n  - {id: F}\n")
+    out_png = tmp_path / "fig" / "curves.png"
+    cmd = [sys.executable, str(ROOT / "scripts" / "reference_curves.py"), str(run), "--out", str(out_png), "--sweep", str(sweep)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    # the last 3 evaluations average 8; (8 - 2) / (12 - 2) of the way from random to reference
+    assert "| E | 600 | 6 | 2.0 | 5 | 7.5 | 8 | 10 | 60% |" in out.stdout, out.stdout
+    assert out_png.stat().st_size > 10_000
+    bad = subprocess.run([*cmd[:2], str(tmp_path / "nowhere"), "--out", str(out_png)], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
