@@ -208,6 +208,18 @@ def load_trials(sweep_dir: str | os.PathLike) -> list[dict]:
     return trials
 
 
+def _part_b_simple(part: dict | None) -> float | None:
+    """A trial's B_simple to a target for one part: its value; inf where the part was measured
+    (updates > 0) but is unresolved, its averaged |G|^2 not positive, so that the noise swamps
+    the signal at any batch the run could show (a B_simple beyond every finite estimate); None
+    where the trial did not measure that part."""
+    if not part:
+        return None
+    if part.get("b_simple") is not None:
+        return part["b_simple"]
+    return float("inf") if (part.get("updates") or 0) > 0 else None
+
+
 def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per (trial, target): env, batch size B (env steps/iteration), lr config, seed,
     status and the steps to reach the target in every unit the trial recorded.
@@ -226,6 +238,7 @@ def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
         for target in targets:
             res = results.get(target, {})
             parts = res.get("b_simple_parts") or {}
+            combined = res.get("b_simple", res.get("b_simple_mean"))
             rows.append({
                 "trial_id": str(trial.get("trial_id")),
                 "env_id": env_id,
@@ -243,9 +256,10 @@ def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
                 "env_steps": res.get("env_steps"),
                 "optimizer_steps": res.get("optimizer_steps"),
                 "wall_time_s": res.get("wall_time_s"),
-                # the ratio of averaged estimates up to the target (sweeps before it: a mean of ratios)
-                "b_simple_to_target": res.get("b_simple", res.get("b_simple_mean")),
-                **{_variant_column(v): (parts.get(v) or {}).get("b_simple") for v in NOISE_VARIANTS[1:]},
+                # the ratio of averaged estimates up to the target (sweeps before it: a mean of ratios);
+                # inf where it was measured but unresolved (see _part_b_simple)
+                "b_simple_to_target": combined if combined is not None else _part_b_simple(parts.get("combined")),
+                **{_variant_column(v): _part_b_simple(parts.get(v)) for v in NOISE_VARIANTS[1:]},
             })
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for col in ["B", "num_minibatches", "lr", "seed", "target", "iterations", "env_steps",
@@ -318,23 +332,26 @@ def _bootstrap_fits(rows: pd.DataFrame, n_bootstrap: int, rng: np.random.Generat
     return np.array(fits).reshape(-1, 3)
 
 
-def _b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str = "combined") -> tuple[float | None, float | None, int, np.ndarray]:
+def _b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str = "combined") -> tuple[float | None, float | None, int, np.ndarray, int]:
     """Mean b_simple (of a noise-scale variant) at this target over the best-config trials of
-    the batch sizes that reached, among those that recorded it.
+    the batch sizes that reached, among those that recorded a resolved one.
 
     Returns (per gradient, in env steps per iteration, number of trials averaged, the trials'
-    values in env steps per iteration).
+    values in env steps per iteration, number of trials whose value was unresolved). The mean
+    leaves the unresolved trials out, so where there are some it is a low estimate.
     """
     column = _variant_column(variant)
     sel = _rows_of(rows, best[np.isfinite(best["median_iterations"])])
-    sel = sel[np.isfinite(sel[column].to_numpy(dtype=float))]
+    values = sel[column].to_numpy(dtype=float)
+    unresolved = int(np.isposinf(values).sum())
+    sel = sel[np.isfinite(values)]
     if sel.empty:
-        return None, None, 0, np.array([])
+        return None, None, 0, np.array([]), unresolved
     per_gradient = sel[column].to_numpy(dtype=float)
     # One gradient sees B/num_minibatches env steps, so scale up to the rollout batch B.
     minibatches = sel["num_minibatches"].fillna(1).to_numpy(dtype=float)
     per_iteration = per_gradient * minibatches
-    return float(per_gradient.mean()), float(per_iteration.mean()), int(len(sel)), per_iteration
+    return float(per_gradient.mean()), float(per_iteration.mean()), int(len(sel)), per_iteration, unresolved
 
 
 def _rows_of(rows: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
@@ -406,18 +423,19 @@ def pareto_entries(
         entry["env_steps"] = (reached["B"] * reached["median_iterations"]).tolist()
         variants: dict[str, dict[str, Any]] = {}
         for variant in NOISE_VARIANTS:
-            b_grad, b_iter, n_b, b_trials = _b_simple(rows, best, variant)
+            b_grad, b_iter, n_b, b_trials, n_unresolved = _b_simple(rows, best, variant)
             # the other variants draw from their own streams, so the combined one's and the fit's
             # intervals stay those of an analysis without them
             vrng = rng if variant == "combined" else np.random.default_rng(
                 [seed, zlib.crc32(f"{env_id}|{target:.9g}|{variant}".encode())])
-            if n_b:  # interval of the mean over the trials (seeds x best-config batch sizes), by bootstrap
-                variants[variant] = {"b_simple": b_iter, "b_simple_per_gradient": b_grad, "n_trials": n_b, "b_simple_ci": _ci(
+            if n_b or n_unresolved:  # interval of the mean over the trials (seeds x best-config batch sizes), by bootstrap
+                variants[variant] = {"b_simple": b_iter, "b_simple_per_gradient": b_grad, "n_trials": n_b,
+                                     "n_unresolved": n_unresolved, "b_simple_ci": _ci(
                     np.array([vrng.choice(b_trials, len(b_trials)).mean() for _ in range(n_bootstrap)]) if n_b >= 2 else np.array([]))}
         combined = variants.get("combined", {})
         entry.update(b_simple_per_gradient=combined.get("b_simple_per_gradient"), b_simple=combined.get("b_simple"),
-                     n_b_simple_trials=combined.get("n_trials", 0), b_simple_ci=combined.get("b_simple_ci"),
-                     b_simple_variants=variants)
+                     n_b_simple_trials=combined.get("n_trials", 0), n_b_simple_unresolved=combined.get("n_unresolved", 0),
+                     b_simple_ci=combined.get("b_simple_ci"), b_simple_variants=variants)
         if len(reached) < 2:
             entry["status"] = "too_few_batch_sizes"
             entries.append(entry)
@@ -579,14 +597,15 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
     """Flat per-(env, target) table of the fits, CIs split into lo/hi columns."""
     scalars = ["env_id", "target", "status", "n_batch_sizes", "s_min", "e_min", "b_crit",
                "b_simple", "b_simple_per_gradient", "ratio", "residual_rms", "n_bootstrap_ok"]
+    counts = ["n_b_simple_trials", "n_b_simple_unresolved"]
     per_step = ["optimizer_steps_per_iteration", "b_crit_per_optimizer_step"]
     adaptive = ["s_over_s_min", "e_over_e_min", "measured_product", "predicted_gamma"]
-    columns = scalars + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]] + per_step
+    columns = scalars + counts + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]] + per_step
     columns += ["adaptive_n_reached"] + [f"adaptive_{k}" for k in adaptive]
     columns += [f"{k}_{v}" for v in NOISE_VARIANTS[1:] for k in ("b_simple", "ratio")]
     rows = []
     for e in entries:
-        row = {k: e[k] for k in scalars} | {k: e.get(k) for k in per_step}
+        row = {k: e[k] for k in scalars} | {k: e.get(k) for k in per_step + counts}
         for v, part in (e.get("b_simple_variants") or {}).items():
             if v != "combined":
                 row[f"b_simple_{v}"], row[f"ratio_{v}"] = part["b_simple"], part.get("ratio")

@@ -40,6 +40,11 @@ def b_crit_cell(e: dict) -> str:
     return f"{_num(e['b_crit'])} {_ci(e['b_crit_ci'])}"
 
 
+def unresolved(n_resolved: int, n_unresolved: int) -> str:
+    """The trials whose B_simple was unresolved (left out of the mean, which is then a low estimate)."""
+    return f", {n_unresolved} of {n_resolved + n_unresolved} trials unresolved" if n_unresolved else ""
+
+
 def print_variants(a: dict) -> None:
     """B_crit beside every noise-scale variant's B_simple (when the trials recorded more than the
     combined one), then the claim per variant."""
@@ -54,9 +59,10 @@ def print_variants(a: dict) -> None:
                 ratio = ""
                 if part and e["status"] == "ok" and part.get("ratio"):
                     ratio = f" ({_num(part['ratio'])})"
-                elif part and e["status"] == "b_crit_above_range":
+                elif part and part["b_simple"] and e["status"] == "b_crit_above_range":
                     ratio = f" (> {_num(e['b_crit_lower_bound'] / part['b_simple'])})"
-                cells.append(f"{_num(part['b_simple'])} {_ci(part.get('b_simple_ci'))}{ratio}" if part else "-")
+                cells.append(f"{_num(part['b_simple'])} {_ci(part.get('b_simple_ci'))}"
+                             f"{unresolved(part.get('n_trials', 0), part.get('n_unresolved', 0))}{ratio}" if part else "-")
             print(f"| {e['env_id']} | {e['target']:g} | {b_crit_cell(e)} | " + " | ".join(cells) + " |")
     claims = a.get("noise_scale_claim_by_variant") or {"combined": a["noise_scale_claim"]}
     for v, c in claims.items():
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = _num(e["ratio"]) if e["status"] == "ok" and e.get("ratio") else "-"
         fitted = e["status"] == "ok"  # S_min and E_min of a lower bound's fit mean nothing
         print(f"| {e['env_id']} | {e['target']:g} | {e['n_batch_sizes']} of {len(e['batch_sizes_swept'])} | {_num(e['s_min'] if fitted else None)} "
-              f"| {_num(e['e_min'] if fitted else None)} | {b_crit_cell(e)} | {_num(e['b_simple'])} {_ci(e.get('b_simple_ci'))} | {ratio} "
+              f"| {_num(e['e_min'] if fitted else None)} | {b_crit_cell(e)} | {_num(e['b_simple'])} {_ci(e.get('b_simple_ci'))}"
+              f"{unresolved(e.get('n_b_simple_trials', 0), e.get('n_b_simple_unresolved', 0))} | {ratio} "
               f"| {per_step(e)} | {edges} |")
     adaptive = [e for e in a["entries"] if e.get("adaptive")]
     if adaptive:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import math
+import subprocess
+import sys
 import warnings
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +18,8 @@ import pytest
 
 from rlscale.analysis import analyze, fit_pareto, pareto_entries, steps_to_target_table
 from rlscale.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH_SIZES = 2.0 ** np.arange(5, 14)  # 32 .. 8192 env steps per iteration
 COMBOS = [(100.0, 256.0), (1000.0, 1024.0), (10.0, 2048.0), (50.0, 128.0), (300.0, 4096.0)]
@@ -584,3 +588,36 @@ def test_variants_leave_the_combined_numbers_and_the_fit_unchanged(tmp_path):
              "b_simple_variants": {"adam": {"b_simple": 30.0}}}
     assert noise_scale_claim([low, bound], variant="adam")["n_lower_bounds"] == 1
     assert noise_scale_claim([low, bound], variant="value")["n_lower_bounds"] == 0
+
+
+def test_an_unresolved_b_simple_is_counted_not_averaged(tmp_path):
+    """A trial whose B_simple to a target was measured but unresolved (averaged |G|^2 not
+    positive) shows as inf in the table, stays out of the mean and is counted per variant; a
+    part the trial did not measure (0 updates) is neither."""
+    sweep = make_fake_sweep(tmp_path)
+    path = sweep / "trials" / "b128_lr0.0003_s0" / "trial.json"  # a best-config trial at target 100
+    t = json.loads(path.read_text())
+    t["targets"]["100.0"].update(b_simple=None, b_simple_parts={
+        "combined": {"b_simple": None, "b_simple_ci": [400.0, None], "updates": 12},
+        "value": {"b_simple": None, "b_simple_ci": [300.0, None], "updates": 12},
+        "policy": {"b_simple": None, "b_simple_ci": [None, None], "updates": 0}})
+    path.write_text(json.dumps(t))
+    result = analyze(sweep, wandb_mode="disabled")
+    low = _entry(result, 100.0)
+    v = low["b_simple_variants"]
+    assert (low["n_b_simple_trials"], low["n_b_simple_unresolved"]) == (14, 1)
+    # the other 14 best-config trials: seeds 0, 1, 2 report 60 + seed per gradient, seed 0 at B = 128 left out
+    assert math.isclose(low["b_simple_per_gradient"], (5 * 61 + 4 * 60 + 5 * 62) / 14)
+    assert v["value"] == {"b_simple": None, "b_simple_per_gradient": None, "n_trials": 0, "n_unresolved": 1,
+                          "b_simple_ci": None, "ratio": None}
+    assert "policy" not in v and list(result["noise_scale_claim_by_variant"]) == ["combined"]
+    table = pd.read_csv(sweep / "steps_to_target.csv")
+    row = table[(table["trial_id"] == "b128_lr0.0003_s0") & (table["target"] == 100.0)]
+    assert np.isposinf(row["b_simple_to_target"].item()) and np.isposinf(row["b_simple_value_to_target"].item())
+    assert np.isnan(row["b_simple_policy_to_target"].item())
+    fits = pd.read_csv(sweep / "pareto_fits.csv")
+    assert fits.loc[fits["target"] == 100.0, "n_b_simple_unresolved"].item() == 1
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_table.py"), str(sweep / "analysis.json")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ", 1 of 15 trials unresolved |" in out.stdout
