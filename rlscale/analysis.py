@@ -212,12 +212,14 @@ def _part_b_simple(part: dict | None) -> float | None:
     """A trial's B_simple to a target for one part: its value; inf where the part was measured
     (updates > 0) but is unresolved, its averaged |G|^2 not positive, so that the noise swamps
     the signal at any batch the run could show (a B_simple beyond every finite estimate); None
-    where the trial did not measure that part."""
+    where the trial did not measure that part or had no finite estimate of it."""
     if not part:
         return None
     if part.get("b_simple") is not None:
         return part["b_simple"]
-    return float("inf") if (part.get("updates") or 0) > 0 else None
+    # finite_updates: records since it was added; before, every update had finite estimates
+    # unless the run diverged (such runs fail and stay out of the analysis)
+    return float("inf") if (part.get("finite_updates", part.get("updates")) or 0) > 0 else None
 
 
 def steps_to_target_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
@@ -485,18 +487,28 @@ def variant_b_simple(entry: dict, variant: str = "combined") -> float | None:
     return float(b) if b is not None and np.isfinite(b) and b > 0 else None
 
 
+def _n_unresolved(entry: dict, variant: str) -> int:
+    """The best-config trials left out of an entry's B_simple of one variant as unresolved."""
+    if variant == "combined":
+        return int(entry.get("n_b_simple_unresolved") or 0)
+    return int(((entry.get("b_simple_variants") or {}).get(variant) or {}).get("n_unresolved") or 0)
+
+
 def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "combined") -> dict:
     """The paper's claim across (env, target) points: B_crit ~ B_simple, for one noise-scale
     variant. Over the points with a B_crit fitted inside the swept range and that variant's
     B_simple: the r^2 of log B_crit on log B_simple (least squares), the slope, and the fraction
     of points whose ratio B_crit / B_simple lies in [1/within, within]. Points whose B_crit is
     only a lower bound are counted apart (``n_lower_bounds``: those with that variant's B_simple,
-    the ones the comparison would hold)."""
+    the ones the comparison would hold); ``n_points_with_unresolved`` counts the points whose
+    B_simple left unresolved trials out."""
     pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant)]
     out: dict[str, Any] = {"variant": variant, "n_points": len(pts), "n_envs": len({e["env_id"] for e in pts}),
                            "within_factor": within,
                            "n_lower_bounds": sum(e["status"] == "b_crit_above_range" and bool(variant_b_simple(e, variant))
                                                  for e in entries),
+                           # points whose B_simple leaves unresolved trials out: a low B_simple, a high ratio
+                           "n_points_with_unresolved": sum(bool(_n_unresolved(e, variant)) for e in pts),
                            "r2_log": None, "slope_log": None, "fraction_within": None}
     if not pts:
         return out

@@ -463,12 +463,15 @@ class NoiseProbe:
     def summary(self, seed: int = 0) -> dict[str, dict]:
         """Per part, B_simple over the run so far as the ratio of the averaged tr(Sigma) and |G|^2
         estimates (every measured update counts, resolved or not), with a block-bootstrap
-        interval over updates: {'combined': {'b_simple', 'b_simple_ci', 'updates'}, ...}."""
+        interval over updates: {'combined': {'b_simple', 'b_simple_ci', 'updates', 'finite_updates'},
+        ...}; b_simple is None where it is unresolved (finite estimates whose averaged |G|^2 is
+        not positive) or there is no finite estimate at all (finite_updates 0)."""
         out = {}
         for part, pairs in self.raw.items():
             a = np.array(pairs, dtype=float)
             ratio, lo, hi = ratio_of_means(a[:, 0], a[:, 1], seed=seed)
-            out[part] = {"b_simple": ratio, "b_simple_ci": [lo, hi], "updates": len(a)}
+            finite = int((np.isfinite(a[:, 0]) & np.isfinite(a[:, 1])).sum()) if len(a) else 0
+            out[part] = {"b_simple": ratio, "b_simple_ci": [lo, hi], "updates": len(a), "finite_updates": finite}
         return out
 
     def state_dict(self) -> dict:

@@ -381,7 +381,11 @@ across tasks). That is the combined (policy + value) gradient's noise scale. The
 also sets B_crit beside its Adam-preconditioned form and, for trials run with
 <code>noise.split_policy_value</code>, beside the policy and value losses' gradients apart
 (<code>b_simple_&lt;variant&gt;</code>, <code>ratio_&lt;variant&gt;</code>), and the claim is
-given per variant below it.</p>
+given per variant below it. A trial whose estimate up to the target is unresolved (its averaged
+|G|&sup2; not positive: the noise swamps the mean gradient) shows as <code>inf</code> in the
+steps-to-target table and stays out of the mean; <code>n_b_simple_unresolved</code> counts such
+trials beside <code>n_b_simple_trials</code>, the resolved ones averaged, and an entry with some
+has a low B_simple (a high ratio).</p>
 <p><b>b_diminishing</b> (Golmant et al. 2018): for each lr rule, the smallest swept B such that
 moving to the next larger swept B cuts the median iterations by less than 20% per doubling of B
 (perfect scaling halves them); a larger B that stops reaching the target counts as no cut.</p>
@@ -504,6 +508,7 @@ def log_to_wandb(sweep_dir: str | os.PathLike, analysis: dict | None = None,
                 # W&B tables want one type per column: text columns with gaps become "".
                 text = df.select_dtypes(exclude="number").columns
                 df[text] = df[text].fillna("").astype(str)
+                df = df.replace([np.inf, -np.inf], np.nan)  # an unresolved B_simple: a gap, as JSON has no inf
                 payload[f"tables/{csv}"] = wandb.Table(dataframe=df)
         run.log(payload)
         for e in analysis.get("entries", []):

@@ -17,19 +17,41 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 LAST_EVALS = 3  # the table's final return: mean of the last evaluations
+_SUMMARY_KEYS = ("env_id", "env_steps_used", "iterations", "wall_time_s", "env_steps_per_s", "episode_return_mean_last20")
 
 
-def _scores(sweep: Path | None) -> dict[str, dict]:
-    if sweep is None:
-        return {}
-    envs = yaml.safe_load(sweep.read_text()).get("envs") or []
-    return {e["id"]: e for e in envs if "reference_score" in e and "random_score" in e}
+def _scores(sweep: Path) -> dict[str, tuple[float, float]]:
+    """env id -> (random score, reference score) for the sweep's envs that have a reference above random."""
+    from rlscale.sweep import load_sweep_config
+
+    envs = load_sweep_config(sweep).envs
+    return {e.id: (e.random_score, e.reference_score) for e in envs
+            if e.reference_score is not None and e.reference_score > e.random_score}
+
+
+def _read_run(d: Path) -> tuple[dict, pd.DataFrame]:
+    """A run's summary and metrics, checked; ValueError naming what is missing."""
+    missing = [f for f in ("metrics.csv", "summary.json") if not (d / f).is_file()]
+    if missing:
+        raise ValueError(f"{d} has no {' or '.join(missing)}; pass run directories of rlscale train")
+    s = json.loads((d / "summary.json").read_text())
+    absent = [k for k in _SUMMARY_KEYS if k not in s]
+    if absent:
+        raise ValueError(f"{d}/summary.json lacks {', '.join(absent)}; it is not a finished rlscale train run")
+    m = pd.read_csv(d / "metrics.csv")
+    if "env_steps_used" not in m or m.empty:
+        raise ValueError(f"{d}/metrics.csv has no rows with env_steps_used; the run logged no iteration")
+    return s, m
+
+
+def _fmt(x) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.3g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,25 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--sweep", type=Path, default=None, help="sweep YAML whose envs give reference_score and random_score")
     args = ap.parse_args(argv)
-    for d in args.run_dirs:
-        if not (d / "metrics.csv").is_file() or not (d / "summary.json").is_file():
-            print(f"reference_curves: {d} has no metrics.csv and summary.json; pass run directories of rlscale train", file=sys.stderr)
-            return 2
-    scores = _scores(args.sweep)
-    cols = min(3, len(args.run_dirs))
-    rows_n = -(-len(args.run_dirs) // cols)
+    from rlscale.errors import ConfigError
+
+    try:  # read and check everything before drawing or printing anything
+        runs = [_read_run(d) for d in args.run_dirs]
+        scores = _scores(args.sweep) if args.sweep else {}
+    except (OSError, ValueError, ConfigError, pd.errors.ParserError) as err:
+        print(f"reference_curves: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    cols = min(3, len(runs))
+    rows_n = -(-len(runs) // cols)
     fig = Figure(figsize=(5.0 * cols, 3.6 * rows_n))
     FigureCanvasAgg(fig)
-    print("| env | env steps | iterations | wall time (min) | env steps/s | last 20 training episodes | "
-          f"last {LAST_EVALS} evaluations | best evaluation | share of the way from random to reference |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for k, d in enumerate(args.run_dirs):
-        s = json.loads((d / "summary.json").read_text())
+    lines = ["| env | env steps | iterations | wall time (min) | env steps/s | last 20 training episodes | "
+             f"last {LAST_EVALS} evaluations | best evaluation | share of the way from random to reference |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for k, (s, m) in enumerate(runs):
         env = s["env_id"]
-        m = pd.read_csv(d / "metrics.csv")
         ax = fig.add_subplot(rows_n, cols, k + 1)
-        ax.plot(m["env_steps_used"], m["charts/episode_return_smoothed"], color="tab:blue", lw=1.0,
-                label="training return (smoothed)")
+        if "charts/episode_return_smoothed" in m:
+            ax.plot(m["env_steps_used"], m["charts/episode_return_smoothed"], color="tab:blue", lw=1.0,
+                    label="training return (smoothed)")
         ev = m.dropna(subset=["eval/return_mean"]) if "eval/return_mean" in m else m.iloc[:0]
         last = best = share = None
         if len(ev):
@@ -64,23 +88,24 @@ def main(argv: list[str] | None = None) -> int:
                     label="evaluation mean return")
             last = float(ev["eval/return_mean"].tail(LAST_EVALS).mean())
             best = float(ev["eval/return_mean"].max())
-        ref = scores.get(env)
-        if ref is not None:
-            ax.axhline(ref["reference_score"], color="0.3", ls="--", lw=0.8, label=f"reference {ref['reference_score']:g}")
-            ax.axhline(ref["random_score"], color="0.6", ls=":", lw=0.8, label=f"random {ref['random_score']:g}")
+        if env in scores:
+            random, reference = scores[env]
+            ax.axhline(reference, color="0.3", ls="--", lw=0.8, label=f"reference {reference:g}")
+            ax.axhline(random, color="0.6", ls=":", lw=0.8, label=f"random {random:g}")
             if last is not None:
-                share = (last - ref["random_score"]) / (ref["reference_score"] - ref["random_score"])
+                share = (last - random) / (reference - random)
         ax.set_xlabel("env steps trained on")
         ax.set_ylabel("return")
         ax.set_title(env, fontsize=9)
         ax.legend(fontsize=7)
-        fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
-        print(f"| {env} | {s['env_steps_used']} | {s['iterations']} | {s['wall_time_s'] / 60:.1f} | "
-              f"{s['env_steps_per_s']:.0f} | {fmt(s['episode_return_mean_last20'])} | {fmt(last)} | {fmt(best)} | "
-              f"{'-' if share is None else f'{share:.0%}'} |")
+        wall = s["wall_time_s"]
+        lines.append(f"| {env} | {s['env_steps_used']} | {s['iterations']} | {_fmt(wall / 60 if wall is not None else None)} | "
+                     f"{_fmt(s['env_steps_per_s'])} | {_fmt(s['episode_return_mean_last20'])} | {_fmt(last)} | {_fmt(best)} | "
+                     f"{'-' if share is None else f'{share:.0%}'} |")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
+    print("\n".join(lines))
     print(f"written: {args.out}", file=sys.stderr)
     return 0
 

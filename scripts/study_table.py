@@ -32,6 +32,10 @@ def _ci(ci) -> str:
     return f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else ""
 
 
+def _value_ci(x, ci) -> str:
+    return f"{_num(x)} {_ci(ci)}".rstrip()
+
+
 def b_crit_cell(e: dict) -> str:
     if e["status"] == "b_crit_above_range":
         return f"> {_num(e['b_crit_lower_bound'])} (lower bound)"
@@ -61,7 +65,7 @@ def print_variants(a: dict) -> None:
                     ratio = f" ({_num(part['ratio'])})"
                 elif part and part["b_simple"] and e["status"] == "b_crit_above_range":
                     ratio = f" (> {_num(e['b_crit_lower_bound'] / part['b_simple'])})"
-                cells.append(f"{_num(part['b_simple'])} {_ci(part.get('b_simple_ci'))}"
+                cells.append(f"{_value_ci(part['b_simple'], part.get('b_simple_ci'))}"
                              f"{unresolved(part.get('n_trials', 0), part.get('n_unresolved', 0))}{ratio}" if part else "-")
             print(f"| {e['env_id']} | {e['target']:g} | {b_crit_cell(e)} | " + " | ".join(cells) + " |")
     claims = a.get("noise_scale_claim_by_variant") or {"combined": a["noise_scale_claim"]}
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = _num(e["ratio"]) if e["status"] == "ok" and e.get("ratio") else "-"
         fitted = e["status"] == "ok"  # S_min and E_min of a lower bound's fit mean nothing
         print(f"| {e['env_id']} | {e['target']:g} | {e['n_batch_sizes']} of {len(e['batch_sizes_swept'])} | {_num(e['s_min'] if fitted else None)} "
-              f"| {_num(e['e_min'] if fitted else None)} | {b_crit_cell(e)} | {_num(e['b_simple'])} {_ci(e.get('b_simple_ci'))}"
+              f"| {_num(e['e_min'] if fitted else None)} | {b_crit_cell(e)} | {_value_ci(e['b_simple'], e.get('b_simple_ci'))}"
               f"{unresolved(e.get('n_b_simple_trials', 0), e.get('n_b_simple_unresolved', 0))} | {ratio} "
               f"| {per_step(e)} | {edges} |")
     adaptive = [e for e in a["entries"] if e.get("adaptive")]

@@ -600,24 +600,32 @@ def test_an_unresolved_b_simple_is_counted_not_averaged(tmp_path):
     t["targets"]["100.0"].update(b_simple=None, b_simple_parts={
         "combined": {"b_simple": None, "b_simple_ci": [400.0, None], "updates": 12},
         "value": {"b_simple": None, "b_simple_ci": [300.0, None], "updates": 12},
-        "policy": {"b_simple": None, "b_simple_ci": [None, None], "updates": 0}})
+        "policy": {"b_simple": None, "b_simple_ci": [None, None], "updates": 0},
+        "adam": {"b_simple": None, "b_simple_ci": [None, None], "updates": 12, "finite_updates": 0}})  # all NaN: no estimate
     path.write_text(json.dumps(t))
+    old_style = sweep / "trials" / "b256_lr0.001_s1" / "trial.json"  # before b_simple_parts: a missing value stays missing
+    t = json.loads(old_style.read_text())
+    t["targets"]["100.0"]["b_simple_mean"] = None
+    old_style.write_text(json.dumps(t))
     result = analyze(sweep, wandb_mode="disabled")
     low = _entry(result, 100.0)
     v = low["b_simple_variants"]
-    assert (low["n_b_simple_trials"], low["n_b_simple_unresolved"]) == (14, 1)
-    # the other 14 best-config trials: seeds 0, 1, 2 report 60 + seed per gradient, seed 0 at B = 128 left out
-    assert math.isclose(low["b_simple_per_gradient"], (5 * 61 + 4 * 60 + 5 * 62) / 14)
+    assert (low["n_b_simple_trials"], low["n_b_simple_unresolved"]) == (13, 1)
+    # the other 13 best-config trials: seeds 0, 1, 2 report 60 + seed per gradient; seed 0 at B = 128
+    # (unresolved) and seed 1 at B = 256 (no value) left out
+    assert math.isclose(low["b_simple_per_gradient"], (4 * 61 + 4 * 60 + 5 * 62) / 13)
     assert v["value"] == {"b_simple": None, "b_simple_per_gradient": None, "n_trials": 0, "n_unresolved": 1,
                           "b_simple_ci": None, "ratio": None}
-    assert "policy" not in v and list(result["noise_scale_claim_by_variant"]) == ["combined"]
+    assert "policy" not in v and "adam" not in v and list(result["noise_scale_claim_by_variant"]) == ["combined"]
+    assert result["noise_scale_claim"]["n_points_with_unresolved"] == 1
     table = pd.read_csv(sweep / "steps_to_target.csv")
     row = table[(table["trial_id"] == "b128_lr0.0003_s0") & (table["target"] == 100.0)]
     assert np.isposinf(row["b_simple_to_target"].item()) and np.isposinf(row["b_simple_value_to_target"].item())
-    assert np.isnan(row["b_simple_policy_to_target"].item())
+    assert np.isnan(row["b_simple_policy_to_target"].item()) and np.isnan(row["b_simple_adam_to_target"].item())
+    assert np.isnan(table.loc[(table["trial_id"] == "b256_lr0.001_s1") & (table["target"] == 100.0), "b_simple_to_target"].item())
     fits = pd.read_csv(sweep / "pareto_fits.csv")
     assert fits.loc[fits["target"] == 100.0, "n_b_simple_unresolved"].item() == 1
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_table.py"), str(sweep / "analysis.json")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert ", 1 of 15 trials unresolved |" in out.stdout
+    assert ", 1 of 14 trials unresolved |" in out.stdout

@@ -393,3 +393,17 @@ def test_summary_is_a_ratio_of_averaged_estimates_unresolved_updates_included():
     t = 50.0 + 10 * rng.normal(size=400)
     ratio, lo, hi = ratio_of_means(g, t)
     assert lo < ratio < hi and lo < 50.0 < hi and hi - lo < 10
+
+
+def test_summary_counts_finite_updates_apart_from_unresolved_ones():
+    from types import SimpleNamespace
+
+    from rlscale.noise_scale import NoiseProbe
+
+    probe = NoiseProbe(SimpleNamespace(enabled=True, epochs="first", split_policy_value=False, ema_beta=0.95,
+                                       per_example_interval=0, b_noise_interval=0), 8)
+    probe.raw = {"combined": [(1.0, 4.0), (-3.0, 4.0), (float("nan"), 4.0)],  # averaged |G|^2 < 0: unresolved
+                 "value": [(float("nan"), 1.0), (2.0, float("inf"))]}  # no finite estimate at all
+    s = probe.summary()
+    assert s["combined"]["b_simple"] is None and (s["combined"]["updates"], s["combined"]["finite_updates"]) == (3, 2)
+    assert s["value"]["b_simple"] is None and (s["value"]["updates"], s["value"]["finite_updates"]) == (2, 0)

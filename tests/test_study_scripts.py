@@ -112,13 +112,25 @@ def test_reference_curves_tabulates_each_run_against_its_reference_score(tmp_pat
     (run / "summary.json").write_text(json.dumps({"env_id": "E", "env_steps_used": 600, "iterations": 6, "wall_time_s": 120.0,
                                                   "env_steps_per_s": 5.0, "episode_return_mean_last20": 7.5}))
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("envs:\n  - {id: E, reference_score: 12, random_score: 2}\n  - {id: F}\n")
+    sweep.write_text("seeds: [1]\nenv_steps_per_iteration: [64]\nlr_grid: [0.001]\n"
+                     "envs:\n  - {id: E, reference_score: 12, random_score: 2, reference_source: a test, target_fractions: [0.5]}\n  - {id: F, targets: [1.0]}\n")
     out_png = tmp_path / "fig" / "curves.png"
     cmd = [sys.executable, str(ROOT / "scripts" / "reference_curves.py"), str(run), "--out", str(out_png), "--sweep", str(sweep)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     # the last 3 evaluations average 8; (8 - 2) / (12 - 2) of the way from random to reference
-    assert "| E | 600 | 6 | 2.0 | 5 | 7.5 | 8 | 10 | 60% |" in out.stdout, out.stdout
+    assert "| E | 600 | 6 | 2 | 5 | 7.5 | 8 | 10 | 60% |" in out.stdout, out.stdout
     assert out_png.stat().st_size > 10_000
-    bad = subprocess.run([*cmd[:2], str(tmp_path / "nowhere"), "--out", str(out_png)], capture_output=True, text=True)
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    no_eval = tmp_path / "no_eval"  # a run that never evaluated: curves and table without the evaluation columns
+    no_eval.mkdir()
+    pd.DataFrame(rows).drop(columns="eval/return_mean").to_csv(no_eval / "metrics.csv", index=False)
+    (no_eval / "summary.json").write_text((run / "summary.json").read_text())
+    out = subprocess.run([*cmd[:2], str(no_eval), "--out", str(out_png)], capture_output=True, text=True)
+    assert out.returncode == 0 and "| E | 600 | 6 | 2 | 5 | 7.5 | - | - | - |" in out.stdout, out.stdout + out.stderr
+    empty = tmp_path / "empty"  # a run killed before its first iteration
+    empty.mkdir()
+    (empty / "metrics.csv").write_text("")
+    (empty / "summary.json").write_text((run / "summary.json").read_text())
+    for bad_args in ([str(tmp_path / "nowhere")], [str(empty)], [str(run), "--sweep", str(tmp_path / "none.yaml")]):
+        bad = subprocess.run([*cmd[:2], *bad_args, "--out", str(out_png)], capture_output=True, text=True)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and not bad.stdout, bad_args
