@@ -91,8 +91,8 @@ def test_study_table_sets_b_crit_beside_every_variant(tmp_path):
                                     capture_output=True, text=True)
     out = run().stdout
     assert "| B_simple combined [95% CI] (ratio) | B_simple adam [95% CI] (ratio) | B_simple policy [95% CI] (ratio) |" in out
-    assert "| A | 1 | 100 [1, 2] | 10  (10) | 50 [25, 100] (2) | 400  (0.25) |" in out
-    assert "| B | 1 | > 64 (lower bound) | 4  (> 16) | 16 [8, 32] (> 4) | - |" in out
+    assert "| A | 1 | 100 [1, 2] | 10 (10) | 50 [25, 100] (2) | 400 (0.25) |" in out
+    assert "| B | 1 | > 64 (lower bound) | 4 (> 16) | 16 [8, 32] (> 4) | - |" in out
     # adam: ratios 2, 3, 0.5, all within x3; policy: 0.25 and 1
     assert "B_simple, adam): 3 points over 2 envs with a fitted B_crit; fraction within x3: 1;" in out
     assert "B_simple, policy): 2 points over 2 envs with a fitted B_crit; fraction within x3: 0.5;" in out
