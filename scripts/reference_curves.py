@@ -51,7 +51,9 @@ def _read_run(d: Path) -> tuple[dict, pd.DataFrame]:
 
 
 def _fmt(x) -> str:
-    return "-" if x is None or not np.isfinite(x) else f"{x:.3g}"
+    if x is None or not np.isfinite(x):
+        return "-"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
