@@ -186,6 +186,9 @@ def _variant(e: dict, variant: str) -> tuple[float | None, list | None]:
     return v.get("b_simple"), v.get("b_simple_ci")
 
 
+MAX_AXIS_SPAN = 100.0  # B_crit vs B_simple axes reach at most this factor above the largest point
+
+
 def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
     """B_crit against one variant's B_simple (both env steps per iteration), log-log, with y = x,
     the x3 band, and lower bounds as upward arrows."""
@@ -234,7 +237,10 @@ def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
     values = [v for v in values if v and v > 0]
     # the axes span the points and the upper ends of their intervals; a lower end that
     # collapses towards 0 (a bootstrap fit with S_min ~ 0) runs off the bottom
-    highs = [c[1] for e in points for c in (e.get("b_crit_ci"), _variant(e, variant)[1]) if c]
+    highs = [c[1] for e in points for c in (e.get("b_crit_ci"), _variant(e, variant)[1]) if c and c[1]]
+    # an upper end far above every point (a bootstrap fit with S_min ~ 0: no upper bound) runs
+    # off the top rather than squeezing the points into a corner
+    highs = [h for h in highs if h <= MAX_AXIS_SPAN * max(values)]
     lim = (min(values) / 10, max(values + highs) * 3)
     ax.plot(lim, lim, "k--", lw=1, label="B_crit = B_simple")
     for k in (3.0, 1 / 3):  # the band of the paper's claim

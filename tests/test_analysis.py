@@ -629,3 +629,21 @@ def test_an_unresolved_b_simple_is_counted_not_averaged(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert ", 1 of 14 trials unresolved |" in out.stdout
+
+
+def test_b_crit_figure_axes_ignore_an_unbounded_interval():
+    """An interval whose upper end is far above every point (a fit with no upper bound) runs off
+    the top of the B_crit vs B_simple panel instead of setting its axes."""
+    from matplotlib.figure import Figure
+
+    from rlscale.report import MAX_AXIS_SPAN, _bcrit_panel
+
+    def entry(env, b_crit, hi):
+        return {"env_id": env, "target": 1.0, "status": "ok", "b_crit": b_crit, "b_crit_ci": [b_crit / 2, hi],
+                "b_simple": b_crit / 2, "b_simple_ci": [b_crit / 4, b_crit]}
+
+    analysis = {"entries": [entry("A", 100.0, 300.0), entry("B", 1000.0, 1e16)]}
+    ax = Figure().add_subplot()
+    _bcrit_panel(ax, analysis, "combined", {"A": "C0", "B": "C1"})
+    top = ax.get_ylim()[1]
+    assert 1000.0 < top <= 3 * MAX_AXIS_SPAN * 1000.0
