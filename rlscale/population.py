@@ -779,14 +779,13 @@ class _PopulationLoop:
                 lags = {i: learner.members[i].version - batches[i]["versions"] for i in active}  # type: ignore[index]
                 metrics = learner.update(batches, [hyper.get(i, (0.0, 0.0))[0] for i in range(len(runs))],
                                          [r.state.counters.iteration for r in runs], [hyper.get(i, (0.0, 0.0))[1] for i in range(len(runs))])
-                for i in active:
-                    runs[i].state.counters.iteration += 1
-                    runs[i].state.counters.env_steps_used += B[i]
-                consistent = True
                 t2 = time.perf_counter()
+                for i in active:
+                    runs[i].count(B[i], lags[i], metrics[i] or {}, (t0, t1, t2, t2), starts[i])
+                consistent = True
                 evaluations = self.evaluate([i for i in active if runs[i].eval_due(B[i])])
                 for i in active:
-                    runs[i].record(B[i], lags[i], metrics[i] or {}, (t0, t1, t2, t2), starts[i], None, evaluations.get(i))
+                    runs[i].record(evaluation=evaluations.get(i))
                 if progress:
                     progress.update(sum(r.state.counters.env_steps_used for r in runs), members=str(len(active)))
                 self.leave(active)

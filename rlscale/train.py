@@ -129,7 +129,10 @@ def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunL
     state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
     schedule = schedules.make_batch_schedule(cfg.ppo, delivery_unit(cfg, pool.envs_per_worker))
     wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
-    return Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id)
+    run = Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id, saved[1].get("pending_row") if saved else None)
+    if run.pending is not None:  # the checkpoint was written before its iteration was logged
+        run.record()
+    return run
 
 
 class RunLearner(Protocol):
@@ -153,12 +156,14 @@ class Run:
     and update in place of `fill` and `Learner.update`."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunLearner, state: RunState,
-                 schedule, wandb_id: str | None):
+                 schedule, wandb_id: str | None, pending: dict | None = None):
         self.cfg, self.run_dir, self.spec, self.pool = cfg, run_dir, spec, pool
         self.learner, self.state, self.schedule = learner, state, schedule
         self.targets = sorted(float(x) for x in cfg.targets)
+        self.pending = pending  # the counted iteration's metrics row until `record` logs it
         self.table = MetricsTable(run_dir / "metrics.csv")
-        self.table.truncate_after(state.counters.iteration)  # rows past the checkpoint are recomputed
+        # rows past the checkpoint are recomputed; a pending row is logged again by `record`
+        self.table.truncate_after(state.counters.iteration - (pending is not None))
         self.wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, cfg.tracking.name or run_dir.name,
                            cfg.tracking.group, to_dict(cfg), resume_id=wandb_id)
         self.inflight = None  # at most one sampling request in flight
@@ -190,15 +195,14 @@ class Run:
                 lr, clip = self.schedule_values(B)
                 lag = learner.version - batch["versions"]
                 metrics = learner.update(batch, lr, iteration=c.iteration, clip_coef=clip)
-                c.iteration += 1
-                c.env_steps_used += B
-                consistent = True
                 t2 = time.perf_counter()
                 # -- sync: new weights to CPU; the pool ships them with the next request --------
                 weights = learner.get_weights()
                 t3 = time.perf_counter()
+                self.count(B, lag, metrics, (t0, t1, t2, t3), start)
+                consistent = True
                 # -- log ------------------------------------------------------------------------
-                self.record(B, lag, metrics, (t0, t1, t2, t3), start, progress)
+                self.record(progress=progress)
             self.collect_inflight()  # played steps are delivered and counted, never dropped
             self.save()
             exit_code = 0
@@ -235,19 +239,31 @@ class Run:
         return (schedules.learning_rate(self.cfg.ppo, B, self.learner.probe.b_simple, progress_frac),
                 schedules.clip_coef(self.cfg.ppo, progress_frac))
 
-    def record(self, B: int, lag, metrics: dict, times: tuple[float, float, float, float], start: float,
-               progress: Progress | None, evaluation: tuple[list[float], float] | None = None) -> None:
-        """Log an iteration whose counters are updated: its metrics row, target crossings, W&B,
-        progress, and a checkpoint when one is due. `start`: the run's clock origin;
-        `evaluation`: this iteration's evaluation (returns, seconds) when the caller ran it."""
+    def count(self, B: int, lag, metrics: dict, times: tuple[float, float, float, float], start: float) -> None:
+        """Count an update of B env steps: the counters move on and its metrics row waits in
+        `pending` until `record` logs it. `start`: the run's clock origin."""
         c = self.state.counters
+        c.iteration += 1
+        c.env_steps_used += B
         c.wall_time_s = times[-1] - start
-        row = self.row(B, lag, metrics, times)
+        self.pending = self.row(B, lag, metrics, times)
+
+    def record(self, progress: Progress | None = None, evaluation: tuple[list[float], float] | None = None) -> None:
+        """Log the counted iteration: its evaluation when due, target crossings, metrics row,
+        W&B, progress, and a checkpoint when one is due. `evaluation`: this iteration's
+        evaluation (returns, seconds) when the caller ran it. A checkpoint written before it
+        finished holds the pending row, and the resumed run records it first (`open_run`), so an
+        interruption loses neither the row nor a target crossed at this iteration's evaluation."""
+        c = self.state.counters
+        assert self.pending is not None, "record() follows count()"
+        row = dict(self.pending)
+        B = int(row["env_steps_per_iteration"])
         score = None
         if self.evaluator is not None:
             score = self.evaluate(row, B, evaluation)
         self.state.record_targets(self.targets, row, self.learner.probe.summary, score=score)
         self.table.append(row)
+        self.pending = None
         self.wb.log(row, step=c.iteration)
         if progress:
             progress.update(c.env_steps_used, ret=f"{row['charts/episode_return_smoothed']:.1f}",
@@ -360,6 +376,7 @@ class Run:
             "config": to_dict(self.cfg), "spec": asdict(self.spec), "learner": self.learner.state_dict(),
             "run": self.state.state_dict(), "schedule": self.schedule.state_dict(),
             "torch_rng": torch.get_rng_state(), "wandb_id": self.wb.id,
+            "pending_row": self.pending,  # the counted iteration's row when it is not logged yet
         }, keep=self.cfg.checkpoint_keep)
 
     def print_header(self, device) -> None:

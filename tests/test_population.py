@@ -372,3 +372,37 @@ def test_a_pruned_population_stops_the_losing_lr_and_leaves_the_winner_as_it_was
     # a resumed population leaves the pruned members out
     again = train_population(cfgs, [tmp_path / "pruned" / str(i) for i in range(6)], resume=True, quiet=True, prune=True)
     assert [s["iterations"] for s in again] == [s["iterations"] for s in pruned]
+
+
+@pytest.mark.slow
+def test_an_interrupted_population_evaluation_is_recorded_on_resume(tmp_path, monkeypatch):
+    # The stop lands in the members' shared evaluation of iteration 3: each member's checkpoint
+    # holds its pending row, and the resumed population logs it, evaluation and target included,
+    # as the uninterrupted population does.
+    import pandas as pd
+
+    from rlscale.population import _PopulationLoop, train_population
+    from tests.helpers import strip_times
+
+    base = ["workers.backend=local", "total_env_steps=1536", "checkpoint_interval=2", "eval.interval=3",
+            "eval.episodes=2", "targets=[1]"]
+    cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4")]
+    real = _PopulationLoop.evaluate
+
+    def interrupted(self, members):
+        if members:
+            monkeypatch.setattr(_PopulationLoop, "evaluate", real)
+            raise KeyboardInterrupt
+        return real(self, members)
+
+    monkeypatch.setattr(_PopulationLoop, "evaluate", interrupted)
+    dirs = [tmp_path / "run" / str(i) for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_population(cfgs, dirs, quiet=True)
+    resumed = train_population(cfgs, dirs, resume=True, quiet=True)
+    whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(2)], quiet=True)
+    for i in range(2):
+        assert resumed[i]["targets"]["1.0"]["iterations"] == whole[i]["targets"]["1.0"]["iterations"] == 3
+        a, b = (strip_times(pd.read_csv(tmp_path / d / str(i) / "metrics.csv")) for d in ("run", "whole"))
+        assert list(a["iteration"]) == list(range(1, 7))
+        pd.testing.assert_frame_equal(a, b)

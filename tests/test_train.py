@@ -307,6 +307,39 @@ def test_a_failure_inside_an_update_keeps_the_last_consistent_checkpoint(tmp_pat
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_an_interruption_during_an_evaluation_loses_neither_its_row_nor_its_target(tmp_path, monkeypatch):
+    # Ctrl-C (or a sweep's stop) lands in the evaluation of iteration 3, after its update: the
+    # checkpoint written then holds iteration 3's row, and the resumed run evaluates and logs it
+    # before going on. Without that, row 3 is missing and the target that its evaluation crosses
+    # is first seen at iteration 6, one evaluation late.
+    from rlscale import checkpoint
+    from rlscale.evaluation import Evaluator
+
+    args = ("workers.backend=local", "total_env_steps=2048", "checkpoint_interval=2", "eval.interval=3",
+            "eval.episodes=2", "targets=[1]")
+    real, calls = Evaluator.evaluate, []
+
+    def interrupted(self, weights, iteration):
+        calls.append(iteration)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(self, weights, iteration)
+
+    monkeypatch.setattr(Evaluator, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(*args), tmp_path / "run", quiet=True)
+    assert calls == [3]
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")] == ["ckpt_00000002.pt", "ckpt_00000003.pt"]
+    assert list(pd.read_csv(tmp_path / "run" / "metrics.csv")["iteration"]) == [1, 2]
+    s = train(cfg_for(*args), tmp_path / "run", resume=True, quiet=True)
+    assert calls[:2] == [3, 3]  # the resumed run evaluates iteration 3 first
+    whole = train(cfg_for(*args), tmp_path / "whole", quiet=True)
+    assert s["targets"]["1.0"]["iterations"] == whole["targets"]["1.0"]["iterations"] == 3
+    a, b = (strip_times(pd.read_csv(tmp_path / d / "metrics.csv")) for d in ("run", "whole"))
+    assert list(a["iteration"]) == list(range(1, 9))
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_progress_is_a_plain_line_when_stderr_is_not_a_terminal():
     import io
 
