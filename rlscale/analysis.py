@@ -356,6 +356,95 @@ def _b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str = "combined")
     return float(per_gradient.mean()), float(per_iteration.mean()), int(len(sel)), per_iteration, unresolved
 
 
+# metrics.csv columns of each variant's per-update estimates (rlscale.noise_scale.NoiseProbe)
+_NOISE_PREFIX = {"combined": "noise/", "adam": "noise/adam_", "policy": "noise/policy_", "value": "noise/value_"}
+
+
+class NoiseHistories:
+    """Each trial's per-update (|G|^2, tr(Sigma)) estimates, read from its metrics.csv once."""
+
+    def __init__(self, sweep_dir: str | os.PathLike):
+        self.trials = Path(sweep_dir) / "trials"
+        self._tables: dict[str, pd.DataFrame | None] = {}
+
+    def _table(self, trial_id: str) -> pd.DataFrame | None:
+        if trial_id not in self._tables:
+            wanted = {"iteration"} | {f"{p}{k}" for p in _NOISE_PREFIX.values() for k in ("grad_sq", "trace_cov")}
+            try:
+                self._tables[trial_id] = pd.read_csv(self.trials / trial_id / "metrics.csv", usecols=lambda c: c in wanted)
+            except (OSError, ValueError, pd.errors.EmptyDataError):
+                self._tables[trial_id] = None
+        return self._tables[trial_id]
+
+    def means(self, trial_id: str, iterations: float, variant: str) -> tuple[float, float] | None:
+        """The trial's mean |G|^2 and mean tr(Sigma) (per example) over its updates up to
+        `iterations`, as the trial averaged them for its own B_simple to a target; None where it
+        has no finite estimate of that variant."""
+        m = self._table(trial_id)
+        g, t = (f"{_NOISE_PREFIX[variant]}{k}" for k in ("grad_sq", "trace_cov"))
+        if m is None or g not in m or t not in m or "iteration" not in m:
+            return None
+        sub = m[m["iteration"] <= iterations]
+        gv, tv = sub[g].to_numpy(dtype=float), sub[t].to_numpy(dtype=float)
+        ok = np.isfinite(gv) & np.isfinite(tv)
+        return (float(gv[ok].mean()), float(tv[ok].mean())) if ok.any() else None
+
+
+def _pooled_b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str, histories: NoiseHistories,
+                     n_bootstrap: int, rng: np.random.Generator) -> dict | None:
+    """B_simple at this target pooled over seeds: per batch size, the ratio of the best-config
+    seeds' mean tr(Sigma) to their mean |G|^2 (each seed's means over its updates up to the
+    target, the same ratio of means that a trial's own B_simple is over its updates), then the
+    mean over batch sizes. Unlike the mean of the trials' ratios it keeps a seed whose own |G|^2
+    averages to zero or less (unresolved alone), and a ratio of means has no 1/x bias from one
+    seed's noisy |G|^2. Seeds are pooled within a batch size only: runs at different B (and lr)
+    see |G|^2 on different scales, and pooling across them would let the largest |G|^2 decide.
+    ``by_batch`` keeps each batch size's value, ``log_slope`` the slope of log B_simple on log B
+    across them; a batch size whose seeds' |G|^2 averages to zero or less is unresolved, left
+    out of the mean and counted (``n_unresolved_batches``). Interval: bootstrap over seeds within
+    each batch size, a resample that leaves one unresolved being unbounded. None where no trial
+    recorded estimates."""
+    sel = _rows_of(rows, best[np.isfinite(best["median_iterations"])])
+    sel = sel[sel["reached"].to_numpy(dtype=bool) & np.isfinite(sel["iterations"].to_numpy(dtype=float))]
+    per_b: dict[float, tuple[list[float], list[float]]] = {}
+    for trial_id, b, iterations, nmb in zip(sel["trial_id"], sel["B"], sel["iterations"], sel["num_minibatches"].fillna(1)):
+        m = histories.means(str(trial_id), float(iterations), variant)
+        if m is not None:
+            gs, ts = per_b.setdefault(float(b), ([], []))
+            gs.append(m[0])
+            ts.append(m[1] * float(nmb))  # per gradient -> per iteration: one gradient sees B/num_minibatches env steps
+    if not per_b:
+        return None
+    batches = sorted(per_b)
+    arrays = [(np.array(per_b[b][0]), np.array(per_b[b][1])) for b in batches]
+
+    def ratios(g: np.ndarray, t: np.ndarray) -> np.ndarray:  # [..., seeds] -> [...]; inf where unresolved
+        gm, tm = g.mean(-1), t.mean(-1)
+        return np.where(gm > 0, tm / np.where(gm > 0, gm, 1.0), np.inf)
+
+    by_b = np.array([float(ratios(g, t)) for g, t in arrays])
+    ok = np.isfinite(by_b)
+    b_iter = float(by_b[ok].mean()) if ok.any() else None
+    ci = None
+    if sum(len(g) for g, _ in arrays) >= 2:
+        boot = np.zeros((n_bootstrap, len(batches)))
+        for j, (g, t) in enumerate(arrays):
+            idx = rng.integers(0, len(g), size=(n_bootstrap, len(g)))
+            boot[:, j] = ratios(g[idx], t[idx])
+        # a resample that leaves a batch size unresolved has no upper bound (inf): the seeds allow it
+        lo, hi = np.quantile(boot.mean(1), [0.025, 0.975], method="inverted_cdf")
+        ci = [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None]
+    n_mb = float(np.median(sel["num_minibatches"].fillna(1).to_numpy(dtype=float)))
+    slope = None
+    if ok.sum() >= 2 and np.all(by_b[ok] > 0):
+        slope = float(np.polyfit(np.log(np.array(batches)[ok]), np.log(by_b[ok]), 1)[0])
+    return {"b_simple": b_iter, "b_simple_per_gradient": b_iter / n_mb if b_iter is not None else None,
+            "b_simple_ci": ci, "n_trials": int(sum(len(g) for g, _ in arrays)), "n_unresolved_batches": int((~ok).sum()),
+            "by_batch": [{"B": b, "b_simple": float(v) if np.isfinite(v) else None, "n_trials": len(g)}
+                         for b, v, (g, _) in zip(batches, by_b, arrays)],
+            "log_slope": slope}
+
+
 def _rows_of(rows: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
     """The trials of `rows` that ran one of `configs` (rows of (B, lr_rule, lr))."""
     keys = set(zip(configs["B"], configs["lr_rule"], configs["lr"]))
@@ -401,6 +490,7 @@ def pareto_entries(
                 if e is not None and pd.notna(t))
     done = _completed(table)
     adaptive, done = done[done["lr_rule"] == "adaptive"], done[done["lr_rule"] != "adaptive"]
+    histories = NoiseHistories(sweep_dir) if sweep_dir is not None else None
     entries = []
     for env_id, target in sorted(keys):
         # each (env, target) draws its own resamples, so its intervals do not depend on which
@@ -434,6 +524,10 @@ def pareto_entries(
                 variants[variant] = {"b_simple": b_iter, "b_simple_per_gradient": b_grad, "n_trials": n_b,
                                      "n_unresolved": n_unresolved, "b_simple_ci": _ci(
                     np.array([vrng.choice(b_trials, len(b_trials)).mean() for _ in range(n_bootstrap)]) if n_b >= 2 else np.array([]))}
+                pooled = histories and _pooled_b_simple(rows, best, variant, histories, n_bootstrap, np.random.default_rng(
+                    [seed, zlib.crc32(f"{env_id}|{target:.9g}|{variant}|pooled".encode())]))
+                if pooled:
+                    variants[variant]["pooled"] = pooled
         combined = variants.get("combined", {})
         entry.update(b_simple_per_gradient=combined.get("b_simple_per_gradient"), b_simple=combined.get("b_simple"),
                      n_b_simple_trials=combined.get("n_trials", 0), n_b_simple_unresolved=combined.get("n_unresolved", 0),
@@ -470,6 +564,8 @@ def pareto_entries(
         )
         for v in variants.values():  # as the top-level ratio: of the fit, a lower bound's included
             v["ratio"] = fit.b_crit / v["b_simple"] if v["b_simple"] else None
+            if v.get("pooled"):
+                v["pooled"]["ratio"] = fit.b_crit / v["pooled"]["b_simple"] if v["pooled"]["b_simple"] else None
         runs = adaptive[(adaptive["env_id"] == env_id) & (adaptive["target"] == target)]
         if sweep_dir is not None and len(runs) and entry["status"] == "ok":  # beside a frontier, not a lower bound
             from rlscale.adaptive import adaptive_point, summarise
@@ -480,11 +576,25 @@ def pareto_entries(
     return entries
 
 
-def variant_b_simple(entry: dict, variant: str = "combined") -> float | None:
-    """An entry's B_simple (env steps per iteration) of one noise-scale variant; None when it has
-    none or it is not positive (a mean two-batch estimate can be)."""
-    b = entry.get("b_simple") if variant == "combined" else ((entry.get("b_simple_variants") or {}).get(variant) or {}).get("b_simple")
+ESTIMATORS = ("mean", "pooled")  # B_simple over a point's trials: mean of their ratios, or one ratio of means
+
+
+def variant_b_simple(entry: dict, variant: str = "combined", estimator: str = "mean") -> float | None:
+    """An entry's B_simple (env steps per iteration) of one noise-scale variant and estimator
+    ('mean' of the trials' ratios, the study's primary one; 'pooled', `_pooled_b_simple`); None
+    when it has none or it is not positive (a mean two-batch estimate can be)."""
+    part = (entry.get("b_simple_variants") or {}).get(variant) or {}
+    if estimator == "pooled":
+        b = (part.get("pooled") or {}).get("b_simple")
+    else:
+        b = entry.get("b_simple") if variant == "combined" else part.get("b_simple")
     return float(b) if b is not None and np.isfinite(b) and b > 0 else None
+
+
+def _has_estimate(entry: dict, variant: str, estimator: str) -> bool:
+    """Whether the entry's best-config trials measured that variant at all (resolved or not)."""
+    part = (entry.get("b_simple_variants") or {}).get(variant) or {}
+    return bool(part.get("pooled")) if estimator == "pooled" else bool(part)
 
 
 def _n_unresolved(entry: dict, variant: str) -> int:
@@ -494,25 +604,29 @@ def _n_unresolved(entry: dict, variant: str) -> int:
     return int(((entry.get("b_simple_variants") or {}).get(variant) or {}).get("n_unresolved") or 0)
 
 
-def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "combined") -> dict:
+def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "combined", estimator: str = "mean") -> dict:
     """The paper's claim across (env, target) points: B_crit ~ B_simple, for one noise-scale
-    variant. Over the points with a B_crit fitted inside the swept range and that variant's
-    B_simple: the r^2 of log B_crit on log B_simple (least squares), the slope, and the fraction
-    of points whose ratio B_crit / B_simple lies in [1/within, within]. Points whose B_crit is
-    only a lower bound are counted apart (``n_lower_bounds``: those with that variant's B_simple,
-    the ones the comparison would hold); ``n_points_with_unresolved`` counts the points whose
-    B_simple left unresolved trials out."""
-    pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant)]
-    out: dict[str, Any] = {"variant": variant, "n_points": len(pts), "n_envs": len({e["env_id"] for e in pts}),
-                           "within_factor": within,
-                           "n_lower_bounds": sum(e["status"] == "b_crit_above_range" and bool(variant_b_simple(e, variant))
+    variant and estimator (`variant_b_simple`). Over the points with a B_crit fitted inside the
+    swept range and that B_simple: the r^2 of log B_crit on log B_simple (least squares), the
+    slope, and the fraction of points whose ratio B_crit / B_simple lies in [1/within, within].
+    Points whose B_crit is only a lower bound are counted apart (``n_lower_bounds``: those with
+    that B_simple, the ones the comparison would hold); ``n_points_with_unresolved`` counts the
+    points whose B_simple left unresolved trials out (the mean estimator's; the pooled one keeps
+    them), ``n_unresolved_points`` the fitted points left out because their B_simple is
+    unresolved as a whole."""
+    pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant, estimator)]
+    out: dict[str, Any] = {"variant": variant, "estimator": estimator, "n_points": len(pts),
+                           "n_envs": len({e["env_id"] for e in pts}), "within_factor": within,
+                           "n_lower_bounds": sum(e["status"] == "b_crit_above_range" and bool(variant_b_simple(e, variant, estimator))
                                                  for e in entries),
                            # points whose B_simple leaves unresolved trials out: a low B_simple, a high ratio
-                           "n_points_with_unresolved": sum(bool(_n_unresolved(e, variant)) for e in pts),
+                           "n_points_with_unresolved": sum(bool(_n_unresolved(e, variant)) for e in pts) if estimator == "mean" else 0,
+                           "n_unresolved_points": sum(e["status"] == "ok" and bool(e.get("b_crit")) and _has_estimate(e, variant, estimator)
+                                                      and not variant_b_simple(e, variant, estimator) for e in entries),
                            "r2_log": None, "slope_log": None, "fraction_within": None}
     if not pts:
         return out
-    b_simple = np.array([variant_b_simple(e, variant) for e in pts], dtype=float)
+    b_simple = np.array([variant_b_simple(e, variant, estimator) for e in pts], dtype=float)
     ratios = np.array([e["b_crit"] for e in pts], dtype=float) / b_simple
     out["fraction_within"] = float(np.mean((ratios >= 1 / within) & (ratios <= within)))
     out["median_ratio"] = float(np.median(ratios))
@@ -526,10 +640,10 @@ def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "
     return out
 
 
-def claims_by_variant(entries: list[dict], within: float = 3.0) -> dict[str, dict]:
+def claims_by_variant(entries: list[dict], within: float = 3.0, estimator: str = "mean") -> dict[str, dict]:
     """The claim for every noise-scale variant some entry records, in NOISE_VARIANTS order."""
-    present = [v for v in NOISE_VARIANTS if any(variant_b_simple(e, v) for e in entries)]
-    return {v: noise_scale_claim(entries, within, v) for v in present}
+    present = [v for v in NOISE_VARIANTS if any(variant_b_simple(e, v, estimator) for e in entries)]
+    return {v: noise_scale_claim(entries, within, v, estimator) for v in present}
 
 
 # ----------------------------------------------------------------------------------------
@@ -615,12 +729,15 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
     columns = scalars + counts + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]] + per_step
     columns += ["adaptive_n_reached"] + [f"adaptive_{k}" for k in adaptive]
     columns += [f"{k}_{v}" for v in NOISE_VARIANTS[1:] for k in ("b_simple", "ratio")]
+    columns += [f"{k}_pooled_{v}" for v in NOISE_VARIANTS for k in ("b_simple", "ratio")]
     rows = []
     for e in entries:
         row = {k: e[k] for k in scalars} | {k: e.get(k) for k in per_step + counts}
         for v, part in (e.get("b_simple_variants") or {}).items():
             if v != "combined":
                 row[f"b_simple_{v}"], row[f"ratio_{v}"] = part["b_simple"], part.get("ratio")
+            if part.get("pooled"):
+                row[f"b_simple_pooled_{v}"], row[f"ratio_pooled_{v}"] = part["pooled"]["b_simple"], part["pooled"].get("ratio")
         if e.get("adaptive"):  # medians over the adaptive runs that reached the target
             row["adaptive_n_reached"] = e["adaptive"]["n_reached"]
             row.update({f"adaptive_{k}": e["adaptive"][k]["median"] for k in adaptive})
@@ -674,6 +791,8 @@ def analyze(
         "entries": entries,
         "noise_scale_claim": noise_scale_claim(entries),
         "noise_scale_claim_by_variant": claims_by_variant(entries),
+        # the same claim with each point's B_simple pooled over its trials (a robustness check)
+        "noise_scale_claim_pooled_by_variant": claims_by_variant(entries, estimator="pooled"),
         "references": meta.get("references", {}),
         "lr_at_grid_edge": [{"env_id": e["env_id"], "target": e["target"], "B": c["B"], "lr": c["lr"]}
                             for e in entries for c in e["best_configs"] if c.get("lr_at_grid_edge")],

@@ -392,6 +392,13 @@ given per variant below it. A trial whose estimate up to the target is unresolve
 steps-to-target table and stays out of the mean; <code>n_b_simple_unresolved</code> counts such
 trials beside <code>n_b_simple_trials</code>, the resolved ones averaged, and an entry with some
 has a low B_simple (a high ratio).</p>
+<p><b>B_simple pooled within batch sizes</b> (<code>b_simple_pooled_&lt;variant&gt;</code>,
+<code>ratio_pooled_&lt;variant&gt;</code>, and the claim's rows marked <i>pooled</i>): per batch
+size, the best-config seeds' mean tr(&Sigma;) over their mean |G|&sup2; (each up to the target,
+from the trials' metrics), then the mean over batch sizes. It keeps the seeds that are
+unresolved alone; <code>analysis.json</code> holds each batch size's value and the slope of
+log B_simple on log B, which shows how much the measured noise scale depends on the batch size
+(and learning rate) of the run that measures it.</p>
 <p><b>b_diminishing</b> (Golmant et al. 2018): for each lr rule, the smallest swept B such that
 moving to the next larger swept B cuts the median iterations by less than 20% per doubling of B
 (perfect scaling halves them); a larger B that stops reaching the target counts as no cut.</p>
@@ -422,11 +429,12 @@ def _references(analysis: dict) -> pd.DataFrame:
 
 
 def _claims(analysis: dict) -> pd.DataFrame:
-    """One row per noise-scale variant: points, envs, share within x3, median ratio, r^2."""
-    claims = analysis.get("noise_scale_claim_by_variant") or {}
+    """One row per noise-scale variant and B_simple estimator: points, envs, share within x3, median ratio, r^2."""
     keys = ["n_points", "n_envs", "fraction_within", "median_ratio", "r2_log", "slope_log", "n_lower_bounds"]
-    rows = [{"variant": VARIANT_LABELS.get(v, v), **{k: c.get(k) for k in keys}} for v, c in claims.items()]
-    return pd.DataFrame(rows, columns=["variant", *keys])
+    rows = [{"variant": VARIANT_LABELS.get(v, v), "estimator": estimator, **{k: c.get(k) for k in keys}}
+            for estimator, name in (("mean", "noise_scale_claim_by_variant"), ("pooled", "noise_scale_claim_pooled_by_variant"))
+            for v, c in (analysis.get(name) or {}).items()]
+    return pd.DataFrame(rows, columns=["variant", "estimator", *keys])
 
 
 def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: list[Path]) -> Path:

@@ -77,6 +77,30 @@ def print_variants(a: dict) -> None:
               f"{c['n_lower_bounds']} lower bounds.")
 
 
+def print_pooled(a: dict) -> None:
+    """B_simple pooled over seeds within each batch size (analysis._pooled_b_simple): per point and
+    variant, each batch size's value, the slope of log B_simple on log B, and their mean beside
+    B_crit; then the claim with it."""
+    claims = a.get("noise_scale_claim_pooled_by_variant") or {}
+    if not claims:
+        return
+    print("\n| env | target | variant | B_crit | B_simple by batch size (B: value) | slope on log B | mean [95% CI] (ratio) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for e in a["entries"]:
+        for v in claims:
+            p = ((e.get("b_simple_variants") or {}).get(v) or {}).get("pooled")
+            if not p:
+                continue
+            by_b = ", ".join(f"{r['B']:g}: {_num(r['b_simple']) if r['b_simple'] is not None else 'unresolved'}" for r in p["by_batch"])
+            ratio = f" ({_num(p['ratio'])})" if e["status"] == "ok" and p.get("ratio") else ""
+            print(f"| {e['env_id']} | {e['target']:g} | {v} | {b_crit_cell(e)} | {by_b} | {_num(p.get('log_slope'))} "
+                  f"| {_value_ci(p['b_simple'], p.get('b_simple_ci'))}{ratio} |")
+    for v, c in claims.items():
+        print(f"\nClaim (B_crit ~ B_simple pooled within batch sizes, {v}): {c['n_points']} points over {c['n_envs']} envs; "
+              f"fraction within x{c['within_factor']:g}: {_num(c['fraction_within'])}; median ratio {_num(c.get('median_ratio'))}; "
+              f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}).")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("analysis", type=Path)
@@ -94,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         a["entries"] = [e for e in a["entries"] if e["env_id"] in args.envs]
         a["noise_scale_claim"] = noise_scale_claim(a["entries"], a["noise_scale_claim"]["within_factor"])
         a["noise_scale_claim_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"])
+        a["noise_scale_claim_pooled_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"], "pooled")
     print("| env | target | batch sizes reached | S_min | E_min | B_crit [95% CI] | B_simple [95% CI] | B_crit / B_simple "
           "| B_crit per optimizer step | best lr at grid edge (B) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -120,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {e['env_id']} | {e['target']:g} | {ad['n_reached']} of {ad['n_runs']} | {cell('s_over_s_min')} "
                   f"| {cell('e_over_e_min')} | {cell('measured_product')} | {cell('predicted_gamma')} |")
     print_variants(a)
+    print_pooled(a)
     if args.a2c:
         b = {(e["env_id"], e["target"]): e for e in json.loads(args.a2c.read_text())["entries"]}
         print("\n| env | target | PPO B_crit | A2C B_crit | PPO B_crit per optimizer step | A2C B_crit per optimizer step | PPO B_simple | A2C B_simple |")

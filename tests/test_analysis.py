@@ -647,3 +647,64 @@ def test_b_crit_figure_axes_ignore_an_unbounded_interval():
     _bcrit_panel(ax, analysis, "combined", {"A": "C0", "B": "C1"})
     top = ax.get_ylim()[1]
     assert 1000.0 < top <= 3 * MAX_AXIS_SPAN * 1000.0
+
+
+def _noise_trial(sweep: Path, b: int, seed: int, reach: int, g: list[float], t: list[float]) -> None:
+    """A completed trial at batch size b that reaches target 1.0 at iteration `reach`, with per-update
+    combined estimates g (|G|^2) and t (tr(Sigma)) in its metrics.csv (nan: a missing estimate)."""
+    trial_id = f"b{b}_s{seed}"
+    d = sweep / "trials" / trial_id
+    d.mkdir(parents=True)
+    # the trial's own record: its ratio of means up to the target (inf-free here), as NoiseProbe writes it
+    ga, ta = np.array(g[:reach]), np.array(t[:reach])
+    ok = np.isfinite(ga) & np.isfinite(ta)
+    own = float(ta[ok].mean() / ga[ok].mean()) if ga[ok].mean() > 0 else None
+    (d / "trial.json").write_text(json.dumps({
+        "trial_id": trial_id, "env_id": "X", "seed": seed, "env_steps_per_iteration": b, "num_minibatches": 2,
+        "lr_rule": "grid", "lr": 1e-3, "status": "completed", "error": None,
+        "targets": {"1.0": {"reached": True, "iterations": reach, "env_steps": reach * b, "optimizer_steps": reach * 2,
+                            "wall_time_s": 1.0, "b_simple": own,
+                            "b_simple_parts": {"combined": {"b_simple": own, "updates": reach, "finite_updates": int(ok.sum())}}}}}))
+    pd.DataFrame({"iteration": np.arange(1, len(g) + 1), "noise/grad_sq": g, "noise/trace_cov": t}).to_csv(d / "metrics.csv", index=False)
+
+
+def test_b_simple_pooled_over_seeds_within_each_batch_size(tmp_path):
+    """The pooled B_simple: per batch size, the seeds' mean tr(Sigma) over their mean |G|^2 (each
+    seed's means over its updates up to the target, nan estimates skipped), then the mean over
+    batch sizes; a seed unresolved alone stays in. Exact numbers on a hand-made sweep."""
+    sweep = tmp_path / "sweep"
+    (sweep / "trials").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"name": "pooled", "targets": {"X": [1.0]}}))
+    nan = float("nan")
+    # B = 64: seed 1's |G|^2 averages below zero up to its target (unresolved alone); rows past the
+    # target (iteration 4 of seed 1, 3-4 of seed 2) must not count
+    _noise_trial(sweep, 64, 1, 3, g=[1.0, -3.0, nan, 100.0], t=[10.0, 20.0, 30.0, 1e6])
+    _noise_trial(sweep, 64, 2, 2, g=[2.0, 4.0, 1e6, 1e6], t=[30.0, 50.0, 0.0, 0.0])
+    _noise_trial(sweep, 128, 1, 2, g=[10.0, 30.0], t=[40.0, 80.0])
+    _noise_trial(sweep, 128, 2, 1, g=[5.0, 1e6], t=[25.0, 0.0])
+    result = analyze(sweep, wandb_mode="disabled", make_report=False)
+    entry = result["entries"][0]
+    pooled = entry["b_simple_variants"]["combined"]["pooled"]
+    # seed means: B=64: (g -1, t 15) and (3, 40); B=128: (20, 60) and (5, 25); x2 minibatches
+    r64, r128 = 2 * (15 + 40) / (-1 + 3), 2 * (60 + 25) / (20 + 5)
+    assert [r["b_simple"] for r in pooled["by_batch"]] == pytest.approx([r64, r128])
+    assert pooled["b_simple"] == pytest.approx((r64 + r128) / 2)
+    assert pooled["b_simple_per_gradient"] == pytest.approx((r64 + r128) / 4)
+    assert pooled["log_slope"] == pytest.approx(math.log(r128 / r64) / math.log(2))
+    assert (pooled["n_trials"], pooled["n_unresolved_batches"]) == (4, 0)
+    lo, hi = pooled["b_simple_ci"]
+    assert lo is not None and lo <= pooled["b_simple"] and hi is None  # a resample of B=64's seed 1 alone is unresolved
+    # the mean of the trials' ratios leaves seed 1 at B = 64 out
+    assert entry["n_b_simple_unresolved"] == 1
+    assert entry["b_simple"] == pytest.approx(2 * (40 / 3 + 60 / 20 + 25 / 5) / 3)
+    # the fit (B_crit from the steps 2.5 and 1.5 at B = 64 and 128) and the pooled claim
+    assert entry["b_simple_variants"]["combined"]["pooled"]["ratio"] == pytest.approx(entry["b_crit"] / pooled["b_simple"])
+    claim = result["noise_scale_claim_pooled_by_variant"]["combined"]
+    assert (claim["estimator"], claim["n_points"], claim["n_points_with_unresolved"]) == ("pooled", 1, 0)
+    fits = pd.read_csv(sweep / "pareto_fits.csv")
+    assert fits["b_simple_pooled_combined"].item() == pytest.approx(pooled["b_simple"])
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_table.py"), str(sweep / "analysis.json")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| X | 1 | combined |" in out.stdout and "| 64: 55, 128: 6.8 |" in out.stdout
+    assert "Claim (B_crit ~ B_simple pooled within batch sizes, combined): 1 points over 1 envs" in out.stdout
