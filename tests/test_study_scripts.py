@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -134,3 +136,44 @@ def test_reference_curves_tabulates_each_run_against_its_reference_score(tmp_pat
     for bad_args in ([str(tmp_path / "nowhere")], [str(empty)], [str(run), "--sweep", str(tmp_path / "none.yaml")]):
         bad = subprocess.run([*cmd[:2], *bad_args, "--out", str(out_png)], capture_output=True, text=True)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and not bad.stdout, bad_args
+
+
+def _b_simple_trial(sweep: Path, b: int, lr: float, seed: int, combined: float | None, policy: float) -> None:
+    """A completed grid trial that reached target 1.0 with these B_simple values (None: unresolved)."""
+    tid = f"E_B{b}_lr{lr:g}_s{seed}"
+    d = sweep / "trials" / tid
+    d.mkdir(parents=True)
+    parts = {"combined": {"b_simple": combined, "updates": 5, "finite_updates": 5},
+             "policy": {"b_simple": policy, "updates": 5, "finite_updates": 5}}
+    (d / "trial.json").write_text(json.dumps({
+        "trial_id": tid, "env_id": "E", "seed": seed, "env_steps_per_iteration": b, "num_minibatches": 1,
+        "lr_rule": "grid", "lr": lr, "status": "completed",
+        "targets": {"1.0": {"reached": True, "iterations": 5, "env_steps": 5 * b, "b_simple": combined, "b_simple_parts": parts}}}))
+
+
+def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path):
+    # B_simple = 5 B^-0.5 lr^-2 exactly (combined) and 7 B^0.25 (policy, no lr effect), over a
+    # grid where the lr grows with B as a tuned grid's best lr does; 3 seeds a cell. One cell's
+    # seeds are mostly unresolved (it drops out), one cell has 2 seeds (too few with the default 3).
+    sweep = tmp_path / "sweep"
+    (sweep / "trials").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"name": "s", "targets": {"E": [1.0]}}))
+    for b in (64, 128, 256, 512):
+        for lr in (b * 1e-5, b * 2e-5, b * 4e-5):
+            seeds = 2 if (b, lr) == (64, 64e-5) else 3
+            for s in range(seeds):
+                unresolved = (b, lr) == (512, 512 * 4e-5) and s > 0
+                _b_simple_trial(sweep, b, lr, s, None if unresolved else 5 * b ** -0.5 * lr ** -2 * (1 + 0.1 * (s - 1)), 7 * b ** 0.25)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--variants", "combined", "policy"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    # 12 cells less the 2-seed one and the unresolved one; the seeds' spread is symmetric, so the median is exact
+    assert "| E | 1 | combined | 10 | -0.50 [-0.50, -0.50] | -2.00 [-2.00, -2.00] | 1.00 |" in lines
+    assert "| E | 1 | policy | 11 | +0.25 [+0.25, +0.25] | +0.00 [+0.00, +0.00] | 1.00 |" in lines
+    noise_vs_lr = _script("noise_vs_lr")
+    assert noise_vs_lr.fit(pd.DataFrame({"B": [64, 128, 256, 512], "lr": [1, 2, 4, 8], "b_simple": [1, 2, 3, 4]})) is None
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--envs", "F"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--envs names F" in bad.stderr

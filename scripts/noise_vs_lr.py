@@ -1,0 +1,108 @@
+"""How the B_simple a run measures up to a target depends on its batch size and learning rate.
+
+    python scripts/noise_vs_lr.py docs/results/study/ppo [--envs ENV_ID ...] [--variants combined policy ...]
+
+Every grid trial of the sweep that reached a target recorded its own B_simple up to it
+(per gradient; `inf` where unresolved). Per (env, target, variant), the cells are the (B, lr)
+pairs with at least --min-seeds seeds that reached; each cell's value is the median over those
+seeds (an unresolved seed counts as +inf, so a cell with half or more unresolved drops out).
+The fit is least squares of log B_simple on log B and log lr together, so each slope is the
+other held fixed:
+
+    log B_simple = a + b log B + c log lr
+
+b near 0 and c near 0 mean the noise scale is a property of the task at that target, as the
+paper's comparison assumes; c far from 0 means the measured value depends on the learning rate of
+the run that measured it (the best lr grows with B, so a point's B_simple then depends on which
+runs it averages). Intervals: 95%, from the least-squares covariance (t quantile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+COLUMNS = {"combined": "b_simple_to_target", "adam": "b_simple_adam_to_target",
+           "policy": "b_simple_policy_to_target", "value": "b_simple_value_to_target"}
+
+
+def cells(table: pd.DataFrame, column: str, min_seeds: int) -> pd.DataFrame:
+    """(B, lr, median B_simple over the seeds that reached, seeds) per cell with enough seeds and a
+    finite, positive median."""
+    rows = table[table[column].notna()]
+    out = rows.groupby(["B", "lr"])[column].agg(["median", "size"]).reset_index()
+    out = out[(out["size"] >= min_seeds) & np.isfinite(out["median"]) & (out["median"] > 0)]
+    return out.rename(columns={"median": "b_simple", "size": "seeds"})
+
+
+def fit(c: pd.DataFrame) -> dict | None:
+    """Slopes of log B_simple on log B and log lr with 95% intervals and r^2; None when the cells
+    cannot identify both slopes (fewer than 4, or B or lr constant)."""
+    if len(c) < 4 or c["B"].nunique() < 2 or c["lr"].nunique() < 2:
+        return None
+    X = np.c_[np.ones(len(c)), np.log(c["B"].to_numpy(float)), np.log(c["lr"].to_numpy(float))]
+    y = np.log(c["b_simple"].to_numpy(float))
+    if np.linalg.matrix_rank(X) < 3:  # log B and log lr move together: the slopes are not apart
+        return None
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    dof = len(y) - 3
+    sigma2 = float(resid @ resid) / dof if dof > 0 else float("nan")
+    se = np.sqrt(np.diag(sigma2 * np.linalg.inv(X.T @ X))) if dof > 0 else np.full(3, np.nan)
+    q = float(stats.t.ppf(0.975, dof)) if dof > 0 else float("nan")
+    ss = float(((y - y.mean()) ** 2).sum())
+    return {"cells": len(c), "slope_B": float(coef[1]), "slope_B_ci": [float(coef[1] - q * se[1]), float(coef[1] + q * se[1])],
+            "slope_lr": float(coef[2]), "slope_lr_ci": [float(coef[2] - q * se[2]), float(coef[2] + q * se[2])],
+            "r2": 1 - float(resid @ resid) / ss if ss > 0 else None}
+
+
+def _slope(x: float, ci: list[float]) -> str:
+    s = lambda v: f"{round(v, 2) + 0.0:+.2f}"  # noqa: E731  (+ 0.0: no "-0.00")
+    return f"{s(x)} [{s(ci[0])}, {s(ci[1])}]" if np.all(np.isfinite(ci)) else s(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_dir", type=Path)
+    ap.add_argument("--envs", nargs="+", metavar="ENV_ID", help="only these envs")
+    ap.add_argument("--variants", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
+    ap.add_argument("--min-seeds", type=int, default=3, help="seeds that reached, per (B, lr) cell (default 3)")
+    args = ap.parse_args(argv)
+    from rlscale.analysis import check_sweep_dir, steps_to_target_table
+    from rlscale.errors import ConfigError
+
+    try:
+        check_sweep_dir(args.sweep_dir)
+    except ConfigError as err:
+        print(f"noise_vs_lr: {err}", file=sys.stderr)
+        return 2
+    if args.min_seeds < 1:
+        print("noise_vs_lr: --min-seeds must be at least 1", file=sys.stderr)
+        return 2
+    table = steps_to_target_table(args.sweep_dir)
+    table = table[(table["status"] == "completed") & table["reached"] & (table["lr_rule"] != "adaptive")]
+    if args.envs:
+        unknown = sorted(set(args.envs) - set(table["env_id"]))
+        if unknown:
+            print(f"noise_vs_lr: --envs names {', '.join(unknown)}, which {args.sweep_dir} has no reached target for", file=sys.stderr)
+            return 2
+        table = table[table["env_id"].isin(args.envs)]
+    print("| env | target | variant | (B, lr) cells | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
+        for v in args.variants:
+            f = fit(cells(rows, COLUMNS[v], args.min_seeds))
+            if f is not None:
+                r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
+                print(f"| {env} | {target:g} | {v} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
+                      f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
