@@ -401,9 +401,10 @@ def _pooled_b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str, histo
     see |G|^2 on different scales, and pooling across them would let the largest |G|^2 decide.
     ``by_batch`` keeps each batch size's value, ``log_slope`` the slope of log B_simple on log B
     across them; a batch size whose seeds' |G|^2 averages to zero or less is unresolved, left
-    out of the mean and counted (``n_unresolved_batches``). Interval: bootstrap over seeds within
-    each batch size, a resample that leaves one unresolved being unbounded. None where no trial
-    recorded estimates."""
+    out of the mean and counted (``n_unresolved_batches``), so that the mean is then a low
+    estimate. Interval: bootstrap over seeds within each batch size, each resample's mean over
+    the batch sizes resolved in it, as the point estimate's. None where no trial recorded
+    estimates."""
     sel = _rows_of(rows, best[np.isfinite(best["median_iterations"])])
     sel = sel[sel["reached"].to_numpy(dtype=bool) & np.isfinite(sel["iterations"].to_numpy(dtype=float))]
     per_b: dict[float, tuple[list[float], list[float]]] = {}
@@ -431,8 +432,10 @@ def _pooled_b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str, histo
         for j, (g, t) in enumerate(arrays):
             idx = rng.integers(0, len(g), size=(n_bootstrap, len(g)))
             boot[:, j] = ratios(g[idx], t[idx])
-        # a resample that leaves a batch size unresolved has no upper bound (inf): the seeds allow it
-        lo, hi = np.quantile(boot.mean(1), [0.025, 0.975], method="inverted_cdf")
+        # as the point estimate: each resample's mean over the batch sizes resolved in it (inf if none)
+        finite = np.isfinite(boot)
+        means = np.where(finite.any(1), np.where(finite, boot, 0.0).sum(1) / np.maximum(finite.sum(1), 1), np.inf)
+        lo, hi = np.quantile(means, [0.025, 0.975], method="inverted_cdf")
         ci = [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None]
     n_mb = float(np.median(sel["num_minibatches"].fillna(1).to_numpy(dtype=float)))
     slope = None

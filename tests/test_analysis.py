@@ -693,7 +693,9 @@ def test_b_simple_pooled_over_seeds_within_each_batch_size(tmp_path):
     assert pooled["log_slope"] == pytest.approx(math.log(r128 / r64) / math.log(2))
     assert (pooled["n_trials"], pooled["n_unresolved_batches"]) == (4, 0)
     lo, hi = pooled["b_simple_ci"]
-    assert lo is not None and lo <= pooled["b_simple"] and hi is None  # a resample of B=64's seed 1 alone is unresolved
+    # the resamples' means run from 6 (B = 64's seed 1 twice, unresolved there, so B = 128's first
+    # seed twice alone: 2 x 60 / 20) to 32.5 ((2 x 55 / 2 + 2 x 25 / 5) / 2)
+    assert (lo, hi) == (pytest.approx(6.0), pytest.approx(32.5))
     # the mean of the trials' ratios leaves seed 1 at B = 64 out
     assert entry["n_b_simple_unresolved"] == 1
     assert entry["b_simple"] == pytest.approx(2 * (40 / 3 + 60 / 20 + 25 / 5) / 3)
