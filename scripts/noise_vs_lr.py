@@ -15,6 +15,11 @@ b near 0 and c near 0 mean the noise scale is a property of the task at that tar
 paper's comparison assumes; c far from 0 means the measured value depends on the learning rate of
 the run that measured it (the best lr grows with B, so a point's B_simple then depends on which
 runs it averages). Intervals: 95%, from the least-squares covariance (t quantile).
+
+With --parts, a second table splits B_simple = tr(Sigma) / |G|^2 into its two factors: per trial
+that reached, its mean |G|^2 and mean tr(Sigma) over its updates up to the target (from its
+metrics.csv, `rlscale.analysis.NoiseHistories`), each fitted on log B and log lr the same way
+(trials whose mean |G|^2 is not positive left out of the |G|^2 fit).
 """
 
 from __future__ import annotations
@@ -61,6 +66,25 @@ def fit(c: pd.DataFrame) -> dict | None:
             "r2": 1 - float(resid @ resid) / ss if ss > 0 else None}
 
 
+def fit_logs(B: np.ndarray, lr: np.ndarray, y: np.ndarray) -> dict | None:
+    """`fit` on raw points: log y on log B and log lr, over the points with y > 0."""
+    ok = np.isfinite(y) & (y > 0)
+    return fit(pd.DataFrame({"B": B[ok], "lr": lr[ok], "b_simple": y[ok]}))
+
+
+def part_means(sweep_dir: Path, rows: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """Per trial that reached: B, lr and its mean |G|^2 and tr(Sigma) up to the target."""
+    from rlscale.analysis import NoiseHistories
+
+    histories = NoiseHistories(sweep_dir)
+    out = []
+    for trial_id, b, lr, iterations in zip(rows["trial_id"], rows["B"], rows["lr"], rows["iterations"]):
+        m = histories.means(str(trial_id), float(iterations), variant)
+        if m is not None:
+            out.append({"B": float(b), "lr": float(lr), "grad_sq": m[0], "trace_cov": m[1]})
+    return pd.DataFrame(out, columns=["B", "lr", "grad_sq", "trace_cov"])
+
+
 def _slope(x: float, ci: list[float]) -> str:
     s = lambda v: f"{round(v, 2) + 0.0:+.2f}"  # noqa: E731  (+ 0.0: no "-0.00")
     return f"{s(x)} [{s(ci[0])}, {s(ci[1])}]" if np.all(np.isfinite(ci)) else s(x)
@@ -72,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--envs", nargs="+", metavar="ENV_ID", help="only these envs")
     ap.add_argument("--variants", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
     ap.add_argument("--min-seeds", type=int, default=3, help="seeds that reached, per (B, lr) cell (default 3)")
+    ap.add_argument("--parts", action="store_true", help="also fit |G|^2 and tr(Sigma) apart, per trial (reads metrics.csv)")
     args = ap.parse_args(argv)
     from rlscale.analysis import check_sweep_dir, steps_to_target_table
     from rlscale.errors import ConfigError
@@ -101,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                 r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
                 print(f"| {env} | {target:g} | {v} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
                       f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
+    if args.parts:
+        print("\n| env | target | variant | factor | trials | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
+            for v in args.variants:
+                m = part_means(args.sweep_dir, rows, v)
+                for name, col in (("|G|^2", "grad_sq"), ("tr(Sigma)", "trace_cov")):
+                    f = fit_logs(m["B"].to_numpy(float), m["lr"].to_numpy(float), m[col].to_numpy(float))
+                    if f is not None:
+                        r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
+                        print(f"| {env} | {target:g} | {v} | {name} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
+                              f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
     return 0
 
 

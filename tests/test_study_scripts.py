@@ -171,6 +171,19 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
     # 12 cells less the 2-seed one and the unresolved one; the seeds' spread is symmetric, so the median is exact
     assert "| E | 1 | combined | 10 | -0.50 [-0.50, -0.50] | -2.00 [-2.00, -2.00] | 1.00 |" in lines
     assert "| E | 1 | policy | 11 | +0.25 [+0.25, +0.25] | +0.00 [+0.00, +0.00] | 1.00 |" in lines
+    # --parts: each trial's metrics.csv gives |G|^2 = 1e-3 B lr^2 and tr(Sigma) = 9 lr^-1 at every update
+    # (B_simple's own factors need not match its record here)
+    for d in (sweep / "trials").iterdir():
+        rec = json.loads((d / "trial.json").read_text())
+        b, lr = rec["env_steps_per_iteration"], rec["lr"]
+        pd.DataFrame({"iteration": [1, 2, 3, 4, 5, 6], "noise/grad_sq": [1e-3 * b * lr ** 2] * 6,
+                      "noise/trace_cov": [9 / lr] * 5 + [1e9]}).to_csv(d / "metrics.csv", index=False)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--variants", "combined", "--parts"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "| E | 1 | combined | |G|^2 | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" in lines
+    assert "| E | 1 | combined | tr(Sigma) | 35 | +0.00 [+0.00, +0.00] | -1.00 [-1.00, -1.00] | 1.00 |" in lines
     noise_vs_lr = _script("noise_vs_lr")
     assert noise_vs_lr.fit(pd.DataFrame({"B": [64, 128, 256, 512], "lr": [1, 2, 4, 8], "b_simple": [1, 2, 3, 4]})) is None
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(tmp_path / "nowhere")], capture_output=True, text=True)
