@@ -127,16 +127,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {env} | {target:g} | {v} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
                       f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
     if args.parts:
-        print("\n| env | target | variant | factor | trials | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
+        print("\n| env | target | variant | factor (mean over updates to the target) | trials | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
             for v in args.variants:
                 m = part_means(args.sweep_dir, rows, v)
-                for name, col in (("|G|^2", "grad_sq"), ("tr(Sigma)", "trace_cov")):
+                for col in ("grad_sq", "trace_cov"):
                     f = fit_logs(m["B"].to_numpy(float), m["lr"].to_numpy(float), m[col].to_numpy(float))
                     if f is not None:
                         r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
-                        print(f"| {env} | {target:g} | {v} | {name} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
+                        print(f"| {env} | {target:g} | {v} | {col} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
                               f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
     return 0
 
