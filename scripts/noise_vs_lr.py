@@ -20,6 +20,9 @@ With --parts, a second table splits B_simple = tr(Sigma) / |G|^2 into its two fa
 that reached, its mean |G|^2 and mean tr(Sigma) over its updates up to the target (from its
 metrics.csv, `rlscale.analysis.NoiseHistories`), each fitted on log B and log lr the same way
 (trials whose mean |G|^2 is not positive left out of the |G|^2 fit).
+
+With --plot PNG, a figure of the cells: one panel per (env, target), each batch size's cells as
+a line of B_simple against lr on log axes (first variant of --variants).
 """
 
 from __future__ import annotations
@@ -85,6 +88,48 @@ def part_means(sweep_dir: Path, rows: pd.DataFrame, variant: str) -> pd.DataFram
     return pd.DataFrame(out, columns=["B", "lr", "grad_sq", "trace_cov"])
 
 
+def plot(table: pd.DataFrame, column: str, min_seeds: int, path: Path) -> None:
+    """One panel per (env, target): each batch size's cells, B_simple against lr, log-log."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    envs = sorted(table["env_id"].unique())
+    ncols = max(table.groupby("env_id")["target"].nunique().max(), 1)
+    fig = Figure(figsize=(3.2 * ncols, 2.6 * len(envs)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(envs), ncols, squeeze=False)
+    for r, env in enumerate(envs):
+        targets = sorted(table.loc[table["env_id"] == env, "target"].unique())
+        for k in range(ncols):
+            ax = axes[r][k]
+            if k >= len(targets):
+                ax.set_axis_off()
+                continue
+            c = cells(table[(table["env_id"] == env) & (table["target"] == targets[k])], column, min_seeds)
+            batches = sorted(c["B"].unique())
+            cmap = colormaps["viridis"]
+            for j, b in enumerate(batches):
+                cb = c[c["B"] == b].sort_values("lr")
+                ax.plot(cb["lr"], cb["b_simple"], "o-", ms=3, lw=1, color=cmap(j / max(len(batches) - 1, 1)), label=f"B={b:g}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels collide
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(f"{env} {targets[k]:g}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if k == 0:
+                ax.set_ylabel("B_simple to target\n(per gradient)", fontsize=8)
+            if r == len(envs) - 1:
+                ax.set_xlabel("learning rate", fontsize=8)
+            if batches:
+                ax.legend(fontsize=6, ncols=2)
+    fig.suptitle(f"{column}: median over the seeds that reached, per (B, lr) cell", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def _slope(x: float, ci: list[float]) -> str:
     s = lambda v: f"{round(v, 2) + 0.0:+.2f}"  # noqa: E731  (+ 0.0: no "-0.00")
     return f"{s(x)} [{s(ci[0])}, {s(ci[1])}]" if np.all(np.isfinite(ci)) else s(x)
@@ -97,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
     ap.add_argument("--min-seeds", type=int, default=3, help="seeds that reached, per (B, lr) cell (default 3)")
     ap.add_argument("--parts", action="store_true", help="also fit |G|^2 and tr(Sigma) apart, per trial (reads metrics.csv)")
+    ap.add_argument("--plot", type=Path, metavar="PNG", help="also draw the cells, one panel per (env, target)")
     args = ap.parse_args(argv)
     from rlscale.analysis import check_sweep_dir, steps_to_target_table
     from rlscale.errors import ConfigError
@@ -138,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
                         print(f"| {env} | {target:g} | {v} | {col} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
                               f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
+    if args.plot:
+        plot(table, COLUMNS[args.variants[0]], args.min_seeds, args.plot)
+        print(f"\nfigure: {args.plot}", file=sys.stderr)
     return 0
 
 

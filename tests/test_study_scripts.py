@@ -184,6 +184,11 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
     lines = out.stdout.splitlines()
     assert "| E | 1 | combined | grad_sq | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" in lines
     assert "| E | 1 | combined | trace_cov | 35 | +0.00 [+0.00, +0.00] | -1.00 [-1.00, -1.00] | 1.00 |" in lines
+    png = tmp_path / "fig" / "noise_vs_lr.png"
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--plot", str(png)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     noise_vs_lr = _script("noise_vs_lr")
     assert noise_vs_lr.fit(pd.DataFrame({"B": [64, 128, 256, 512], "lr": [1, 2, 4, 8], "b_simple": [1, 2, 3, 4]})) is None
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(tmp_path / "nowhere")], capture_output=True, text=True)
