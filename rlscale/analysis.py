@@ -427,7 +427,7 @@ def _pooled_b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str, histo
     ok = np.isfinite(by_b)
     b_iter = float(by_b[ok].mean()) if ok.any() else None
     ci = None
-    if sum(len(g) for g, _ in arrays) >= 2:
+    if any(len(g) >= 2 for g, _ in arrays):  # one seed per batch size: nothing to resample
         boot = np.zeros((n_bootstrap, len(batches)))
         for j, (g, t) in enumerate(arrays):
             idx = rng.integers(0, len(g), size=(n_bootstrap, len(g)))
@@ -437,7 +437,7 @@ def _pooled_b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str, histo
         means = np.where(finite.any(1), np.where(finite, boot, 0.0).sum(1) / np.maximum(finite.sum(1), 1), np.inf)
         lo, hi = np.quantile(means, [0.025, 0.975], method="inverted_cdf")
         ci = [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None]
-    n_mb = float(np.median(sel["num_minibatches"].fillna(1).to_numpy(dtype=float)))
+    n_mb = float(np.median(sel["num_minibatches"].fillna(1).to_numpy(dtype=float)))  # one value per env in a study
     slope = None
     if ok.sum() >= 2 and np.all(by_b[ok] > 0):
         slope = float(np.polyfit(np.log(np.array(batches)[ok]), np.log(by_b[ok]), 1)[0])
@@ -600,8 +600,12 @@ def _has_estimate(entry: dict, variant: str, estimator: str) -> bool:
     return bool(part.get("pooled")) if estimator == "pooled" else bool(part)
 
 
-def _n_unresolved(entry: dict, variant: str) -> int:
-    """The best-config trials left out of an entry's B_simple of one variant as unresolved."""
+def _n_unresolved(entry: dict, variant: str, estimator: str = "mean") -> int:
+    """The best-config trials (mean estimator) or batch sizes (pooled) left out of an entry's
+    B_simple of one variant as unresolved."""
+    if estimator == "pooled":
+        pooled = (((entry.get("b_simple_variants") or {}).get(variant) or {}).get("pooled") or {})
+        return int(pooled.get("n_unresolved_batches") or 0)
     if variant == "combined":
         return int(entry.get("n_b_simple_unresolved") or 0)
     return int(((entry.get("b_simple_variants") or {}).get(variant) or {}).get("n_unresolved") or 0)
@@ -614,16 +618,17 @@ def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "
     slope, and the fraction of points whose ratio B_crit / B_simple lies in [1/within, within].
     Points whose B_crit is only a lower bound are counted apart (``n_lower_bounds``: those with
     that B_simple, the ones the comparison would hold); ``n_points_with_unresolved`` counts the
-    points whose B_simple left unresolved trials out (the mean estimator's; the pooled one keeps
-    them), ``n_unresolved_points`` the fitted points left out because their B_simple is
+    points whose B_simple left unresolved trials out (the mean estimator) or unresolved batch
+    sizes (the pooled one, which keeps the seeds unresolved alone), ``n_unresolved_points`` the fitted points left out because their B_simple is
     unresolved as a whole."""
     pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant, estimator)]
     out: dict[str, Any] = {"variant": variant, "estimator": estimator, "n_points": len(pts),
                            "n_envs": len({e["env_id"] for e in pts}), "within_factor": within,
                            "n_lower_bounds": sum(e["status"] == "b_crit_above_range" and bool(variant_b_simple(e, variant, estimator))
                                                  for e in entries),
-                           # points whose B_simple leaves unresolved trials out: a low B_simple, a high ratio
-                           "n_points_with_unresolved": sum(bool(_n_unresolved(e, variant)) for e in pts) if estimator == "mean" else 0,
+                           # points whose B_simple leaves unresolved trials (mean) or batch sizes (pooled) out:
+                           # a low B_simple, a high ratio
+                           "n_points_with_unresolved": sum(bool(_n_unresolved(e, variant, estimator)) for e in pts),
                            "n_unresolved_points": sum(e["status"] == "ok" and bool(e.get("b_crit")) and _has_estimate(e, variant, estimator)
                                                       and not variant_b_simple(e, variant, estimator) for e in entries),
                            "r2_log": None, "slope_log": None, "fraction_within": None}

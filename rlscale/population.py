@@ -34,6 +34,7 @@ B_noise estimates; `check_population` refuses anything else with a one-line Conf
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 import time
@@ -760,6 +761,9 @@ class _PopulationLoop:
                   if not r.finished() and not any((r.run_dir / f).is_file() for f in ("pruned.json", "diverged.json"))]
         for i in set(range(len(runs))) - set(active):
             self.finish(i)
+        # a resumed population decides again who leaves at the iteration it resumes at (the stop
+        # may have come between a checkpoint, or a replayed row, and that decision)
+        self.leave(active)
         progress = self.progress(quiet)
         clock = time.perf_counter()
         starts = [clock - r.state.counters.wall_time_s for r in runs]  # each member's clock origin
@@ -790,9 +794,11 @@ class _PopulationLoop:
                     progress.update(sum(r.state.counters.env_steps_used for r in runs), members=str(len(active)))
                 self.leave(active)
         except BaseException:
-            # as a single run: keep only consistent states (never one inside an update)
+            # as a single run: keep only consistent states (never one inside an update); a member
+            # that diverged at this iteration keeps its last checkpoint (finite weights), and
+            # repeats its steps from there on resume
             for i in active if consistent else []:
-                if runs[i].state.counters.iteration:
+                if runs[i].state.counters.iteration and not learner.members[i].diverged:
                     runs[i].save_after_error()
             raise
         finally:
@@ -873,16 +879,18 @@ class _PopulationLoop:
         last one holds finite weights), pruned.json when `pruned` says why it stops, and its
         summary."""
         run, member = self.runs[i], self.learner.members[i]
+        # a member that diverged in an earlier session: its records stand as they were written
+        # (its checkpoint is older than its divergence)
+        diverged_before = not member.diverged and (run.run_dir / "diverged.json").is_file()
         if member.diverged:
             c = run.state.counters
             atomic_write_json(run.run_dir / "diverged.json", {"iteration": c.iteration, "env_steps": c.env_steps,
                                                               "reason": "non-finite loss or gradient; weights frozen before it"})
             print(f"population: member {i} ({run.run_dir}) diverged at iteration {c.iteration}; the others go on", file=sys.stderr)
-        else:
+        elif not diverged_before:
             run.save()
             if pruned is not None:  # after the checkpoint: a resume from it leaves the member out
                 atomic_write_json(run.run_dir / "pruned.json", pruned)
-        run.wb.finish(0)
-        if run.evaluator is not None:
-            run.evaluator.close()
-        self.summaries[i] = run.write_summary()
+        run.close(0)
+        summary = run.run_dir / "summary.json"
+        self.summaries[i] = json.loads(summary.read_text()) if diverged_before and summary.is_file() else run.write_summary()

@@ -131,7 +131,11 @@ def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunL
     wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
     run = Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id, saved[1].get("pending_row") if saved else None)
     if run.pending is not None:  # the checkpoint was written before its iteration was logged
-        run.record()
+        try:
+            run.record()
+        except BaseException:
+            run.close(1)
+            raise
     return run
 
 
@@ -162,8 +166,10 @@ class Run:
         self.targets = sorted(float(x) for x in cfg.targets)
         self.pending = pending  # the counted iteration's metrics row until `record` logs it
         self.table = MetricsTable(run_dir / "metrics.csv")
-        # rows past the checkpoint are recomputed; a pending row is logged again by `record`
-        self.table.truncate_after(state.counters.iteration - (pending is not None))
+        # rows past the checkpoint are recomputed; a pending row is logged again by `record`. A run
+        # that diverged (a population member) is final: its rows up to the divergence stay.
+        if not (run_dir / "diverged.json").is_file():
+            self.table.truncate_after(state.counters.iteration - (pending is not None))
         self.wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, cfg.tracking.name or run_dir.name,
                            cfg.tracking.group, to_dict(cfg), resume_id=wandb_id)
         self.inflight = None  # at most one sampling request in flight
@@ -218,10 +224,14 @@ class Run:
         finally:
             if progress:
                 progress.close()
-            self.wb.finish(exit_code)
-            if self.evaluator is not None:
-                self.evaluator.close()
+            self.close(exit_code)
         return self.write_summary()
+
+    def close(self, exit_code: int) -> None:
+        """The W&B run finished with `exit_code`, the eval envs closed."""
+        self.wb.finish(exit_code)
+        if self.evaluator is not None:
+            self.evaluator.close()
 
     def finished(self) -> bool:
         """The env-step budget is used up or the stop return reached."""
@@ -298,8 +308,15 @@ class Run:
 
     def save_after_error(self) -> bool:
         """A checkpoint of a consistent state after an error; never raises (the error that
-        stopped the run is the one to report). Returns whether it was written."""
+        stopped the run is the one to report). Returns whether it was written. A batch being
+        collected (overlap) goes into it when it can still be collected, as into a periodic one,
+        so that the resumed run is the uninterrupted one."""
         try:
+            try:
+                self.collect_inflight()
+            except Exception as collect_error:  # e.g. the worker that failed: keep the state without it
+                self.inflight = None
+                print(f"warning: the batch being collected is left out of the checkpoint ({collect_error})", file=sys.stderr)
             self.save()
             return True
         except Exception as save_error:

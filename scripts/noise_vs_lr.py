@@ -156,13 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         print("noise_vs_lr: --min-seeds must be at least 1", file=sys.stderr)
         return 2
     table = steps_to_target_table(args.sweep_dir)
-    table = table[(table["status"] == "completed") & table["reached"] & (table["lr_rule"] != "adaptive")]
+    # grid trials only: another lr rule's trials did not train at the lr they record
+    table = table[(table["status"] == "completed") & table["reached"] & (table["lr_rule"] == "grid")]
     if args.envs:
         unknown = sorted(set(args.envs) - set(table["env_id"]))
         if unknown:
             print(f"noise_vs_lr: --envs names {', '.join(unknown)}, which {args.sweep_dir} has no reached target for", file=sys.stderr)
             return 2
         table = table[table["env_id"].isin(args.envs)]
+    if args.plot and table.empty:
+        print(f"noise_vs_lr: no grid trial of {args.sweep_dir} reached a target, so there is nothing to plot", file=sys.stderr)
+        return 2
     print("| env | target | variant | (B, lr) cells | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for (env, target), rows in table.groupby(["env_id", "target"], sort=True):

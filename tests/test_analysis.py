@@ -710,3 +710,13 @@ def test_b_simple_pooled_over_seeds_within_each_batch_size(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "| X | 1 | combined |" in out.stdout and "| 64: 55, 128: 6.8 |" in out.stdout
     assert "Claim (B_crit ~ B_simple pooled within batch sizes, combined): 1 points over 1 envs" in out.stdout
+
+
+def test_pooled_b_simple_has_no_interval_from_one_seed_per_batch_size(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "trials").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"name": "pooled", "targets": {"X": [1.0]}}))
+    _noise_trial(sweep, 64, 1, 2, g=[2.0, 4.0], t=[30.0, 50.0])
+    _noise_trial(sweep, 128, 1, 1, g=[5.0], t=[25.0])
+    pooled = analyze(sweep, wandb_mode="disabled", make_report=False)["entries"][0]["b_simple_variants"]["combined"]["pooled"]
+    assert pooled["b_simple"] == pytest.approx((2 * 40 / 3 + 2 * 25 / 5) / 2) and pooled["b_simple_ci"] is None

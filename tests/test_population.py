@@ -406,3 +406,40 @@ def test_an_interrupted_population_evaluation_is_recorded_on_resume(tmp_path, mo
         a, b = (strip_times(pd.read_csv(tmp_path / d / str(i) / "metrics.csv")) for d in ("run", "whole"))
         assert list(a["iteration"]) == list(range(1, 7))
         pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_population_interrupted_at_its_pruning_iteration_prunes_there_on_resume(tmp_path, monkeypatch):
+    # The stop lands in the evaluation of the iteration at which the losing lr is pruned: the
+    # resumed population records that iteration, then prunes at it, as the uninterrupted one did.
+    import json
+
+    from rlscale.population import _PopulationLoop, train_population
+
+    base = ["workers.backend=local", "total_env_steps=6144", "ppo.env_steps_per_iteration=256", "eval.interval=1",
+            "eval.episodes=3", "targets=[60]", "stop_return=60", "checkpoint_interval=4"]
+    cfgs = [cfg_for(*base, f"seed={s}", f"ppo.lr={lr}") for lr in (2e-3, 1e-7) for s in (1, 2, 3)]
+    whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(6)], quiet=True, prune=True)
+    at = json.loads((tmp_path / "whole" / "3" / "pruned.json").read_text())["iteration"]
+    assert at % 4  # not a checkpoint's iteration: only the stop's checkpoint holds it
+    real = _PopulationLoop.evaluate
+
+    def interrupted(self, members):
+        if self.runs[members[0]].state.counters.iteration == at:
+            monkeypatch.setattr(_PopulationLoop, "evaluate", real)
+            raise KeyboardInterrupt
+        return real(self, members)
+
+    monkeypatch.setattr(_PopulationLoop, "evaluate", interrupted)
+    dirs = [tmp_path / "run" / str(i) for i in range(6)]
+    with pytest.raises(KeyboardInterrupt):
+        train_population(cfgs, dirs, quiet=True, prune=True)
+    resumed = train_population(cfgs, dirs, resume=True, quiet=True, prune=True)
+    for i in range(3, 6):
+        assert json.loads((dirs[i] / "pruned.json").read_text())["iteration"] == at
+    keys = ("iterations", "env_steps", "pruned")
+    assert [[s[k] for k in keys] for s in resumed] == [[s[k] for k in keys] for s in whole]
+    def untimed(s):
+        return {t: {k: v for k, v in r.items() if k != "wall_time_s"} for t, r in s["targets"].items()}
+
+    assert [untimed(s) for s in resumed] == [untimed(s) for s in whole]

@@ -195,3 +195,12 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--envs", "F"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--envs names F" in bad.stderr
+    # a sweep where nothing reached: no figure to draw, one line and exit 2
+    for d in (sweep / "trials").iterdir():
+        rec = json.loads((d / "trial.json").read_text())
+        rec["targets"]["1.0"]["reached"] = False
+        (d / "trial.json").write_text(json.dumps(rec))
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--plot", str(tmp_path / "x.png")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nothing to plot" in bad.stderr
+    assert not (tmp_path / "x.png").exists()

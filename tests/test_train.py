@@ -307,7 +307,8 @@ def test_a_failure_inside_an_update_keeps_the_last_consistent_checkpoint(tmp_pat
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_an_interruption_during_an_evaluation_loses_neither_its_row_nor_its_target(tmp_path, monkeypatch):
+@pytest.mark.parametrize("overlap", ["workers.overlap=false", "workers.overlap=true"])
+def test_an_interruption_during_an_evaluation_loses_neither_its_row_nor_its_target(tmp_path, monkeypatch, overlap):
     # Ctrl-C (or a sweep's stop) lands in the evaluation of iteration 3, after its update: the
     # checkpoint written then holds iteration 3's row, and the resumed run evaluates and logs it
     # before going on. Without that, row 3 is missing and the target that its evaluation crosses
@@ -315,8 +316,9 @@ def test_an_interruption_during_an_evaluation_loses_neither_its_row_nor_its_targ
     from rlscale import checkpoint
     from rlscale.evaluation import Evaluator
 
+    # with overlap, the batch being collected goes into the checkpoint too
     args = ("workers.backend=local", "total_env_steps=2048", "checkpoint_interval=2", "eval.interval=3",
-            "eval.episodes=2", "targets=[1]")
+            "eval.episodes=2", "targets=[1]", overlap)
     real, calls = Evaluator.evaluate, []
 
     def interrupted(self, weights, iteration):
