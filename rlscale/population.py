@@ -639,9 +639,17 @@ class Finished(NamedTuple):
         return cls((str(group[0]), float(group[1])), reached, int(summary.get("iterations") or 0), bool(summary.get("pruned")))
 
 
+LOSING_REASON = "its learning rate can no longer win any target it has not reached"
+SETTLED_REASON = "its learning rate's median iterations are fixed without it at every target it has not reached"
+
+
 def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: Sequence[bool], iterations: Sequence[int],
-                   targets: Sequence[str], finished: Sequence[Finished] = ()) -> list[int]:
-    """Active members whose group (their lr) can no longer win any target they have not reached.
+                   targets: Sequence[str], finished: Sequence[Finished] = (), settled: bool = False) -> list[int]:
+    """Active members whose group (their lr) can no longer win any target they have not reached
+    (with `settled`, also those whose own group's median is fixed at every target they have not
+    reached, winner or not: such a seed can change no group's median, so which group wins and its
+    median stay; it adds no B_simple to a target it would have reached later, and counts as
+    never reaching in bootstrap resamples).
 
     A sweep's analysis takes, per batch size and target, the group with the smallest median
     over seeds of the iterations to the target (a seed that never reaches counts as +inf).
@@ -681,8 +689,8 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
         if not active[m]:
             continue
         open_targets = [k for k in targets if k not in reached[m]]
-        if open_targets and all(any(h != g and v < lowest[g, k] for (h, kk), v in fixed.items() if kk == k)
-                                for k in open_targets):
+        if open_targets and (all(any(h != g and v < lowest[g, k] for (h, kk), v in fixed.items() if kk == k)
+                                 for k in open_targets) or (settled and all((g, k) in fixed for k in open_targets))):
             out.append(m)
     return out
 
@@ -692,7 +700,7 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 
 def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resume: bool = False, overwrite: bool = False,
                      quiet: bool = False, prune: bool = False, groups: Sequence[tuple[str, float]] | None = None,
-                     finished: Sequence[Finished] = ()) -> list[dict]:
+                     finished: Sequence[Finished] = (), prune_settled: bool = False) -> list[dict]:
     """Train the members `cfgs` as one population, member i into run_dirs[i]; their summaries.
 
     Each run directory gets what `rlscale train` writes (config.yaml, metrics.csv, checkpoints,
@@ -721,7 +729,7 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
         runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet)
                 for cfg, d, pool, member, s in zip(cfgs, run_dirs, pools, learner.members, saved)]
         labels: list[tuple[str, float]] = list(groups) if groups is not None else [(str(c.ppo.lr_rule), c.ppo.lr) for c in cfgs]
-        return _PopulationLoop(learner, runs, labels if prune else None, finished).loop(quiet)
+        return _PopulationLoop(learner, runs, labels if prune else None, finished, settled=prune_settled).loop(quiet)
     finally:
         for pool in pools:
             pool.close()
@@ -731,29 +739,32 @@ class _PopulationLoop:
     """The members' runs driven together: sample all, update all, log each (train.Run's steps)."""
 
     def __init__(self, learner: PopulationLearner, runs: list[Run], groups: list[tuple[str, float]] | None = None,
-                 finished: Sequence[Finished] = ()):
+                 finished: Sequence[Finished] = (), settled: bool = False):
         self.learner, self.runs = learner, runs
+        self.settled = settled  # also stop seeds whose lr's median is fixed without them (losing_members)
         self.groups = groups  # each member's (lr rule, lr) when pruning, else None
         self.finished = list(finished)  # runs outside the population that pruning counts as members that left
         self.sampler = PopulationSampler(learner, [r.pool for r in runs])
         self.summaries: dict[int, dict] = {}
 
-    def pruned(self, active: list[int]) -> list[int]:
-        """Active members to stop now, when pruning: `losing_members` among each lr rule's
-        members and finished runs (the analysis also picks a best lr per rule)."""
+    def pruned(self, active: list[int]) -> dict[int, str]:
+        """Active members to stop now, when pruning, with the reason: `losing_members` among
+        each lr rule's members and finished runs (the analysis also picks a best lr per rule)."""
         runs, groups = self.runs, self.groups
         if groups is None or not active:
-            return []
+            return {}
         targets = [str(x) for x in runs[0].targets]
-        out = []
+        out: dict[int, str] = {}
         for rule in sorted({g[0] for g in groups}):
             ms = [i for i, g in enumerate(groups) if g[0] == rule]
-            lose = losing_members([groups[i] for i in ms],
-                                  [{k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms],
-                                  [i in active for i in ms], [runs[i].state.counters.iteration for i in ms], targets,
-                                  [f for f in self.finished if f.group[0] == rule])
-            out += [ms[j] for j in lose]
-        return sorted(out)
+            args = ([groups[i] for i in ms], [{k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms],
+                    [i in active for i in ms], [runs[i].state.counters.iteration for i in ms], targets,
+                    [f for f in self.finished if f.group[0] == rule])
+            for j in losing_members(*args, settled=True) if self.settled else []:
+                out[ms[j]] = SETTLED_REASON
+            for j in losing_members(*args):
+                out[ms[j]] = LOSING_REASON
+        return dict(sorted(out.items()))
 
     def loop(self, quiet: bool) -> list[dict]:
         runs, learner = self.runs, self.learner
@@ -868,10 +879,9 @@ class _PopulationLoop:
         for i in active if stop else []:  # the others' checkpoints hold the reaches that decided it
             if i not in stop:
                 runs[i].save()
-        for i in stop:
+        for i, reason in stop.items():
             c = runs[i].state.counters
-            self.finish(i, pruned={"iteration": c.iteration, "env_steps": c.env_steps_used,
-                                   "reason": "its learning rate can no longer win any target it has not reached"})
+            self.finish(i, pruned={"iteration": c.iteration, "env_steps": c.env_steps_used, "reason": reason})
             active.remove(i)
 
     def finish(self, i: int, pruned: dict | None = None) -> None:

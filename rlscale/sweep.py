@@ -124,6 +124,11 @@ class SweepConfig:
     which lr wins and the winner's numbers stay those of full runs, and the losers' budgets are
     saved. Bootstrap resamples see a stopped seed as never reaching its open targets, and seeds
     or targets added to the sweep later are compared against members that stopped."""
+    prune_settled: bool = False
+    """With prune: also stop a seed once its own lr's median iterations are fixed without it at
+    every target it has not reached (the winner's straggler seeds included): no lr's median and
+    so no choice of lr can change, but the seed adds no B_simple to a target it would have
+    reached later, and bootstrap resamples see it as never reaching."""
 
 
 @dataclass
@@ -144,6 +149,8 @@ def load_sweep_config(path, overrides=()) -> SweepConfig:
         raise ConfigError(f"sweep '{path}' lists no envs; add an 'envs:' list with ids and targets")
     if cfg.prune and not cfg.population:
         raise ConfigError(f"sweep '{path}' sets prune: true, which stops members of a population; set population: true as well")
+    if cfg.prune_settled and not cfg.prune:
+        raise ConfigError(f"sweep '{path}' sets prune_settled: true, which refines pruning; set prune: true as well")
     for e in cfg.envs:
         _check_env_grid(cfg, e, path)
     for steps in [cfg.eval_env_steps] + [e.eval_env_steps for e in cfg.envs]:
@@ -368,7 +375,7 @@ def _failure(trial_dir: Path, e: Exception) -> str:
 
 
 def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str], prune: bool = False,
-                   finished: Sequence = ()) -> list[dict]:
+                   finished: Sequence = (), prune_settled: bool = False) -> list[dict]:
     """Train trials that can share a population (see `population_groups`) as one; their
     records, written as run_trial writes them. Never raises: a failure fails every member.
     `finished`: completed trials of the same env and B that pruning compares against
@@ -383,7 +390,7 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
                 for t, d in zip(trials, dirs)]
         nmbs = [c.ppo.num_minibatches for c in cfgs]
         summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True, prune=prune,
-                                     groups=[(t.lr_rule, t.lr) for t in trials], finished=finished)
+                                     groups=[(t.lr_rule, t.lr) for t in trials], finished=finished, prune_settled=prune_settled)
         pop = {"first": trials[0].trial_id, "members": len(trials)}  # scripts/study_cost.py sums populations' times
         recs = [_trial_record(t, "completed", summary=s, nmb=n, population=pop) for t, s, n in zip(trials, summaries, nmbs)]
     except Exception as e:  # recorded for every member, so that analysis reports the failure
@@ -592,7 +599,8 @@ def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, s
                 dirs = [str((sweep_dir / "trials" / t.trial_id).resolve()) for t in group]
                 base = bases[group[0].base_config]
                 pooled = cfg.population and group[0].lr_rule != "adaptive"
-                fn, args = ((remote_population, (group, base, dirs, cfg.prune, finished_trials(sweep_dir, group) if cfg.prune else []))
+                fn, args = ((remote_population, (group, base, dirs, cfg.prune, finished_trials(sweep_dir, group) if cfg.prune else [],
+                                                 cfg.prune_settled))
                             if pooled else (remote_trial, (group[0], base, dirs[0])))
                 ref = fn.options(num_cpus=1, num_gpus=cfg.trial_gpus, scheduling_strategy=strategy, max_retries=0).remote(*args)
                 running[ref] = (group, pg)

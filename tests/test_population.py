@@ -281,6 +281,44 @@ def test_losing_members_stop_only_when_their_lr_cannot_win_an_open_target():
     assert lose(["x", "x"], [{"a": 1}, {}], 9, ["a"]) == []
 
 
+def test_settled_pruning_also_stops_a_seed_whose_lr_median_is_fixed_without_it():
+    from rlscale.population import losing_members
+
+    groups = ["x", "x", "x", "y", "y", "y"]
+    # x's seeds 0 and 1 reached a and b; seed 2 has not by iteration 50: x's medians are fixed
+    # (4 and 6) whatever seed 2 does, and y lost both targets
+    reached = [{"a": 3, "b": 4}, {"a": 5, "b": 6}, {}, {"a": 2}, {}, {}]
+    assert losing_members(groups, reached, [True] * 6, [50] * 6, ["a", "b"]) == [3, 4, 5]
+    assert losing_members(groups, reached, [True] * 6, [50] * 6, ["a", "b"], settled=True) == [2, 3, 4, 5]
+    # with only one x seed reached, x's median for b depends on seed 2: it goes on
+    early = [{"a": 3, "b": 4}, {"a": 5}, {}, {}, {}, {}]
+    assert 2 not in losing_members(groups, early, [True] * 6, [50] * 6, ["a", "b"], settled=True)
+    # an lr whose median is fixed at one open target but not at another goes on
+    part = [{"a": 3}, {"a": 5, "b": 6}, {}, {}, {}, {}]
+    assert losing_members(["x"] * 3, part[:3], [True] * 3, [7] * 3, ["a", "b"], settled=True) == []
+    # a group alone: its straggler stops once its median is fixed
+    assert losing_members(["x"] * 3, reached[:3], [True] * 3, [50] * 3, ["a", "b"], settled=True) == [2]
+
+
+def test_a_population_gives_each_stopped_member_its_reason():
+    from types import SimpleNamespace
+
+    from rlscale.population import LOSING_REASON, SETTLED_REASON, _PopulationLoop
+
+    def run(reached, iteration=50):
+        counters = SimpleNamespace(targets={k: {"iterations": v} for k, v in reached.items()}, iteration=iteration)
+        return SimpleNamespace(state=SimpleNamespace(counters=counters), targets=[1.0, 2.0])
+
+    reached = [{"1.0": 3, "2.0": 4}, {"1.0": 5, "2.0": 6}, {}, {"1.0": 2}, {}, {}]
+    loop = object.__new__(_PopulationLoop)  # only what pruned() reads
+    loop.runs, loop.finished = [run(r) for r in reached], []
+    loop.groups = [("grid", 1e-3)] * 3 + [("grid", 1e-4)] * 3
+    loop.settled = False
+    assert loop.pruned(list(range(6))) == {3: LOSING_REASON, 4: LOSING_REASON, 5: LOSING_REASON}
+    loop.settled = True
+    assert loop.pruned(list(range(6))) == {2: SETTLED_REASON, 3: LOSING_REASON, 4: LOSING_REASON, 5: LOSING_REASON}
+
+
 def test_finished_runs_count_as_members_that_left_and_a_pruned_one_as_still_open():
     from rlscale.population import Finished, losing_members
 
@@ -333,9 +371,9 @@ def test_a_population_prunes_only_against_the_lrs_of_its_own_rule(tmp_path, monk
     seen = []
     real = population.losing_members
 
-    def spy(groups, *args):
+    def spy(groups, *args, **kwargs):
         seen.append(sorted(set(groups)))
-        return real(groups, *args)
+        return real(groups, *args, **kwargs)
 
     monkeypatch.setattr(population, "losing_members", spy)
     base = ["workers.backend=local", "total_env_steps=512", "ppo.env_steps_per_iteration=256", "targets=[60]"]

@@ -255,6 +255,7 @@ def test_protocol_batch_through_envs_targets_from_a_reference_and_evaluation_per
     (("reference_score: 500", "reference_score: 10"), "must exceed random_score"),
     (("ppo.batch_min: 64", "ppo.batch_min: 72"), "adaptive ppo.batch_min=72 must be a multiple of fragment_length 16"),
     (("lr_rules: []", "lr_rules: []\nprune: true"), "sets prune: true, which stops members of a population"),
+    (("lr_rules: []", "lr_rules: []\nprune_settled: true"), "sets prune_settled: true, which refines pruning; set prune: true"),
 ])
 def test_protocol_sweep_refuses_bad_settings_in_one_line(tmp_path, edit, match):
     from rlscale.errors import ConfigError
