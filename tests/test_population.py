@@ -412,6 +412,22 @@ def test_a_pruned_population_stops_the_losing_lr_and_leaves_the_winner_as_it_was
     assert [s["iterations"] for s in again] == [s["iterations"] for s in pruned]
 
 
+def _interrupt_evaluation(monkeypatch, when) -> None:
+    """The members' shared evaluation raises KeyboardInterrupt once, the first time `when(loop,
+    members)` holds (a stop landing in it), and runs as it does otherwise."""
+    from rlscale.population import _PopulationLoop
+
+    real = _PopulationLoop.evaluate
+
+    def interrupted(self, members):
+        if when(self, members):
+            monkeypatch.setattr(_PopulationLoop, "evaluate", real)
+            raise KeyboardInterrupt
+        return real(self, members)
+
+    monkeypatch.setattr(_PopulationLoop, "evaluate", interrupted)
+
+
 @pytest.mark.slow
 def test_an_interrupted_population_evaluation_is_recorded_on_resume(tmp_path, monkeypatch):
     # The stop lands in the members' shared evaluation of iteration 3: each member's checkpoint
@@ -419,21 +435,13 @@ def test_an_interrupted_population_evaluation_is_recorded_on_resume(tmp_path, mo
     # as the uninterrupted population does.
     import pandas as pd
 
-    from rlscale.population import _PopulationLoop, train_population
+    from rlscale.population import train_population
     from tests.helpers import strip_times
 
     base = ["workers.backend=local", "total_env_steps=1536", "checkpoint_interval=2", "eval.interval=3",
             "eval.episodes=2", "targets=[1]"]
     cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4")]
-    real = _PopulationLoop.evaluate
-
-    def interrupted(self, members):
-        if members:
-            monkeypatch.setattr(_PopulationLoop, "evaluate", real)
-            raise KeyboardInterrupt
-        return real(self, members)
-
-    monkeypatch.setattr(_PopulationLoop, "evaluate", interrupted)
+    _interrupt_evaluation(monkeypatch, lambda loop, members: bool(members))
     dirs = [tmp_path / "run" / str(i) for i in range(2)]
     with pytest.raises(KeyboardInterrupt):
         train_population(cfgs, dirs, quiet=True)
@@ -452,7 +460,7 @@ def test_a_population_interrupted_at_its_pruning_iteration_prunes_there_on_resum
     # resumed population records that iteration, then prunes at it, as the uninterrupted one did.
     import json
 
-    from rlscale.population import _PopulationLoop, train_population
+    from rlscale.population import train_population
 
     base = ["workers.backend=local", "total_env_steps=6144", "ppo.env_steps_per_iteration=256", "eval.interval=1",
             "eval.episodes=3", "targets=[60]", "stop_return=60", "checkpoint_interval=4"]
@@ -460,15 +468,7 @@ def test_a_population_interrupted_at_its_pruning_iteration_prunes_there_on_resum
     whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(6)], quiet=True, prune=True)
     at = json.loads((tmp_path / "whole" / "3" / "pruned.json").read_text())["iteration"]
     assert at % 4  # not a checkpoint's iteration: only the stop's checkpoint holds it
-    real = _PopulationLoop.evaluate
-
-    def interrupted(self, members):
-        if self.runs[members[0]].state.counters.iteration == at:
-            monkeypatch.setattr(_PopulationLoop, "evaluate", real)
-            raise KeyboardInterrupt
-        return real(self, members)
-
-    monkeypatch.setattr(_PopulationLoop, "evaluate", interrupted)
+    _interrupt_evaluation(monkeypatch, lambda loop, members: loop.runs[members[0]].state.counters.iteration == at)
     dirs = [tmp_path / "run" / str(i) for i in range(6)]
     with pytest.raises(KeyboardInterrupt):
         train_population(cfgs, dirs, quiet=True, prune=True)

@@ -151,6 +151,10 @@ def _b_simple_trial(sweep: Path, b: int, lr: float, seed: int, combined: float |
         "targets": {"1.0": {"reached": True, "iterations": 5, "env_steps": 5 * b, "b_simple": combined, "b_simple_parts": parts}}}))
 
 
+def _noise_vs_lr(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), *args], capture_output=True, text=True)
+
+
 def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path):
     # B_simple = 5 B^-0.5 lr^-2 exactly (combined) and 7 B^0.25 (policy, no lr effect), over a
     # grid where the lr grows with B as a tuned grid's best lr does; 3 seeds a cell. One cell's
@@ -164,8 +168,7 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
             for s in range(seeds):
                 unresolved = (b, lr) == (512, 512 * 4e-5) and s > 0
                 _b_simple_trial(sweep, b, lr, s, None if unresolved else 5 * b ** -0.5 * lr ** -2 * (1 + 0.1 * (s - 1)), 7 * b ** 0.25)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--variants", "combined", "policy"],
-                         capture_output=True, text=True)
+    out = _noise_vs_lr(str(sweep), "--variants", "combined", "policy")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     # 12 cells less the 2-seed one and the unresolved one; the seeds' spread is symmetric, so the median is exact
@@ -178,29 +181,26 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
         b, lr = rec["env_steps_per_iteration"], rec["lr"]
         pd.DataFrame({"iteration": [1, 2, 3, 4, 5, 6], "noise/grad_sq": [1e-3 * b * lr ** 2] * 6,
                       "noise/trace_cov": [9 / lr] * 5 + [1e9]}).to_csv(d / "metrics.csv", index=False)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--variants", "combined", "--parts"],
-                         capture_output=True, text=True)
+    out = _noise_vs_lr(str(sweep), "--variants", "combined", "--parts")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "| E | 1 | combined | grad_sq | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" in lines
     assert "| E | 1 | combined | trace_cov | 35 | +0.00 [+0.00, +0.00] | -1.00 [-1.00, -1.00] | 1.00 |" in lines
     png = tmp_path / "fig" / "noise_vs_lr.png"
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--plot", str(png)],
-                         capture_output=True, text=True)
+    out = _noise_vs_lr(str(sweep), "--plot", str(png))
     assert out.returncode == 0, out.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     noise_vs_lr = _script("noise_vs_lr")
     assert noise_vs_lr.fit(pd.DataFrame({"B": [64, 128, 256, 512], "lr": [1, 2, 4, 8], "b_simple": [1, 2, 3, 4]})) is None
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(tmp_path / "nowhere")], capture_output=True, text=True)
+    bad = _noise_vs_lr(str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--envs", "F"], capture_output=True, text=True)
+    bad = _noise_vs_lr(str(sweep), "--envs", "F")
     assert bad.returncode == 2 and "--envs names F" in bad.stderr
     # a sweep where nothing reached: no figure to draw, one line and exit 2
     for d in (sweep / "trials").iterdir():
         rec = json.loads((d / "trial.json").read_text())
         rec["targets"]["1.0"]["reached"] = False
         (d / "trial.json").write_text(json.dumps(rec))
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), str(sweep), "--plot", str(tmp_path / "x.png")],
-                         capture_output=True, text=True)
+    bad = _noise_vs_lr(str(sweep), "--plot", str(tmp_path / "x.png"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nothing to plot" in bad.stderr
     assert not (tmp_path / "x.png").exists()
