@@ -376,15 +376,16 @@ class NoiseHistories:
                 self._tables[trial_id] = None
         return self._tables[trial_id]
 
-    def means(self, trial_id: str, iterations: float, variant: str) -> tuple[float, float] | None:
+    def means(self, trial_id: str, iterations: float, variant: str, skip: int = 0) -> tuple[float, float] | None:
         """The trial's mean |G|^2 and mean tr(Sigma) (per example) over its updates up to
-        `iterations`, as the trial averaged them for its own B_simple to a target; None where it
-        has no finite estimate of that variant."""
+        `iterations`, as the trial averaged them for its own B_simple to a target (with `skip`,
+        over those after the first `skip` updates only); None where it has no finite estimate of
+        that variant there."""
         m = self._table(trial_id)
         g, t = (f"{_NOISE_PREFIX[variant]}{k}" for k in ("grad_sq", "trace_cov"))
         if m is None or g not in m or t not in m or "iteration" not in m:
             return None
-        sub = m[m["iteration"] <= iterations]
+        sub = m[(m["iteration"] > skip) & (m["iteration"] <= iterations)]
         gv, tv = sub[g].to_numpy(dtype=float), sub[t].to_numpy(dtype=float)
         ok = np.isfinite(gv) & np.isfinite(tv)
         return (float(gv[ok].mean()), float(tv[ok].mean())) if ok.any() else None

@@ -21,6 +21,11 @@ that reached, its mean |G|^2 and mean tr(Sigma) over its updates up to the targe
 metrics.csv, `rlscale.analysis.NoiseHistories`), each fitted on log B and log lr the same way
 (trials whose mean |G|^2 is not positive left out of the |G|^2 fit).
 
+With --skip-updates N, every trial's B_simple (and, with --parts, its two factors) is taken over
+its updates after the first N only, from its metrics.csv: how much of the dependence comes from
+the first updates of a run (at a large lr, |G|^2 can be orders of magnitude larger there than
+later, and a ratio of means over the updates is then set by them).
+
 With --plot PNG, a figure of the cells: one panel per (env, target), each batch size's cells as
 a line of B_simple against lr on log axes (first variant of --variants).
 """
@@ -39,11 +44,27 @@ COLUMNS = {"combined": "b_simple_to_target", "adam": "b_simple_adam_to_target",
            "policy": "b_simple_policy_to_target", "value": "b_simple_value_to_target"}
 
 
-def cells(table: pd.DataFrame, column: str, min_seeds: int) -> pd.DataFrame:
+def trial_values(sweep_dir: Path, table: pd.DataFrame, variant: str, skip: int) -> pd.DataFrame:
+    """Per trial that reached: B, lr and its B_simple to the target, as recorded (skip 0) or over
+    its updates after the first `skip` (from metrics.csv; inf where its |G|^2 averages to zero
+    or less, NaN where it has no estimate)."""
+    if not skip:
+        return table[["B", "lr"]].assign(b_simple=table[COLUMNS[variant]].to_numpy(dtype=float))
+    from rlscale.analysis import NoiseHistories
+
+    histories = NoiseHistories(sweep_dir)
+    values = []
+    for trial_id, iterations in zip(table["trial_id"], table["iterations"]):
+        m = histories.means(str(trial_id), float(iterations), variant, skip=skip)
+        values.append(np.nan if m is None else (m[1] / m[0] if m[0] > 0 else np.inf))
+    return table[["B", "lr"]].assign(b_simple=values)
+
+
+def cells(values: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
     """(B, lr, median B_simple over the seeds that reached, seeds) per cell with enough seeds and a
-    finite, positive median."""
-    rows = table[table[column].notna()]
-    out = rows.groupby(["B", "lr"])[column].agg(["median", "size"]).reset_index()
+    finite, positive median; `values`: B, lr, b_simple per trial (`trial_values`)."""
+    rows = values[values["b_simple"].notna()]
+    out = rows.groupby(["B", "lr"])["b_simple"].agg(["median", "size"]).reset_index()
     out = out[(out["size"] >= min_seeds) & np.isfinite(out["median"]) & (out["median"] > 0)]
     return out.rename(columns={"median": "b_simple", "size": "seeds"})
 
@@ -75,20 +96,21 @@ def fit_logs(B: np.ndarray, lr: np.ndarray, y: np.ndarray) -> dict | None:
     return fit(pd.DataFrame({"B": B[ok], "lr": lr[ok], "b_simple": y[ok]}))
 
 
-def part_means(sweep_dir: Path, rows: pd.DataFrame, variant: str) -> pd.DataFrame:
-    """Per trial that reached: B, lr and its mean |G|^2 and tr(Sigma) up to the target."""
+def part_means(sweep_dir: Path, rows: pd.DataFrame, variant: str, skip: int = 0) -> pd.DataFrame:
+    """Per trial that reached: B, lr and its mean |G|^2 and tr(Sigma) up to the target (after its
+    first `skip` updates)."""
     from rlscale.analysis import NoiseHistories
 
     histories = NoiseHistories(sweep_dir)
     out = []
     for trial_id, b, lr, iterations in zip(rows["trial_id"], rows["B"], rows["lr"], rows["iterations"]):
-        m = histories.means(str(trial_id), float(iterations), variant)
+        m = histories.means(str(trial_id), float(iterations), variant, skip=skip)
         if m is not None:
             out.append({"B": float(b), "lr": float(lr), "grad_sq": m[0], "trace_cov": m[1]})
     return pd.DataFrame(out, columns=["B", "lr", "grad_sq", "trace_cov"])
 
 
-def plot(table: pd.DataFrame, column: str, min_seeds: int, path: Path) -> None:
+def plot(sweep_dir: Path, table: pd.DataFrame, variant: str, min_seeds: int, skip: int, path: Path) -> None:
     """One panel per (env, target): each batch size's cells, B_simple against lr, log-log."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -107,7 +129,7 @@ def plot(table: pd.DataFrame, column: str, min_seeds: int, path: Path) -> None:
             if k >= len(targets):
                 ax.set_axis_off()
                 continue
-            c = cells(table[(table["env_id"] == env) & (table["target"] == targets[k])], column, min_seeds)
+            c = cells(trial_values(sweep_dir, table[(table["env_id"] == env) & (table["target"] == targets[k])], variant, skip), min_seeds)
             batches = sorted(c["B"].unique())
             cmap = colormaps["viridis"]
             for j, b in enumerate(batches):
@@ -125,7 +147,8 @@ def plot(table: pd.DataFrame, column: str, min_seeds: int, path: Path) -> None:
                 ax.set_xlabel("learning rate", fontsize=8)
             if batches:
                 ax.legend(fontsize=6, ncols=2)
-    fig.suptitle(f"{column}: median over the seeds that reached, per (B, lr) cell", fontsize=9)
+    after = f", after the first {skip} updates" if skip else ""
+    fig.suptitle(f"B_simple ({variant}) to the target{after}: median over the seeds that reached, per (B, lr) cell", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
@@ -133,6 +156,60 @@ def plot(table: pd.DataFrame, column: str, min_seeds: int, path: Path) -> None:
 def _slope(x: float, ci: list[float]) -> str:
     s = lambda v: f"{round(v, 2) + 0.0:+.2f}"  # noqa: E731  (+ 0.0: no "-0.00")
     return f"{s(x)} [{s(ci[0])}, {s(ci[1])}]" if np.all(np.isfinite(ci)) else s(x)
+
+
+def _row(env: str, target: float, v: str, label: str, f: dict) -> str:
+    r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
+    return (f"| {env} | {target:g} | {v} |{label} {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
+            f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
+
+
+def print_slopes(sweep_dir: Path, table: pd.DataFrame, variants: list[str], min_seeds: int, skip: int) -> None:
+    print("| env | target | variant | (B, lr) cells | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
+        for v in variants:
+            f = fit(cells(trial_values(sweep_dir, rows, v, skip), min_seeds))
+            if f is not None:
+                print(_row(env, target, v, "", f))
+
+
+def print_parts(sweep_dir: Path, table: pd.DataFrame, variants: list[str], skip: int) -> None:
+    print("\n| env | target | variant | factor (mean over updates to the target) | trials | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
+        for v in variants:
+            m = part_means(sweep_dir, rows, v, skip)
+            for col in ("grad_sq", "trace_cov"):
+                f = fit_logs(m["B"].to_numpy(float), m["lr"].to_numpy(float), m[col].to_numpy(float))
+                if f is not None:
+                    print(_row(env, target, v, f" {col} |", f))
+
+
+def _load(args: argparse.Namespace) -> pd.DataFrame | str:
+    """The grid trials that reached a target (of --envs), or the one-line error."""
+    from rlscale.analysis import check_sweep_dir, steps_to_target_table
+    from rlscale.errors import ConfigError
+
+    try:
+        check_sweep_dir(args.sweep_dir)
+    except ConfigError as err:
+        return str(err)
+    if args.min_seeds < 1:
+        return "--min-seeds must be at least 1"
+    if args.skip_updates < 0:
+        return "--skip-updates must be 0 or more"
+    table = steps_to_target_table(args.sweep_dir)
+    # grid trials only: another lr rule's trials did not train at the lr they record
+    table = table[(table["status"] == "completed") & table["reached"] & (table["lr_rule"] == "grid")]
+    if args.envs:
+        unknown = sorted(set(args.envs) - set(table["env_id"]))
+        if unknown:
+            return f"--envs names {', '.join(unknown)}, which {args.sweep_dir} has no reached target for"
+        table = table[table["env_id"].isin(args.envs)]
+    if args.plot and table.empty:
+        return f"no grid trial of {args.sweep_dir} reached a target, so there is nothing to plot"
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,53 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seeds", type=int, default=3, help="seeds that reached, per (B, lr) cell (default 3)")
     ap.add_argument("--parts", action="store_true", help="also fit |G|^2 and tr(Sigma) apart, per trial (reads metrics.csv)")
     ap.add_argument("--plot", type=Path, metavar="PNG", help="also draw the cells, one panel per (env, target)")
+    ap.add_argument("--skip-updates", type=int, default=0, metavar="N",
+                    help="each trial's B_simple over its updates after the first N (default 0: as recorded)")
     args = ap.parse_args(argv)
-    from rlscale.analysis import check_sweep_dir, steps_to_target_table
-    from rlscale.errors import ConfigError
-
-    try:
-        check_sweep_dir(args.sweep_dir)
-    except ConfigError as err:
-        print(f"noise_vs_lr: {err}", file=sys.stderr)
+    table = _load(args)
+    if isinstance(table, str):
+        print(f"noise_vs_lr: {table}", file=sys.stderr)
         return 2
-    if args.min_seeds < 1:
-        print("noise_vs_lr: --min-seeds must be at least 1", file=sys.stderr)
-        return 2
-    table = steps_to_target_table(args.sweep_dir)
-    # grid trials only: another lr rule's trials did not train at the lr they record
-    table = table[(table["status"] == "completed") & table["reached"] & (table["lr_rule"] == "grid")]
-    if args.envs:
-        unknown = sorted(set(args.envs) - set(table["env_id"]))
-        if unknown:
-            print(f"noise_vs_lr: --envs names {', '.join(unknown)}, which {args.sweep_dir} has no reached target for", file=sys.stderr)
-            return 2
-        table = table[table["env_id"].isin(args.envs)]
-    if args.plot and table.empty:
-        print(f"noise_vs_lr: no grid trial of {args.sweep_dir} reached a target, so there is nothing to plot", file=sys.stderr)
-        return 2
-    print("| env | target | variant | (B, lr) cells | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
-        for v in args.variants:
-            f = fit(cells(rows, COLUMNS[v], args.min_seeds))
-            if f is not None:
-                r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
-                print(f"| {env} | {target:g} | {v} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
-                      f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
+    print_slopes(args.sweep_dir, table, args.variants, args.min_seeds, args.skip_updates)
     if args.parts:
-        print("\n| env | target | variant | factor (mean over updates to the target) | trials | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
-            for v in args.variants:
-                m = part_means(args.sweep_dir, rows, v)
-                for col in ("grad_sq", "trace_cov"):
-                    f = fit_logs(m["B"].to_numpy(float), m["lr"].to_numpy(float), m[col].to_numpy(float))
-                    if f is not None:
-                        r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
-                        print(f"| {env} | {target:g} | {v} | {col} | {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
-                              f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
+        print_parts(args.sweep_dir, table, args.variants, args.skip_updates)
     if args.plot:
-        plot(table, COLUMNS[args.variants[0]], args.min_seeds, args.plot)
+        plot(args.sweep_dir, table, args.variants[0], args.min_seeds, args.skip_updates, args.plot)
         print(f"\nfigure: {args.plot}", file=sys.stderr)
     return 0
 

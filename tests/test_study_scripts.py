@@ -186,6 +186,17 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
     lines = out.stdout.splitlines()
     assert "| E | 1 | combined | grad_sq | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" in lines
     assert "| E | 1 | combined | trace_cov | 35 | +0.00 [+0.00, +0.00] | -1.00 [-1.00, -1.00] | 1.00 |" in lines
+    # a transient: at every trial's first update |G|^2 is 1e9; with --skip-updates 1 the slopes are
+    # those of the later updates exactly (B_simple = 9 lr^-1 / (1e-3 B lr^2) = 9000 B^-1 lr^-3)
+    for d in (sweep / "trials").iterdir():
+        m = pd.read_csv(d / "metrics.csv")
+        m.loc[0, "noise/grad_sq"] = 1e9
+        m.to_csv(d / "metrics.csv", index=False)
+    lines = _noise_vs_lr(str(sweep), "--variants", "combined", "--parts", "--skip-updates", "1").stdout.splitlines()
+    assert "| E | 1 | combined | 11 | -1.00 [-1.00, -1.00] | -3.00 [-3.00, -3.00] | 1.00 |" in lines  # 12 cells less the 2-seed one
+    assert "| E | 1 | combined | grad_sq | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" in lines
+    assert "| E | 1 | combined | grad_sq | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" not in \
+        _noise_vs_lr(str(sweep), "--variants", "combined", "--parts").stdout.splitlines()  # the transient sets it
     png = tmp_path / "fig" / "noise_vs_lr.png"
     out = _noise_vs_lr(str(sweep), "--plot", str(png))
     assert out.returncode == 0, out.stderr
@@ -194,6 +205,8 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
     assert noise_vs_lr.fit(pd.DataFrame({"B": [64, 128, 256, 512], "lr": [1, 2, 4, 8], "b_simple": [1, 2, 3, 4]})) is None
     bad = _noise_vs_lr(str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    bad = _noise_vs_lr(str(sweep), "--skip-updates", "-1")
+    assert bad.returncode == 2 and bad.stderr.strip() == "noise_vs_lr: --skip-updates must be 0 or more"
     bad = _noise_vs_lr(str(sweep), "--envs", "F")
     assert bad.returncode == 2 and "--envs names F" in bad.stderr
     # a sweep where nothing reached: no figure to draw, one line and exit 2
