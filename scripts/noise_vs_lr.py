@@ -26,6 +26,11 @@ its updates after the first N only, from its metrics.csv: how much of the depend
 the first updates of a run (at a large lr, |G|^2 can be orders of magnitude larger there than
 later, and a ratio of means over the updates is then set by them).
 
+With --claim (needs `rlscale analyze` first), the paper's claim recomputed from the sweep's
+analysis.json with each point's B_simple taken as declared (the mean over the best-lr trials of
+its batch sizes that reached the target, unresolved trials left out) but from each trial's
+updates after the first --skip-updates: a sensitivity check beside the declared claim.
+
 With --plot PNG, a figure of the cells: one panel per (env, target), each batch size's cells as
 a line of B_simple against lr on log axes (first variant of --variants).
 """
@@ -33,6 +38,7 @@ a line of B_simple against lr on log axes (first variant of --variants).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -158,6 +164,52 @@ def _slope(x: float, ci: list[float]) -> str:
     return f"{s(x)} [{s(ci[0])}, {s(ci[1])}]" if np.all(np.isfinite(ci)) else s(x)
 
 
+def entries_after(sweep_dir: Path, entries: list[dict], table: pd.DataFrame, skip: int) -> list[dict]:
+    """The analysis entries with every variant's B_simple (and ratio) recomputed as the analysis
+    does (mean over the best-lr trials that reached, unresolved ones left out) from each trial's
+    updates after the first `skip`."""
+    from rlscale.analysis import NoiseHistories, _rows_of
+
+    histories = NoiseHistories(sweep_dir)
+    out = []
+    for e in entries:
+        e = copy.deepcopy(e)
+        best = pd.DataFrame(e["best_configs"])
+        rows = table[(table["env_id"] == e["env_id"]) & (table["target"] == e["target"])]
+        sel = _rows_of(rows, best[np.isfinite(best["median_iterations"].astype(float))]) if len(best) else rows.iloc[:0]
+        for v, part in (e.get("b_simple_variants") or {}).items():
+            vals = []
+            for trial_id, iterations, nmb in zip(sel["trial_id"], sel["iterations"], sel["num_minibatches"].fillna(1)):
+                m = histories.means(str(trial_id), float(iterations), v, skip=skip)
+                if m is not None and m[0] > 0:
+                    vals.append(m[1] / m[0] * float(nmb))
+            b = float(np.mean(vals)) if vals else None
+            part.update(b_simple=b, ratio=e["b_crit"] / b if b and e.get("b_crit") else None)
+            if v == "combined":
+                e["b_simple"], e["ratio"] = b, part["ratio"]
+        out.append(e)
+    return out
+
+
+def print_claims(sweep_dir: Path, table: pd.DataFrame, skip: int) -> None:
+    """The declared claim per variant (the sweep's analysis.json) beside the one from `entries_after`."""
+    import json
+
+    from rlscale.analysis import claims_by_variant
+
+    a = json.loads((sweep_dir / "analysis.json").read_text())
+    entries = [e for e in a["entries"] if e["env_id"] in set(table["env_id"])]
+    declared, after = claims_by_variant(entries), claims_by_variant(entries_after(sweep_dir, entries, table, skip))
+    print("\n| variant | B_simple from | points | within x3 | median ratio | r2 (slope) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for v in declared:
+        for label, c in (("all updates (declared)", declared[v]), (f"updates after the first {skip}", after.get(v))):
+            if c and c["fraction_within"] is not None:
+                r2 = f"{c['r2_log']:.2f} ({c['slope_log']:.2f})" if c["r2_log"] is not None else "-"
+                print(f"| {v} | {label} | {c['n_points']} | {round(c['fraction_within'] * c['n_points'])} of {c['n_points']} "
+                      f"| {c['median_ratio']:.3g} | {r2} |")
+
+
 def _row(env: str, target: float, v: str, label: str, f: dict) -> str:
     r2 = f"{f['r2']:.2f}" if f["r2"] is not None else "-"
     return (f"| {env} | {target:g} | {v} |{label} {f['cells']} | {_slope(f['slope_B'], f['slope_B_ci'])} "
@@ -199,6 +251,8 @@ def _load(args: argparse.Namespace) -> pd.DataFrame | str:
         return "--min-seeds must be at least 1"
     if args.skip_updates < 0:
         return "--skip-updates must be 0 or more"
+    if args.claim and not (args.sweep_dir / "analysis.json").is_file():
+        return f"--claim needs {args.sweep_dir / 'analysis.json'}; run `rlscale analyze {args.sweep_dir}` first"
     table = steps_to_target_table(args.sweep_dir)
     # grid trials only: another lr rule's trials did not train at the lr they record
     table = table[(table["status"] == "completed") & table["reached"] & (table["lr_rule"] == "grid")]
@@ -220,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seeds", type=int, default=3, help="seeds that reached, per (B, lr) cell (default 3)")
     ap.add_argument("--parts", action="store_true", help="also fit |G|^2 and tr(Sigma) apart, per trial (reads metrics.csv)")
     ap.add_argument("--plot", type=Path, metavar="PNG", help="also draw the cells, one panel per (env, target)")
+    ap.add_argument("--claim", action="store_true", help="also the claim with B_simple after the first --skip-updates (reads analysis.json)")
     ap.add_argument("--skip-updates", type=int, default=0, metavar="N",
                     help="each trial's B_simple over its updates after the first N (default 0: as recorded)")
     args = ap.parse_args(argv)
@@ -230,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     print_slopes(args.sweep_dir, table, args.variants, args.min_seeds, args.skip_updates)
     if args.parts:
         print_parts(args.sweep_dir, table, args.variants, args.skip_updates)
+    if args.claim:
+        print_claims(args.sweep_dir, table, args.skip_updates)
     if args.plot:
         plot(args.sweep_dir, table, args.variants[0], args.min_seeds, args.skip_updates, args.plot)
         print(f"\nfigure: {args.plot}", file=sys.stderr)

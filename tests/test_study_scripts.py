@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,11 +198,27 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
     assert "| E | 1 | combined | grad_sq | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" in lines
     assert "| E | 1 | combined | grad_sq | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" not in \
         _noise_vs_lr(str(sweep), "--variants", "combined", "--parts").stdout.splitlines()  # the transient sets it
+    # --claim: a point's B_simple as the analysis takes it (mean over its best-lr trials that
+    # reached), from the updates after the first: at B = 128, lr 2.56e-3, 9 lr^-1 / (1e-3 B lr^2)
+    noise_vs_lr = _script("noise_vs_lr")
+    from rlscale.analysis import steps_to_target_table
+
+    table = steps_to_target_table(sweep)
+    lr = 128 * 2e-5
+    entry = {"env_id": "E", "target": 1.0, "status": "ok", "b_crit": 100.0, "b_simple": 1.0, "ratio": 100.0,
+             "best_configs": [{"B": 128.0, "lr_rule": "grid", "lr": lr, "median_iterations": 5.0}],
+             "b_simple_variants": {"combined": {"b_simple": 1.0, "ratio": 100.0}}}
+    after = noise_vs_lr.entries_after(sweep, [entry], table, 1)[0]
+    expect = 9 / lr / (1e-3 * 128 * lr ** 2)
+    assert after["b_simple"] == pytest.approx(expect) and after["ratio"] == pytest.approx(100 / expect)
+    assert entry["b_simple"] == 1.0  # the analysis' own entry is left as it was
+    bad = _noise_vs_lr(str(sweep), "--claim")
+    assert bad.returncode == 2 and "run `rlscale analyze" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stdout == ""  # refused before any table
     png = tmp_path / "fig" / "noise_vs_lr.png"
     out = _noise_vs_lr(str(sweep), "--plot", str(png))
     assert out.returncode == 0, out.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    noise_vs_lr = _script("noise_vs_lr")
     assert noise_vs_lr.fit(pd.DataFrame({"B": [64, 128, 256, 512], "lr": [1, 2, 4, 8], "b_simple": [1, 2, 3, 4]})) is None
     bad = _noise_vs_lr(str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
