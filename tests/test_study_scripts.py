@@ -156,6 +156,13 @@ def _noise_vs_lr(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "noise_vs_lr.py"), *args], capture_output=True, text=True)
 
 
+def _noise_vs_lr_lines(*args: str) -> list[str]:
+    """noise_vs_lr's output lines, after checking that it succeeded."""
+    out = _noise_vs_lr(*args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
 def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path):
     # B_simple = 5 B^-0.5 lr^-2 exactly (combined) and 7 B^0.25 (policy, no lr effect), over a
     # grid where the lr grows with B as a tuned grid's best lr does; 3 seeds a cell. One cell's
@@ -169,9 +176,7 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
             for s in range(seeds):
                 unresolved = (b, lr) == (512, 512 * 4e-5) and s > 0
                 _b_simple_trial(sweep, b, lr, s, None if unresolved else 5 * b ** -0.5 * lr ** -2 * (1 + 0.1 * (s - 1)), 7 * b ** 0.25)
-    out = _noise_vs_lr(str(sweep), "--variants", "combined", "policy")
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = _noise_vs_lr_lines(str(sweep), "--variants", "combined", "policy")
     # 12 cells less the 2-seed one and the unresolved one; the seeds' spread is symmetric, so the median is exact
     assert "| E | 1 | combined | 10 | -0.50 [-0.50, -0.50] | -2.00 [-2.00, -2.00] | 1.00 |" in lines
     assert "| E | 1 | policy | 11 | +0.25 [+0.25, +0.25] | +0.00 [+0.00, +0.00] | 1.00 |" in lines
@@ -182,9 +187,7 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
         b, lr = rec["env_steps_per_iteration"], rec["lr"]
         pd.DataFrame({"iteration": [1, 2, 3, 4, 5, 6], "noise/grad_sq": [1e-3 * b * lr ** 2] * 6,
                       "noise/trace_cov": [9 / lr] * 5 + [1e9]}).to_csv(d / "metrics.csv", index=False)
-    out = _noise_vs_lr(str(sweep), "--variants", "combined", "--parts")
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = _noise_vs_lr_lines(str(sweep), "--variants", "combined", "--parts")
     assert "| E | 1 | combined | grad_sq | 35 | +1.00 [+1.00, +1.00] | +2.00 [+2.00, +2.00] | 1.00 |" in lines
     assert "| E | 1 | combined | trace_cov | 35 | +0.00 [+0.00, +0.00] | -1.00 [-1.00, -1.00] | 1.00 |" in lines
     # a transient: at every trial's first update |G|^2 is 1e9; with --skip-updates 1 the slopes are
