@@ -644,12 +644,13 @@ SETTLED_REASON = "its learning rate's median iterations are fixed without it at 
 
 
 def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: Sequence[bool], iterations: Sequence[int],
-                   targets: Sequence[str], finished: Sequence[Finished] = (), settled: bool = False) -> list[int]:
+                   targets: Sequence[str], finished: Sequence[Finished] = (), settled: bool = False) -> dict[int, str]:
     """Active members whose group (their lr) can no longer win any target they have not reached
     (with `settled`, also those whose own group's median is fixed at every target they have not
     reached, winner or not: such a seed can change no group's median, so which group wins and its
     median stay; it adds no B_simple to a target it would have reached later, and counts as
-    never reaching in bootstrap resamples).
+    never reaching in bootstrap resamples), each with its reason (LOSING_REASON, else
+    SETTLED_REASON), in member order.
 
     A sweep's analysis takes, per batch size and target, the group with the smallest median
     over seeds of the iterations to the target (a seed that never reaches counts as +inf).
@@ -684,14 +685,15 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 
     lowest = {(g, k): median(ms, k, True) for g, ms in by_group.items() for k in targets}
     fixed = {(g, k): lowest[g, k] for g, ms in by_group.items() for k in targets if lowest[g, k] == median(ms, k, False)}
-    out = []
+    out = {}
     for m, g in enumerate(groups[:n]):
-        if not active[m]:
-            continue
         open_targets = [k for k in targets if k not in reached[m]]
-        if open_targets and (all(any(h != g and v < lowest[g, k] for (h, kk), v in fixed.items() if kk == k)
-                                 for k in open_targets) or (settled and all((g, k) in fixed for k in open_targets))):
-            out.append(m)
+        if not active[m] or not open_targets:
+            continue
+        if all(any(h != g and v < lowest[g, k] for (h, kk), v in fixed.items() if kk == k) for k in open_targets):
+            out[m] = LOSING_REASON
+        elif settled and all((g, k) in fixed for k in open_targets):
+            out[m] = SETTLED_REASON
     return out
 
 
@@ -760,10 +762,7 @@ class _PopulationLoop:
             args = ([groups[i] for i in ms], [{k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms],
                     [i in active for i in ms], [runs[i].state.counters.iteration for i in ms], targets,
                     [f for f in self.finished if f.group[0] == rule])
-            for j in losing_members(*args, settled=True) if self.settled else []:
-                out[ms[j]] = SETTLED_REASON
-            for j in losing_members(*args):
-                out[ms[j]] = LOSING_REASON
+            out.update({ms[j]: why for j, why in losing_members(*args, settled=self.settled).items()})
         return dict(sorted(out.items()))
 
     def loop(self, quiet: bool) -> list[dict]:

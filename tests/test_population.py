@@ -242,7 +242,7 @@ def test_losing_members_stop_only_when_their_lr_cannot_win_an_open_target():
 
     def lose(groups, reached, t, targets, active=None):
         n = len(groups)
-        return losing_members(groups, reached, active or [True] * n, [t] * n if isinstance(t, int) else t, targets)
+        return list(losing_members(groups, reached, active or [True] * n, [t] * n if isinstance(t, int) else t, targets))
 
     # two lrs x three seeds, targets "a" < "b"
     groups = ["x", "x", "x", "y", "y", "y"]
@@ -282,22 +282,24 @@ def test_losing_members_stop_only_when_their_lr_cannot_win_an_open_target():
 
 
 def test_settled_pruning_also_stops_a_seed_whose_lr_median_is_fixed_without_it():
-    from rlscale.population import losing_members
+    from rlscale.population import LOSING_REASON, SETTLED_REASON, losing_members
 
     groups = ["x", "x", "x", "y", "y", "y"]
     # x's seeds 0 and 1 reached a and b; seed 2 has not by iteration 50: x's medians are fixed
     # (4 and 6) whatever seed 2 does, and y lost both targets
     reached = [{"a": 3, "b": 4}, {"a": 5, "b": 6}, {}, {"a": 2}, {}, {}]
-    assert losing_members(groups, reached, [True] * 6, [50] * 6, ["a", "b"]) == [3, 4, 5]
-    assert losing_members(groups, reached, [True] * 6, [50] * 6, ["a", "b"], settled=True) == [2, 3, 4, 5]
+    assert losing_members(groups, reached, [True] * 6, [50] * 6, ["a", "b"]) == dict.fromkeys([3, 4, 5], LOSING_REASON)
+    # each member with its reason: y's seeds lose (whatever `settled` says), x's straggler settles
+    assert losing_members(groups, reached, [True] * 6, [50] * 6, ["a", "b"], settled=True) == {
+        2: SETTLED_REASON, 3: LOSING_REASON, 4: LOSING_REASON, 5: LOSING_REASON}
     # with only one x seed reached, x's median for b depends on seed 2: it goes on
     early = [{"a": 3, "b": 4}, {"a": 5}, {}, {}, {}, {}]
     assert 2 not in losing_members(groups, early, [True] * 6, [50] * 6, ["a", "b"], settled=True)
     # an lr whose median is fixed at one open target but not at another goes on
     part = [{"a": 3}, {"a": 5, "b": 6}, {}, {}, {}, {}]
-    assert losing_members(["x"] * 3, part[:3], [True] * 3, [7] * 3, ["a", "b"], settled=True) == []
+    assert list(losing_members(["x"] * 3, part[:3], [True] * 3, [7] * 3, ["a", "b"], settled=True)) == []
     # a group alone: its straggler stops once its median is fixed
-    assert losing_members(["x"] * 3, reached[:3], [True] * 3, [50] * 3, ["a", "b"], settled=True) == [2]
+    assert list(losing_members(["x"] * 3, reached[:3], [True] * 3, [50] * 3, ["a", "b"], settled=True)) == [2]
 
 
 def test_a_population_gives_each_stopped_member_its_reason():
@@ -324,20 +326,20 @@ def test_finished_runs_count_as_members_that_left_and_a_pruned_one_as_still_open
 
     # lr x finished earlier (3 seeds, median 6); lr y trains now: nothing by 10, so it loses
     x = [Finished(("r", 1.0), {"a": 3}, 3), Finished(("r", 1.0), {"a": 6}, 6), Finished(("r", 1.0), {}, 50)]
-    assert losing_members([("r", 2.0)] * 3, [{}, {}, {}], [True] * 3, [10] * 3, ["a"], x) == [0, 1, 2]
+    assert list(losing_members([("r", 2.0)] * 3, [{}, {}, {}], [True] * 3, [10] * 3, ["a"], x)) == [0, 1, 2]
     # ... but not by 5 (its lowest median, 6, ties); the finished runs themselves never stop
-    assert losing_members([("r", 2.0)] * 3, [{}, {}, {}], [True] * 3, [5] * 3, ["a"], x) == []
+    assert list(losing_members([("r", 2.0)] * 3, [{}, {}, {}], [True] * 3, [5] * 3, ["a"], x)) == []
     # lr w wins at 1: y's member stops, and of the finished runs (lr x lost too) none is named
-    assert losing_members([("r", 3.0), ("r", 2.0)], [{"a": 1}, {}], [True, True], [10, 10], ["a"], x) == [1]
+    assert list(losing_members([("r", 3.0), ("r", 2.0)], [{"a": 1}, {}], [True, True], [10, 10], ["a"], x)) == [1]
     # two new seeds of an lr whose 3 old seeds were pruned at iteration 4 (lr z, fixed at 6, beat
     # them then); the new ones are at iteration 3. The old seeds might have reached at 5, the new
     # at 4: lr x's lowest median is 5 < 6, so it goes on. Counted as never, the old seeds would
     # make it +inf and stop the new ones: a wrong call
     z = [Finished(("r", 9.0), {"a": k}, k) for k in (5, 6, 7)]
     old = [Finished(("r", 1.0), {}, 4, pruned=True) for _ in range(3)]
-    assert losing_members([("r", 1.0)] * 2, [{}, {}], [True] * 2, [3] * 2, ["a"], z + old) == []
+    assert list(losing_members([("r", 1.0)] * 2, [{}, {}], [True] * 2, [3] * 2, ["a"], z + old)) == []
     never = [f._replace(pruned=False) for f in old]
-    assert losing_members([("r", 1.0)] * 2, [{}, {}], [True] * 2, [3] * 2, ["a"], z + never) == [0, 1]
+    assert list(losing_members([("r", 1.0)] * 2, [{}, {}], [True] * 2, [3] * 2, ["a"], z + never)) == [0, 1]
 
 
 def test_an_lr_added_later_is_pruned_against_the_finished_runs_of_the_others(tmp_path):
