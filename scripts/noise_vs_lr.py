@@ -41,24 +41,25 @@ import argparse
 import copy
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+if TYPE_CHECKING:
+    from rlscale.analysis import NoiseHistories
+
 COLUMNS = {"combined": "b_simple_to_target", "adam": "b_simple_adam_to_target",
            "policy": "b_simple_policy_to_target", "value": "b_simple_value_to_target"}
 
 
-def trial_values(sweep_dir: Path, table: pd.DataFrame, variant: str, skip: int) -> pd.DataFrame:
+def trial_values(histories: NoiseHistories, table: pd.DataFrame, variant: str, skip: int) -> pd.DataFrame:
     """Per trial that reached: B, lr and its B_simple to the target, as recorded (skip 0) or over
     its updates after the first `skip` (from metrics.csv; inf where its |G|^2 averages to zero
     or less, NaN where it has no estimate)."""
     if not skip:
         return table[["B", "lr"]].assign(b_simple=table[COLUMNS[variant]].to_numpy(dtype=float))
-    from rlscale.analysis import NoiseHistories
-
-    histories = NoiseHistories(sweep_dir)
     values = []
     for trial_id, iterations in zip(table["trial_id"], table["iterations"]):
         m = histories.means(str(trial_id), float(iterations), variant, skip=skip)
@@ -102,12 +103,9 @@ def fit_logs(B: np.ndarray, lr: np.ndarray, y: np.ndarray) -> dict | None:
     return fit(pd.DataFrame({"B": B[ok], "lr": lr[ok], "b_simple": y[ok]}))
 
 
-def part_means(sweep_dir: Path, rows: pd.DataFrame, variant: str, skip: int = 0) -> pd.DataFrame:
+def part_means(histories: NoiseHistories, rows: pd.DataFrame, variant: str, skip: int = 0) -> pd.DataFrame:
     """Per trial that reached: B, lr and its mean |G|^2 and tr(Sigma) up to the target (after its
     first `skip` updates)."""
-    from rlscale.analysis import NoiseHistories
-
-    histories = NoiseHistories(sweep_dir)
     out = []
     for trial_id, b, lr, iterations in zip(rows["trial_id"], rows["B"], rows["lr"], rows["iterations"]):
         m = histories.means(str(trial_id), float(iterations), variant, skip=skip)
@@ -116,7 +114,7 @@ def part_means(sweep_dir: Path, rows: pd.DataFrame, variant: str, skip: int = 0)
     return pd.DataFrame(out, columns=["B", "lr", "grad_sq", "trace_cov"])
 
 
-def plot(sweep_dir: Path, table: pd.DataFrame, variant: str, min_seeds: int, skip: int, path: Path) -> None:
+def plot(histories: NoiseHistories, table: pd.DataFrame, variant: str, min_seeds: int, skip: int, path: Path) -> None:
     """One panel per (env, target): each batch size's cells, B_simple against lr, log-log."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -135,7 +133,7 @@ def plot(sweep_dir: Path, table: pd.DataFrame, variant: str, min_seeds: int, ski
             if k >= len(targets):
                 ax.set_axis_off()
                 continue
-            c = cells(trial_values(sweep_dir, table[(table["env_id"] == env) & (table["target"] == targets[k])], variant, skip), min_seeds)
+            c = cells(trial_values(histories, table[(table["env_id"] == env) & (table["target"] == targets[k])], variant, skip), min_seeds)
             batches = sorted(c["B"].unique())
             cmap = colormaps["viridis"]
             for j, b in enumerate(batches):
@@ -164,13 +162,12 @@ def _slope(x: float, ci: list[float]) -> str:
     return f"{s(x)} [{s(ci[0])}, {s(ci[1])}]" if np.all(np.isfinite(ci)) else s(x)
 
 
-def entries_after(sweep_dir: Path, entries: list[dict], table: pd.DataFrame, skip: int) -> list[dict]:
+def entries_after(histories: NoiseHistories, entries: list[dict], table: pd.DataFrame, skip: int) -> list[dict]:
     """The analysis entries with every variant's B_simple (and ratio) recomputed as the analysis
     does (mean over the best-lr trials that reached, unresolved ones left out) from each trial's
     updates after the first `skip`."""
-    from rlscale.analysis import NoiseHistories, _rows_of
+    from rlscale.analysis import _rows_of
 
-    histories = NoiseHistories(sweep_dir)
     out = []
     for e in entries:
         e = copy.deepcopy(e)
@@ -191,15 +188,15 @@ def entries_after(sweep_dir: Path, entries: list[dict], table: pd.DataFrame, ski
     return out
 
 
-def print_claims(sweep_dir: Path, table: pd.DataFrame, skip: int) -> None:
+def print_claims(histories: NoiseHistories, table: pd.DataFrame, skip: int) -> None:
     """The declared claim per variant (the sweep's analysis.json) beside the one from `entries_after`."""
     import json
 
     from rlscale.analysis import claims_by_variant
 
-    a = json.loads((sweep_dir / "analysis.json").read_text())
+    a = json.loads((histories.trials.parent / "analysis.json").read_text())
     entries = [e for e in a["entries"] if e["env_id"] in set(table["env_id"])]
-    declared, after = claims_by_variant(entries), claims_by_variant(entries_after(sweep_dir, entries, table, skip))
+    declared, after = claims_by_variant(entries), claims_by_variant(entries_after(histories, entries, table, skip))
     print("\n| variant | B_simple from | points | within x3 | median ratio | r2 (slope) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for v in declared:
@@ -216,22 +213,22 @@ def _row(env: str, target: float, v: str, label: str, f: dict) -> str:
             f"| {_slope(f['slope_lr'], f['slope_lr_ci'])} | {r2} |")
 
 
-def print_slopes(sweep_dir: Path, table: pd.DataFrame, variants: list[str], min_seeds: int, skip: int) -> None:
+def print_slopes(histories: NoiseHistories, table: pd.DataFrame, variants: list[str], min_seeds: int, skip: int) -> None:
     print("| env | target | variant | (B, lr) cells | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
         for v in variants:
-            f = fit(cells(trial_values(sweep_dir, rows, v, skip), min_seeds))
+            f = fit(cells(trial_values(histories, rows, v, skip), min_seeds))
             if f is not None:
                 print(_row(env, target, v, "", f))
 
 
-def print_parts(sweep_dir: Path, table: pd.DataFrame, variants: list[str], skip: int) -> None:
+def print_parts(histories: NoiseHistories, table: pd.DataFrame, variants: list[str], skip: int) -> None:
     print("\n| env | target | variant | factor (mean over updates to the target) | trials | slope on log B [95% CI] | slope on log lr [95% CI] | r2 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (env, target), rows in table.groupby(["env_id", "target"], sort=True):
         for v in variants:
-            m = part_means(sweep_dir, rows, v, skip)
+            m = part_means(histories, rows, v, skip)
             for col in ("grad_sq", "trace_cov"):
                 f = fit_logs(m["B"].to_numpy(float), m["lr"].to_numpy(float), m[col].to_numpy(float))
                 if f is not None:
@@ -282,13 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(table, str):
         print(f"noise_vs_lr: {table}", file=sys.stderr)
         return 2
-    print_slopes(args.sweep_dir, table, args.variants, args.min_seeds, args.skip_updates)
+    from rlscale.analysis import NoiseHistories
+
+    histories = NoiseHistories(args.sweep_dir)  # one per invocation: each metrics.csv is read once
+    print_slopes(histories, table, args.variants, args.min_seeds, args.skip_updates)
     if args.parts:
-        print_parts(args.sweep_dir, table, args.variants, args.skip_updates)
+        print_parts(histories, table, args.variants, args.skip_updates)
     if args.claim:
-        print_claims(args.sweep_dir, table, args.skip_updates)
+        print_claims(histories, table, args.skip_updates)
     if args.plot:
-        plot(args.sweep_dir, table, args.variants[0], args.min_seeds, args.skip_updates, args.plot)
+        plot(histories, table, args.variants[0], args.min_seeds, args.skip_updates, args.plot)
         print(f"\nfigure: {args.plot}", file=sys.stderr)
     return 0
 

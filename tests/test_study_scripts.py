@@ -204,14 +204,14 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
     # --claim: a point's B_simple as the analysis takes it (mean over its best-lr trials that
     # reached), from the updates after the first: at B = 128, lr 2.56e-3, 9 lr^-1 / (1e-3 B lr^2)
     noise_vs_lr = _script("noise_vs_lr")
-    from rlscale.analysis import steps_to_target_table
+    from rlscale.analysis import NoiseHistories, steps_to_target_table
 
     table = steps_to_target_table(sweep)
     lr = 128 * 2e-5
     entry = {"env_id": "E", "target": 1.0, "status": "ok", "b_crit": 100.0, "b_simple": 1.0, "ratio": 100.0,
              "best_configs": [{"B": 128.0, "lr_rule": "grid", "lr": lr, "median_iterations": 5.0}],
              "b_simple_variants": {"combined": {"b_simple": 1.0, "ratio": 100.0}}}
-    after = noise_vs_lr.entries_after(sweep, [entry], table, 1)[0]
+    after = noise_vs_lr.entries_after(NoiseHistories(sweep), [entry], table, 1)[0]
     expect = 9 / lr / (1e-3 * 128 * lr ** 2)
     assert after["b_simple"] == pytest.approx(expect) and after["ratio"] == pytest.approx(100 / expect)
     assert entry["b_simple"] == 1.0  # the analysis' own entry is left as it was
