@@ -583,33 +583,36 @@ def pareto_entries(
 ESTIMATORS = ("mean", "pooled")  # B_simple over a point's trials: mean of their ratios, or one ratio of means
 
 
+def _variant_part(entry: dict, variant: str, estimator: str) -> dict:
+    """An entry's record of one noise-scale variant under one estimator ('mean': the variant's
+    part of b_simple_variants; 'pooled': its ``pooled`` record); {} when it has none."""
+    part = (entry.get("b_simple_variants") or {}).get(variant) or {}
+    return (part.get("pooled") or {}) if estimator == "pooled" else part
+
+
 def variant_b_simple(entry: dict, variant: str = "combined", estimator: str = "mean") -> float | None:
     """An entry's B_simple (env steps per iteration) of one noise-scale variant and estimator
     ('mean' of the trials' ratios, the study's primary one; 'pooled', `_pooled_b_simple`); None
     when it has none or it is not positive (a mean two-batch estimate can be)."""
-    part = (entry.get("b_simple_variants") or {}).get(variant) or {}
-    if estimator == "pooled":
-        b = (part.get("pooled") or {}).get("b_simple")
+    if estimator != "pooled" and variant == "combined":
+        b = entry.get("b_simple")
     else:
-        b = entry.get("b_simple") if variant == "combined" else part.get("b_simple")
+        b = _variant_part(entry, variant, estimator).get("b_simple")
     return float(b) if b is not None and np.isfinite(b) and b > 0 else None
 
 
 def _has_estimate(entry: dict, variant: str, estimator: str) -> bool:
     """Whether the entry's best-config trials measured that variant at all (resolved or not)."""
-    part = (entry.get("b_simple_variants") or {}).get(variant) or {}
-    return bool(part.get("pooled")) if estimator == "pooled" else bool(part)
+    return bool(_variant_part(entry, variant, estimator))
 
 
 def _n_unresolved(entry: dict, variant: str, estimator: str = "mean") -> int:
     """The best-config trials (mean estimator) or batch sizes (pooled) left out of an entry's
     B_simple of one variant as unresolved."""
-    if estimator == "pooled":
-        pooled = (((entry.get("b_simple_variants") or {}).get(variant) or {}).get("pooled") or {})
-        return int(pooled.get("n_unresolved_batches") or 0)
-    if variant == "combined":
+    if estimator != "pooled" and variant == "combined":
         return int(entry.get("n_b_simple_unresolved") or 0)
-    return int(((entry.get("b_simple_variants") or {}).get(variant) or {}).get("n_unresolved") or 0)
+    key = "n_unresolved_batches" if estimator == "pooled" else "n_unresolved"
+    return int(_variant_part(entry, variant, estimator).get(key) or 0)
 
 
 def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "combined", estimator: str = "mean") -> dict:
