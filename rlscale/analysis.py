@@ -560,9 +560,13 @@ def pareto_entries(
             entry.update(optimizer_steps_per_iteration=per_iter, s_min_optimizer_steps=fit.s_min * per_iter,
                          b_crit_per_optimizer_step=fit.b_crit / per_iter,
                          b_crit_per_optimizer_step_ci=[x / per_iter for x in ci] if ci else None)
+        b_crit_ci = _ci(boot[:, 2])
         entry.update(
             s_min=fit.s_min, e_min=fit.e_min, b_crit=fit.b_crit, residual_rms=fit.residual_rms,
-            s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=_ci(boot[:, 2]),
+            s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=b_crit_ci,
+            # resamples whose steps kept halving with B put the upper end far beyond the batches
+            # swept: the data give B_crit no upper bound (the end is kept as drawn, and flagged)
+            b_crit_ci_unbounded=bool(b_crit_ci and b_crit_ci[1] > BEYOND_RANGE_FACTOR * float(reached["B"].max())),
             n_bootstrap_ok=int(len(boot)),
             ratio=fit.b_crit / b_iter if (b_iter := variants.get("combined", {}).get("b_simple")) else None,
         )
@@ -738,13 +742,14 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
     counts = ["n_b_simple_trials", "n_b_simple_unresolved"]
     per_step = ["optimizer_steps_per_iteration", "b_crit_per_optimizer_step"]
     adaptive = ["s_over_s_min", "e_over_e_min", "measured_product", "predicted_gamma"]
-    columns = scalars + counts + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]] + per_step
+    columns = scalars + counts + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]] + ["b_crit_ci_unbounded"]
+    columns += per_step
     columns += ["adaptive_n_reached"] + [f"adaptive_{k}" for k in adaptive]
     columns += [f"{k}_{v}" for v in NOISE_VARIANTS[1:] for k in ("b_simple", "ratio")]
     columns += [f"{k}_pooled_{v}" for v in NOISE_VARIANTS for k in ("b_simple", "ratio")]
     rows = []
     for e in entries:
-        row = {k: e[k] for k in scalars} | {k: e.get(k) for k in per_step + counts}
+        row = {k: e[k] for k in scalars} | {k: e.get(k) for k in per_step + counts + ["b_crit_ci_unbounded"]}
         for v, part in (e.get("b_simple_variants") or {}).items():
             if v != "combined":
                 row[f"b_simple_{v}"], row[f"ratio_{v}"] = part["b_simple"], part.get("ratio")

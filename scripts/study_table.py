@@ -41,6 +41,8 @@ def b_crit_cell(e: dict) -> str:
         return f"> {_num(e['b_crit_lower_bound'])} (lower bound)"
     if e["status"] != "ok":
         return f"- ({e['status']})"
+    if e.get("b_crit_ci_unbounded"):  # resamples beyond the batches swept: no upper bound
+        return f"{_num(e['b_crit'])} [{_num(e['b_crit_ci'][0])}, unbounded]"
     return f"{_num(e['b_crit'])} {_ci(e['b_crit_ci'])}"
 
 

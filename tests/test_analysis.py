@@ -201,6 +201,19 @@ def test_an_entrys_intervals_do_not_depend_on_the_other_envs_analysed(tmp_path):
     assert pareto_entries(table, seed=1)[0]["b_crit_ci"] != alone[100.0]["b_crit_ci"]
 
 
+def test_a_b_crit_interval_whose_resamples_run_beyond_the_batches_swept_is_flagged_unbounded(tmp_path):
+    table = steps_to_target_table(make_fake_sweep(tmp_path))
+    assert not pareto_entries(table)[0]["b_crit_ci_unbounded"]  # the fake frontier is well bounded
+    # the good lr at B = 64 and 128 only: 100 iterations at 64 and 50, 60, 60 (seeds 0-2) at 128.
+    # The medians (100, 60) fit S_min 20, B_crit 256 exactly; a resample with two 50s at 128
+    # (7 in 27) halves the steps: S_min 0, B_crit without bound
+    sel = table[(table["target"] == 100.0) & table["B"].isin([64, 128]) & (table["lr"] == 3e-4)].copy()
+    sel["iterations"] = np.where(sel["B"] == 64, 100.0, sel["seed"].map({0: 50.0, 1: 60.0, 2: 60.0}))
+    (entry,) = pareto_entries(sel)
+    assert entry["status"] == "ok" and entry["b_crit"] == pytest.approx(256.0)
+    assert entry["b_crit_ci"][1] > 8 * 128 and entry["b_crit_ci_unbounded"]
+
+
 def test_analysis_json_fit_and_best_lr(analysed):
     sweep, result = analysed
     on_disk = json.loads((sweep / "analysis.json").read_text())

@@ -56,6 +56,7 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
                 "b_crit_ci": [1, 2], "b_simple": b_simple, "b_simple_ci": [1, 2], "ratio": b_crit / b_simple, "n_batch_sizes": 3,
                 "batch_sizes_swept": [1, 2, 3], "best_configs": [], "b_crit_lower_bound": 3.0}
     entries = [entry("A", 100, 50), entry("A", 200, 100), entry("A", 400, 200), entry("B", 1000, 10), entry("B", 5, 1, "b_crit_above_range")]
+    entries[1].update(b_crit_ci=[150, 3.5e16], b_crit_ci_unbounded=True)  # resamples beyond the batches swept
     from rlscale.analysis import noise_scale_claim
 
     path = tmp_path / "analysis.json"
@@ -68,6 +69,7 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     assert "3 points over 1 envs" in only_a.stdout and "fraction within x3: 1;" in only_a.stdout and "median ratio 2;" in only_a.stdout
     assert "r2 of log B_crit on log B_simple 1 (slope 1)" in only_a.stdout
     assert "| B |" not in only_a.stdout and "0 lower bounds" in only_a.stdout
+    assert "| A | 1 | 3 of 3 | 2 | 400 | 200 [150, unbounded] |" in only_a.stdout and "| A | 1 | 3 of 3 | 2 | 200 | 100 [1, 2] |" in only_a.stdout
     bad = run("--envs", "C")
     assert bad.returncode == 2 and "C" in bad.stderr
 
