@@ -1,6 +1,6 @@
 """Markdown tables of a study's analysis.json (`rlscale analyze SWEEP_DIR`), for the results page.
 
-    python scripts/study_table.py docs/results/study/ppo/analysis.json [--a2c docs/results/study/a2c/analysis.json] [--envs ENV_ID ...]
+    python scripts/study_table.py docs/results/study/ppo/analysis.json [--a2c docs/results/study/a2c/analysis.json] [--envs ENV_ID ...] [--by-env [VARIANT]]
 
 Per environment and target: S_min, E_min, B_crit with its 95% interval (or a lower bound when
 B_crit lies beyond the largest batch swept), B_simple with its interval, their ratio, B_crit per
@@ -9,7 +9,8 @@ runs' medians when there are any; then B_crit beside every noise-scale variant t
 recorded (combined, Adam-preconditioned, policy and value apart), and the paper's claim over all
 points, per variant. With --a2c, the
 control's B_crit per iteration and per optimizer step beside PPO's, per (env, target). With
---envs, only those envs' rows, and the claim recomputed over them (`noise_scale_claim`).
+--envs, only those envs' rows, and the claim recomputed over them (`noise_scale_claim`). With
+--by-env [VARIANT], only a line per env for one variant (the README's table), then its claim.
 """
 
 from __future__ import annotations
@@ -103,11 +104,44 @@ def print_pooled(a: dict) -> None:
               f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}).")
 
 
+def _range(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return _num(lo) if _num(lo) == _num(hi) else f"{_num(lo)}-{_num(hi)}"
+
+
+def print_by_env(a: dict, variant: str) -> None:
+    """One line per env for one noise-scale variant: its points with a fitted B_crit and that
+    B_simple, their B_crit, B_simple and ratio ranges and how many ratios lie within the claim's
+    factor; lower bounds apart. Then the claim over all of them."""
+    from rlscale.analysis import variant_b_simple
+
+    within = a["noise_scale_claim"]["within_factor"]
+    print(f"| env | points | B_crit | B_simple ({variant}) | B_crit / B_simple | within x{within:g} | B_crit lower bounds |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for env in sorted({e["env_id"] for e in a["entries"]}):
+        es = [e for e in a["entries"] if e["env_id"] == env and variant_b_simple(e, variant)]
+        pts = [e for e in es if e["status"] == "ok" and e.get("b_crit")]
+        bounds = [e for e in es if e["status"] == "b_crit_above_range"]
+        if not pts and not bounds:
+            continue
+        ratios = [e["b_crit"] / variant_b_simple(e, variant) for e in pts]
+        cells = [_range([e["b_crit"] for e in pts]), _range([variant_b_simple(e, variant) for e in pts]), _range(ratios)] if pts else ["-"] * 3
+        n_in = sum(1 / within <= r <= within for r in ratios)
+        lower = ", ".join(f"> {_num(e['b_crit_lower_bound'])}" for e in bounds) or "-"
+        print(f"| {env} | {len(pts)} | {' | '.join(cells)} | {n_in} of {len(pts)} | {lower} |")
+    c = (a.get("noise_scale_claim_by_variant") or {}).get(variant) or a["noise_scale_claim"]
+    print(f"\nClaim (B_crit ~ B_simple, {variant}): {c['n_points']} points over {c['n_envs']} envs with a fitted B_crit; "
+          f"fraction within x{c['within_factor']:g}: {_num(c['fraction_within'])}; median ratio {_num(c.get('median_ratio'))}; "
+          f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}); {c['n_lower_bounds']} lower bounds.")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("analysis", type=Path)
     ap.add_argument("--a2c", type=Path, help="the A2C control's analysis.json")
     ap.add_argument("--envs", nargs="+", metavar="ENV_ID", help="only these envs (the claim is recomputed over them)")
+    ap.add_argument("--by-env", metavar="VARIANT", nargs="?", const="combined",
+                    help="only a line per env for one noise-scale variant (default combined), then its claim")
     args = ap.parse_args(argv)
     a = json.loads(args.analysis.read_text())
     if args.envs:
@@ -121,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         a["noise_scale_claim"] = noise_scale_claim(a["entries"], a["noise_scale_claim"]["within_factor"])
         a["noise_scale_claim_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"])
         a["noise_scale_claim_pooled_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"], "pooled")
+    if args.by_env:
+        from rlscale.analysis import NOISE_VARIANTS
+
+        if args.by_env not in NOISE_VARIANTS:
+            print(f"study_table: --by-env {args.by_env} is not a noise-scale variant; use one of {', '.join(NOISE_VARIANTS)}", file=sys.stderr)
+            return 2
+        print_by_env(a, args.by_env)
+        return 0
     print("| env | target | batch sizes reached | S_min | E_min | B_crit [95% CI] | B_simple [95% CI] | B_crit / B_simple "
           "| B_crit per optimizer step | best lr at grid edge (B) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

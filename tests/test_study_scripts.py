@@ -72,6 +72,13 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     assert "| A | 1 | 3 of 3 | 2 | 400 | 200 [150, unbounded] |" in only_a.stdout and "| A | 1 | 3 of 3 | 2 | 200 | 100 [1, 2] |" in only_a.stdout
     bad = run("--envs", "C")
     assert bad.returncode == 2 and "C" in bad.stderr
+    # --by-env: a line per env (ranges, ratios within x3, lower bounds apart), then the claim
+    by_env = run("--by-env").stdout.splitlines()
+    assert "| A | 3 | 100-400 | 50-200 | 2 | 3 of 3 | - |" in by_env and "| B | 1 | 1000 | 10 | 100 | 0 of 1 | > 3 |" in by_env
+    assert by_env[-1].startswith("Claim (B_crit ~ B_simple, combined): 4 points over 2 envs") and "fraction within x3: 0.75;" in by_env[-1]
+    bad = run("--by-env", "critic")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "study_table: --by-env critic is not a noise-scale variant; use one of combined, adam, policy, value")
 
 
 def test_study_table_sets_b_crit_beside_every_variant(tmp_path):
