@@ -364,7 +364,8 @@ class NoiseHistories:
     """Each trial's per-update (|G|^2, tr(Sigma)) estimates, read from its metrics.csv once."""
 
     def __init__(self, sweep_dir: str | os.PathLike):
-        self.trials = Path(sweep_dir) / "trials"
+        self.sweep_dir = Path(sweep_dir)
+        self.trials = self.sweep_dir / "trials"
         self._tables: dict[str, pd.DataFrame | None] = {}
 
     def _table(self, trial_id: str) -> pd.DataFrame | None:
@@ -504,7 +505,7 @@ def pareto_entries(
         entry: dict[str, Any] = {
             "env_id": env_id, "target": target, "status": "ok",
             "s_min": None, "e_min": None, "b_crit": None,
-            "s_min_ci": None, "e_min_ci": None, "b_crit_ci": None,
+            "s_min_ci": None, "e_min_ci": None, "b_crit_ci": None, "b_crit_ci_unbounded": None,
             "b_simple": None, "b_simple_per_gradient": None, "ratio": None,
             "n_batch_sizes": 0, "batch_sizes": [], "steps": [], "env_steps": [],
             "batch_sizes_swept": sorted(float(b) for b in rows["B"].unique()),
@@ -554,19 +555,19 @@ def pareto_entries(
             entry["b_crit_lower_bound"] = float(reached["B"].max())
         # Per optimizer step (PPO takes epochs x minibatches steps per iteration; the paper's
         # theory one): the same frontier with S counted in optimizer steps.
+        b_crit_ci = _ci(boot[:, 2])
         per_iter = _optimizer_steps_per_iteration(rows, reached)
-        if per_iter:
-            ci = _ci(boot[:, 2])
+        if per_iter:  # the same resamples in other units: b_crit_ci_unbounded holds for both
             entry.update(optimizer_steps_per_iteration=per_iter, s_min_optimizer_steps=fit.s_min * per_iter,
                          b_crit_per_optimizer_step=fit.b_crit / per_iter,
-                         b_crit_per_optimizer_step_ci=[x / per_iter for x in ci] if ci else None)
-        b_crit_ci = _ci(boot[:, 2])
+                         b_crit_per_optimizer_step_ci=[x / per_iter for x in b_crit_ci] if b_crit_ci else None)
         entry.update(
             s_min=fit.s_min, e_min=fit.e_min, b_crit=fit.b_crit, residual_rms=fit.residual_rms,
             s_min_ci=_ci(boot[:, 0]), e_min_ci=_ci(boot[:, 1]), b_crit_ci=b_crit_ci,
             # resamples whose steps kept halving with B put the upper end far beyond the batches
-            # swept: the data give B_crit no upper bound (the end is kept as drawn, and flagged)
-            b_crit_ci_unbounded=bool(b_crit_ci and b_crit_ci[1] > BEYOND_RANGE_FACTOR * float(reached["B"].max())),
+            # swept: the data give B_crit no upper bound (the end is kept as drawn, and flagged);
+            # None where there is no interval
+            b_crit_ci_unbounded=b_crit_ci[1] > BEYOND_RANGE_FACTOR * float(reached["B"].max()) if b_crit_ci else None,
             n_bootstrap_ok=int(len(boot)),
             ratio=fit.b_crit / b_iter if (b_iter := variants.get("combined", {}).get("b_simple")) else None,
         )

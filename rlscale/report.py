@@ -210,7 +210,10 @@ def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
         xci = [_variant(e, variant)[1] for e in pts]
         # Bootstrap CIs as asymmetric error bars; a missing CI gets none.
         lo = np.array([e["b_crit"] - e["b_crit_ci"][0] if e["b_crit_ci"] else 0.0 for e in pts])
-        hi = np.array([e["b_crit_ci"][1] - e["b_crit"] if e["b_crit_ci"] else 0.0 for e in pts])
+        # an interval without an upper end (b_crit_ci_unbounded) runs off the top of the axes (a
+        # finite end far above them: matplotlib drops a whisker to inf)
+        hi = np.array([(1e30 if e.get("b_crit_ci_unbounded") else e["b_crit_ci"][1] - e["b_crit"])
+                       if e["b_crit_ci"] else 0.0 for e in pts])
         xlo = np.array([xi - c[0] if c else 0.0 for xi, c in zip(x, xci)])
         xhi = np.array([c[1] - xi if c else 0.0 for xi, c in zip(x, xci)])
         ax.errorbar(x, y, yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)],
@@ -237,7 +240,8 @@ def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
     values = [v for v in values if v and v > 0]
     # the axes span the points and the upper ends of their intervals; a lower end that
     # collapses towards 0 (a bootstrap fit with S_min ~ 0) runs off the bottom
-    highs = [c[1] for e in points for c in (e.get("b_crit_ci"), _variant(e, variant)[1]) if c and c[1]]
+    highs = [c[1] for e in points for c in (None if e.get("b_crit_ci_unbounded") else e.get("b_crit_ci"), _variant(e, variant)[1])
+             if c and c[1]]
     # an upper end far above every point (a bootstrap fit with S_min ~ 0: no upper bound) runs
     # off the top rather than squeezing the points into a corner
     highs = [h for h in highs if h <= MAX_AXIS_SPAN * max(values)]

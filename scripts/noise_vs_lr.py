@@ -194,7 +194,7 @@ def print_claims(histories: NoiseHistories, table: pd.DataFrame, skip: int) -> N
 
     from rlscale.analysis import claims_by_variant
 
-    a = json.loads((histories.trials.parent / "analysis.json").read_text())
+    a = json.loads((histories.sweep_dir / "analysis.json").read_text())
     entries = [e for e in a["entries"] if e["env_id"] in set(table["env_id"])]
     declared, after = claims_by_variant(entries), claims_by_variant(entries_after(histories, entries, table, skip))
     print("\n| variant | B_simple from | points | within x3 | median ratio | r2 (slope) |")

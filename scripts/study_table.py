@@ -1,6 +1,6 @@
 """Markdown tables of a study's analysis.json (`rlscale analyze SWEEP_DIR`), for the results page.
 
-    python scripts/study_table.py docs/results/study/ppo/analysis.json [--a2c docs/results/study/a2c/analysis.json] [--envs ENV_ID ...] [--by-env [VARIANT]]
+    python scripts/study_table.py docs/results/study/ppo/analysis.json [--a2c docs/results/study/a2c/analysis.json] [--envs ENV_ID ...] [--by-env [--variant V]]
 
 Per environment and target: S_min, E_min, B_crit with its 95% interval (or a lower bound when
 B_crit lies beyond the largest batch swept), B_simple with its interval, their ratio, B_crit per
@@ -10,7 +10,8 @@ recorded (combined, Adam-preconditioned, policy and value apart), and the paper'
 points, per variant. With --a2c, the
 control's B_crit per iteration and per optimizer step beside PPO's, per (env, target). With
 --envs, only those envs' rows, and the claim recomputed over them (`noise_scale_claim`). With
---by-env [VARIANT], only a line per env for one variant (the README's table), then its claim.
+--by-env, only a line per env for one variant (--variant, default combined; the README's table),
+then its claim.
 """
 
 from __future__ import annotations
@@ -73,11 +74,7 @@ def print_variants(a: dict) -> None:
             print(f"| {e['env_id']} | {e['target']:g} | {b_crit_cell(e)} | " + " | ".join(cells) + " |")
     claims = a.get("noise_scale_claim_by_variant") or {"combined": a["noise_scale_claim"]}
     for v, c in claims.items():
-        name = "" if len(claims) == 1 else f", {v}"
-        print(f"\nClaim (B_crit ~ B_simple{name}): {c['n_points']} points over {c['n_envs']} envs with a fitted B_crit; "
-              f"fraction within x{c['within_factor']:g}: {_num(c['fraction_within'])}; median ratio {_num(c.get('median_ratio'))}; "
-              f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}); "
-              f"{c['n_lower_bounds']} lower bounds.")
+        print(claim_line(c, "" if len(claims) == 1 else f", {v}"))
 
 
 def print_pooled(a: dict) -> None:
@@ -111,28 +108,37 @@ def _range(values: list[float]) -> str:
 
 def print_by_env(a: dict, variant: str) -> None:
     """One line per env for one noise-scale variant: its points with a fitted B_crit and that
-    B_simple, their B_crit, B_simple and ratio ranges and how many ratios lie within the claim's
-    factor; lower bounds apart. Then the claim over all of them."""
-    from rlscale.analysis import variant_b_simple
+    B_simple (`noise_scale_claim`'s), their B_crit, B_simple and ratio ranges, how many ratios lie
+    within the claim's factor, how many B_crit intervals have no upper end, and the lower bounds
+    apart. Then the claim over all of them."""
+    from rlscale.analysis import noise_scale_claim, variant_b_simple
 
     within = a["noise_scale_claim"]["within_factor"]
-    print(f"| env | points | B_crit | B_simple ({variant}) | B_crit / B_simple | within x{within:g} | B_crit lower bounds |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| env | points | B_crit | B_simple ({variant}) | B_crit / B_simple | within x{within:g} | B_crit CI without upper end "
+          "| B_crit lower bounds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for env in sorted({e["env_id"] for e in a["entries"]}):
-        es = [e for e in a["entries"] if e["env_id"] == env and variant_b_simple(e, variant)]
-        pts = [e for e in es if e["status"] == "ok" and e.get("b_crit")]
-        bounds = [e for e in es if e["status"] == "b_crit_above_range"]
-        if not pts and not bounds:
+        es = [e for e in a["entries"] if e["env_id"] == env]
+        c = noise_scale_claim(es, within, variant)
+        if not c["n_points"] and not c["n_lower_bounds"]:
             continue
-        ratios = [e["b_crit"] / variant_b_simple(e, variant) for e in pts]
-        cells = [_range([e["b_crit"] for e in pts]), _range([variant_b_simple(e, variant) for e in pts]), _range(ratios)] if pts else ["-"] * 3
-        n_in = sum(1 / within <= r <= within for r in ratios)
-        lower = ", ".join(f"> {_num(e['b_crit_lower_bound'])}" for e in bounds) or "-"
-        print(f"| {env} | {len(pts)} | {' | '.join(cells)} | {n_in} of {len(pts)} | {lower} |")
-    c = (a.get("noise_scale_claim_by_variant") or {}).get(variant) or a["noise_scale_claim"]
-    print(f"\nClaim (B_crit ~ B_simple, {variant}): {c['n_points']} points over {c['n_envs']} envs with a fitted B_crit; "
-          f"fraction within x{c['within_factor']:g}: {_num(c['fraction_within'])}; median ratio {_num(c.get('median_ratio'))}; "
-          f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}); {c['n_lower_bounds']} lower bounds.")
+        pts = [e for e in es if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant)]
+        cells = [_range([e["b_crit"] for e in pts]), _range([variant_b_simple(e, variant) for e in pts]),
+                 _range([e["b_crit"] / variant_b_simple(e, variant) for e in pts])] if pts else ["-"] * 3
+        n_in = round(c["fraction_within"] * c["n_points"]) if c["n_points"] else 0
+        lower = ", ".join(f"> {_num(e['b_crit_lower_bound'])}" for e in es
+                          if e["status"] == "b_crit_above_range" and variant_b_simple(e, variant)) or "-"
+        print(f"| {env} | {c['n_points']} | {' | '.join(cells)} | {n_in} of {c['n_points']} "
+              f"| {sum(bool(e.get('b_crit_ci_unbounded')) for e in pts)} of {c['n_points']} | {lower} |")
+    print(claim_line(noise_scale_claim(a["entries"], within, variant), f", {variant}"))
+
+
+def claim_line(c: dict, name: str = "") -> str:
+    """The claim (`noise_scale_claim`) in one line, after a blank one."""
+    return (f"\nClaim (B_crit ~ B_simple{name}): {c['n_points']} points over {c['n_envs']} envs with a fitted B_crit; "
+            f"fraction within x{c['within_factor']:g}: {_num(c['fraction_within'])}; median ratio {_num(c.get('median_ratio'))}; "
+            f"r2 of log B_crit on log B_simple {_num(c['r2_log'])} (slope {_num(c['slope_log'])}); "
+            f"{c['n_lower_bounds']} lower bounds.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,9 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("analysis", type=Path)
     ap.add_argument("--a2c", type=Path, help="the A2C control's analysis.json")
     ap.add_argument("--envs", nargs="+", metavar="ENV_ID", help="only these envs (the claim is recomputed over them)")
-    ap.add_argument("--by-env", metavar="VARIANT", nargs="?", const="combined",
-                    help="only a line per env for one noise-scale variant (default combined), then its claim")
+    ap.add_argument("--by-env", action="store_true", help="only a line per env for one noise-scale variant, then its claim")
+    ap.add_argument("--variant", default="combined", help="the noise-scale variant of --by-env (default combined)")
     args = ap.parse_args(argv)
+    from rlscale.analysis import NOISE_VARIANTS
+
+    if args.variant not in NOISE_VARIANTS:
+        print(f"study_table: --variant {args.variant} is not a noise-scale variant; use one of {', '.join(NOISE_VARIANTS)}", file=sys.stderr)
+        return 2
+    if args.a2c and args.by_env:
+        print("study_table: --by-env prints the PPO sweep's claim only; leave out --a2c", file=sys.stderr)
+        return 2
     a = json.loads(args.analysis.read_text())
     if args.envs:
         from rlscale.analysis import claims_by_variant, noise_scale_claim
@@ -156,12 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         a["noise_scale_claim_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"])
         a["noise_scale_claim_pooled_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"], "pooled")
     if args.by_env:
-        from rlscale.analysis import NOISE_VARIANTS
-
-        if args.by_env not in NOISE_VARIANTS:
-            print(f"study_table: --by-env {args.by_env} is not a noise-scale variant; use one of {', '.join(NOISE_VARIANTS)}", file=sys.stderr)
-            return 2
-        print_by_env(a, args.by_env)
+        print_by_env(a, args.variant)
         return 0
     print("| env | target | batch sizes reached | S_min | E_min | B_crit [95% CI] | B_simple [95% CI] | B_crit / B_simple "
           "| B_crit per optimizer step | best lr at grid edge (B) |")

@@ -292,6 +292,10 @@ def test_settled_pruning_also_stops_a_seed_whose_lr_median_is_fixed_without_it()
     # each member with its reason: y's seeds lose (whatever `settled` says), x's straggler settles
     assert losing_members(groups, reached, [True] * 6, [50] * 6, ["a", "b"], settled=True) == {
         2: SETTLED_REASON, 3: LOSING_REASON, 4: LOSING_REASON, 5: LOSING_REASON}
+    # a member that loses and whose lr's median is fixed without it is named for losing: y's
+    # medians (10, 12, open) are fixed at 12 > x's 4 whatever seed 5 does
+    both = [{"a": 3}, {"a": 4}, {"a": 5}, {"a": 10}, {"a": 12}, {}]
+    assert losing_members(groups, both, [True] * 6, [50] * 6, ["a"], settled=True) == {5: LOSING_REASON}
     # with only one x seed reached, x's median for b depends on seed 2: it goes on
     early = [{"a": 3, "b": 4}, {"a": 5}, {}, {}, {}, {}]
     assert 2 not in losing_members(groups, early, [True] * 6, [50] * 6, ["a", "b"], settled=True)

@@ -72,13 +72,19 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     assert "| A | 1 | 3 of 3 | 2 | 400 | 200 [150, unbounded] |" in only_a.stdout and "| A | 1 | 3 of 3 | 2 | 200 | 100 [1, 2] |" in only_a.stdout
     bad = run("--envs", "C")
     assert bad.returncode == 2 and "C" in bad.stderr
-    # --by-env: a line per env (ranges, ratios within x3, lower bounds apart), then the claim
+    # --by-env: a line per env (ranges, ratios within x3, open-ended intervals, lower bounds apart),
+    # then the claim; with --envs over those envs only
     by_env = run("--by-env").stdout.splitlines()
-    assert "| A | 3 | 100-400 | 50-200 | 2 | 3 of 3 | - |" in by_env and "| B | 1 | 1000 | 10 | 100 | 0 of 1 | > 3 |" in by_env
+    assert "| A | 3 | 100-400 | 50-200 | 2 | 3 of 3 | 1 of 3 | - |" in by_env and "| B | 1 | 1000 | 10 | 100 | 0 of 1 | 0 of 1 | > 3 |" in by_env
     assert by_env[-1].startswith("Claim (B_crit ~ B_simple, combined): 4 points over 2 envs") and "fraction within x3: 0.75;" in by_env[-1]
-    bad = run("--by-env", "critic")
+    only_b = run("--by-env", "--envs", "B").stdout.splitlines()
+    assert not any(line.startswith("| A |") for line in only_b) and "fraction within x3: 0;" in only_b[-1]
+    # a variant no entry recorded has no points: its claim is empty, not the combined one's
+    policy = run("--by-env", "--variant", "policy").stdout.splitlines()
+    assert policy[-1].startswith("Claim (B_crit ~ B_simple, policy): 0 points over 0 envs"), policy
+    bad = run("--by-env", "--variant", "critic")
     assert bad.returncode == 2 and bad.stderr.strip() == (
-        "study_table: --by-env critic is not a noise-scale variant; use one of combined, adam, policy, value")
+        "study_table: --variant critic is not a noise-scale variant; use one of combined, adam, policy, value")
 
 
 def test_study_table_sets_b_crit_beside_every_variant(tmp_path):
