@@ -216,6 +216,10 @@ class TrainConfig:
     """Learner intra-op threads; 0 leaves torch's default."""
     checkpoint_interval: int = 50
     """Iterations between checkpoints (the final one is always written)."""
+    checkpoint_interval_s: float = 600.0
+    """Also a checkpoint at the first iteration that ends this many seconds of wall time after the
+    last one (0: by iterations only), so a run with long iterations (a large batch, a large
+    population) keeps its progress when it is stopped."""
     checkpoint_keep: int = 3
     """Newest checkpoints kept (0 keeps all, e.g. for `rlscale noise-probe` along the run)."""
     targets: list[float] = field(default_factory=list)
@@ -368,6 +372,7 @@ def validate(cfg: TrainConfig) -> None:
     _at_least("seed", cfg.seed, 0)
     _positive("total_env_steps", cfg.total_env_steps)
     _positive("checkpoint_interval", cfg.checkpoint_interval)
+    _at_least("checkpoint_interval_s", cfg.checkpoint_interval_s, 0, " (0 = by iterations only)")
     _at_least("checkpoint_keep", cfg.checkpoint_keep, 0, " (0 keeps all)")
     _at_least("torch_threads", cfg.torch_threads, 0, " (0 = torch's default)")
     # workers

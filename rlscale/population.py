@@ -62,7 +62,7 @@ from rlscale.util import atomic_write_json, configure_learner_process, seed_ever
 # Config keys the members of one population may set apart: scalars that change no tensor shape
 # and no control flow shared by the members. Every other key must be equal.
 MEMBER_KEYS = (
-    "seed", "total_env_steps", "targets", "stop_return", "checkpoint_interval", "checkpoint_keep", "tracking.",
+    "seed", "total_env_steps", "targets", "stop_return", "checkpoint_interval", "checkpoint_interval_s", "checkpoint_keep", "tracking.",
     "ppo.lr", "ppo.lr_rule", "ppo.lr_reference_env_steps", "ppo.anneal_lr", "ppo.anneal_clip", "ppo.gamma",
     "ppo.gae_lambda", "ppo.clip_coef", "ppo.ent_coef", "ppo.vf_coef", "ppo.max_grad_norm",
 )
@@ -798,8 +798,9 @@ class _PopulationLoop:
                     runs[i].count(B[i], lags[i], metrics[i] or {}, (t0, t1, t2, t2), starts[i])
                 consistent = True
                 evaluations = self.evaluate([i for i in active if runs[i].eval_due(B[i])])
+                save = any(runs[i].checkpoint_due() for i in active)  # the members' checkpoints stay at one iteration
                 for i in active:
-                    runs[i].record(evaluation=evaluations.get(i))
+                    runs[i].record(evaluation=evaluations.get(i), save=save)
                 if progress:
                     progress.update(sum(r.state.counters.env_steps_used for r in runs), members=str(len(active)))
                 self.leave(active)

@@ -165,6 +165,7 @@ class Run:
         self.learner, self.state, self.schedule = learner, state, schedule
         self.targets = sorted(float(x) for x in cfg.targets)
         self.pending = pending  # the counted iteration's metrics row until `record` logs it
+        self.saved_at = time.monotonic()  # when the last checkpoint was written (or the run opened)
         self.table = MetricsTable(run_dir / "metrics.csv")
         # rows past the checkpoint are recomputed; a pending row is logged again by `record`. A run
         # that diverged (a population member) is final: its rows up to the divergence stay.
@@ -258,9 +259,18 @@ class Run:
         c.wall_time_s = times[-1] - start
         self.pending = self.row(B, lag, metrics, times)
 
-    def record(self, progress: Progress | None = None, evaluation: tuple[list[float], float] | None = None) -> None:
+    def checkpoint_due(self) -> bool:
+        """Whether the iteration just counted ends with a checkpoint: every checkpoint_interval
+        iterations, and once checkpoint_interval_s seconds have passed since the last one."""
+        every_s = self.cfg.checkpoint_interval_s
+        return (self.state.counters.iteration % self.cfg.checkpoint_interval == 0
+                or bool(every_s and time.monotonic() - self.saved_at >= every_s))
+
+    def record(self, progress: Progress | None = None, evaluation: tuple[list[float], float] | None = None,
+               save: bool | None = None) -> None:
         """Log the counted iteration: its evaluation when due, target crossings, metrics row,
-        W&B, progress, and a checkpoint when one is due. `evaluation`: this iteration's
+        W&B, progress, and a checkpoint when one is due (`checkpoint_due`, or `save` when the
+        caller decides, as a population does for all its members at once). `evaluation`: this iteration's
         evaluation (returns, seconds) when the caller ran it. A checkpoint written before it
         finished holds the pending row, and the resumed run records it first (`open_run`), so an
         interruption loses neither the row nor a target crossed at this iteration's evaluation."""
@@ -278,7 +288,7 @@ class Run:
         if progress:
             progress.update(c.env_steps_used, ret=f"{row['charts/episode_return_smoothed']:.1f}",
                             sps=f"{c.env_steps / max(c.wall_time_s, 1e-9):.0f}")
-        if c.iteration % self.cfg.checkpoint_interval == 0:
+        if self.checkpoint_due() if save is None else save:
             self.collect_inflight()  # a checkpoint holds every step played so far
             self.save()
 
@@ -395,6 +405,7 @@ class Run:
             "torch_rng": torch.get_rng_state(), "wandb_id": self.wb.id,
             "pending_row": self.pending,  # the counted iteration's row when it is not logged yet
         }, keep=self.cfg.checkpoint_keep)
+        self.saved_at = time.monotonic()
 
     def print_header(self, device) -> None:
         cfg, pool, B = self.cfg, self.pool, self.schedule.current

@@ -222,6 +222,18 @@ def test_population_runs_write_standalone_run_dirs_and_member_zero_is_its_standa
     assert not strip_times(pd.read_csv(dirs[1] / "metrics.csv")).equals(m0)
 
 
+def test_a_populations_members_checkpoint_at_the_same_iterations(tmp_path):
+    """One member due (every 2 iterations) checkpoints every member (the other's interval is
+    1000, and no wall-time interval): a resumed population starts all its members at one iteration."""
+    from rlscale.population import train_population
+
+    base = ["workers.backend=local", "total_env_steps=1536", "checkpoint_interval_s=0", "checkpoint_keep=0"]
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    train_population([cfg_for(*base, "seed=1", "checkpoint_interval=2"), cfg_for(*base, "seed=2", "checkpoint_interval=1000")], dirs, quiet=True)
+    for d in dirs:
+        assert sorted(int(p.stem.split("_")[1]) for p in (d / "checkpoints").glob("ckpt_*.pt")) == [2, 4, 6]
+
+
 @pytest.mark.parametrize("overrides, args, match", [
     ([], ["--seeds", "1", "2", "--lrs", "1e-3"], "workers.backend=local"),  # cartpole.yaml uses Ray actors
     (["workers.backend=local"], ["--seeds", "1", "1", "--lrs", "1e-3"], "repeat a member"),

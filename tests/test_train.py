@@ -486,3 +486,13 @@ def test_an_evaluation_is_reproducible_from_weights_and_iteration():
     a, b = ev.evaluate(weights, 10), ev.evaluate(weights, 10)
     assert a == b and len(a) == 4 and all(r >= 1 for r in a)
     assert ev.evaluate(weights, 11) != a  # another iteration draws other actions
+
+
+def test_a_checkpoint_also_follows_wall_time_since_the_last_one(tmp_path):
+    """checkpoint_interval_s: with a long iteration interval, a run still checkpoints once the
+    seconds have passed (here any time at all: every iteration); 0 leaves only the iterations'."""
+    base = ["workers.backend=local", "total_env_steps=1024", "checkpoint_interval=1000", "checkpoint_keep=0"]
+    for every_s, expect in (("1e-9", [1, 2, 3, 4]), ("0", [4])):
+        run = tmp_path / f"run_{every_s}"
+        train(cfg_for(*base, f"checkpoint_interval_s={every_s}"), run, quiet=True)
+        assert sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("ckpt_*.pt")) == expect
