@@ -279,6 +279,28 @@ def _completed(table: pd.DataFrame) -> pd.DataFrame:
     return table[(table["status"] == "completed") & table["B"].notna()]
 
 
+def pending_batch_sizes(table: pd.DataFrame) -> pd.DataFrame:
+    """The fixed-B cells (env, B) with trials still pending: env_id, B, n_pending.
+
+    A population prunes the lrs that can no longer win and marks them completed while the
+    others still run, so the finished trials of such a cell can hold a best lr that the
+    running ones would beat. The fits leave these cells out until they finish (`_settled`).
+    """
+    trials = table.drop_duplicates("trial_id")
+    pending = trials[(trials["status"] == "pending") & (trials["lr_rule"] != "adaptive") & trials["B"].notna()]
+    counts = pending.groupby(["env_id", "B"], sort=True).size()
+    return pd.DataFrame({"env_id": [e for e, _ in counts.index], "B": [float(b) for _, b in counts.index],
+                         "n_pending": counts.to_numpy(dtype=int)}, columns=["env_id", "B", "n_pending"])
+
+
+def _settled(table: pd.DataFrame, pending: pd.DataFrame) -> pd.DataFrame:
+    """Completed fixed-B rows outside the `pending` cells (see `pending_batch_sizes`)."""
+    done = _completed(table)
+    done = done[done["lr_rule"] != "adaptive"]
+    open_cells = set(zip(pending["env_id"], pending["B"]))
+    return done[np.array([(e, float(b)) not in open_cells for e, b in zip(done["env_id"], done["B"])], dtype=bool)]
+
+
 def _iterations_or_inf(rows: pd.DataFrame) -> np.ndarray:
     """Iterations to target per seed; a seed that never reached counts as +inf."""
     it = rows["iterations"].to_numpy(dtype=float)
@@ -485,7 +507,8 @@ def pareto_entries(
     """One entry per (env, target): best configs, fit, bootstrap CIs, B_simple and the ratio.
 
     ``targets`` (from sweep.json) makes sure a target no trial reported still gets an entry.
-    Adaptive-batch trials (lr_rule 'adaptive') stay out of the fixed-B fit; with ``sweep_dir``
+    A batch size with trials still pending stays out too (`pending_batch_sizes`), listed in
+    ``batch_sizes_pending``. Adaptive-batch trials (lr_rule 'adaptive') stay out of the fixed-B fit; with ``sweep_dir``
     each fitted entry gets their S/S_min, E/E_min, product and predicted gamma ('adaptive').
     """
     keys: set[tuple[str, float]] = set()
@@ -494,7 +517,9 @@ def pareto_entries(
     keys.update((e, float(t)) for e, t in table[["env_id", "target"]].itertuples(index=False)
                 if e is not None and pd.notna(t))
     done = _completed(table)
-    adaptive, done = done[done["lr_rule"] == "adaptive"], done[done["lr_rule"] != "adaptive"]
+    adaptive = done[done["lr_rule"] == "adaptive"]
+    pending = pending_batch_sizes(table)
+    done = _settled(table, pending)
     histories = NoiseHistories(sweep_dir) if sweep_dir is not None else None
     entries = []
     for env_id, target in sorted(keys):
@@ -509,6 +534,7 @@ def pareto_entries(
             "b_simple": None, "b_simple_per_gradient": None, "ratio": None,
             "n_batch_sizes": 0, "batch_sizes": [], "steps": [], "env_steps": [],
             "batch_sizes_swept": sorted(float(b) for b in rows["B"].unique()),
+            "batch_sizes_pending": pending.loc[pending["env_id"] == env_id, "B"].tolist(),  # left out until they finish
             "best_configs": [], "residual_rms": None, "n_bootstrap_ok": 0, "n_b_simple_trials": 0,
         }
         best = _best_configs(rows)
@@ -700,8 +726,8 @@ def diminishing_returns(table: pd.DataFrame) -> pd.DataFrame:
     row of the smaller B of each consecutive pair.
     """
     out = []
-    done = _completed(table).dropna(subset=["target"])
-    done = done[done["lr_rule"] != "adaptive"]  # a run whose B changes has no place on this axis
+    # a run whose B changes has no place on this axis; a cell with trials pending waits for them
+    done = _settled(table, pending_batch_sizes(table)).dropna(subset=["target"])
     for (env_id, target, rule), rows in done.groupby(["env_id", "target", "lr_rule"], sort=True):
         best = _best_configs(rows)
         sizes = best["B"].to_numpy(dtype=float)
@@ -815,6 +841,7 @@ def analyze(
         "lr_at_grid_edge": [{"env_id": e["env_id"], "target": e["target"], "B": c["B"], "lr": c["lr"]}
                             for e in entries for c in e["best_configs"] if c.get("lr_at_grid_edge")],
         "failed_trials": failed_trials(sweep_dir),
+        "pending_batch_sizes": pending_batch_sizes(table).to_dict(orient="records"),
         "diminishing_returns": _diminishing_summary(dim),
         "diminishing_reduction_threshold": DIMINISHING_REDUCTION,
         "n_bootstrap": n_bootstrap,

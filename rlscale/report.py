@@ -466,6 +466,8 @@ def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: lis
         "<h2>The claim B_crit ~ B_simple per noise-scale variant</h2>", _table_html(_claims(analysis)),
         "<h2>Diminishing returns per learning-rate rule</h2>", _table_html(dim),
         f"<h2>Failed trials ({len(failed)})</h2>", _table_html(failed),
+        "<h2>Batch sizes left out of the fits: trials still pending</h2>",
+        _table_html(pd.DataFrame(analysis.get("pending_batch_sizes", []), columns=["env_id", "B", "n_pending"])),
         "<h2>Steps to target, every trial</h2>", _table_html(table),
         "</body></html>",
     ]

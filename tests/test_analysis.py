@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlscale.analysis import analyze, fit_pareto, pareto_entries, steps_to_target_table
+from rlscale.analysis import analyze, diminishing_returns, fit_pareto, pareto_entries, pending_batch_sizes, steps_to_target_table
 from rlscale.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def _target_result(b: int, iterations: float | None, b_simple: float) -> dict:
 
 
 def make_fake_sweep(root: Path) -> Path:
-    """Five batch sizes x two lrs x three seeds, plus one failed and one pending trial.
+    """Five batch sizes x two lrs x three seeds, plus one failed trial and one pending at B=2048.
 
     Target 100: the good lr follows the frontier exactly at the median seed, the other lr takes
     1.5x the steps (and one of its seeds never reaches). Target 475: reached only at B=1024.
@@ -147,7 +147,7 @@ def make_fake_sweep(root: Path) -> Path:
         "error": "RuntimeError: worker died", "targets": {"100.0": _target_result(256, 1, 1.0)},
         "b_simple_mean": None})
     _write_trial(sweep, {
-        "trial_id": "b512_pending", "env_id": ENV, "seed": 4, "env_steps_per_iteration": 512,
+        "trial_id": "b2048_pending", "env_id": ENV, "seed": 4, "env_steps_per_iteration": 2048,
         "num_minibatches": NUM_MINIBATCHES, "lr_rule": "grid", "lr": 1e-3, "status": "pending",
         "error": None, "targets": {}, "b_simple_mean": None})
     return sweep
@@ -187,7 +187,35 @@ def test_steps_to_target_table(tmp_path):
             "env_steps", "optimizer_steps", "wall_time_s", "b_simple_to_target"} <= set(table.columns)
     failed = table[table["trial_id"] == "b256_failed"]
     assert set(failed["status"]) == {"failed"}
-    assert set(table.loc[table["trial_id"] == "b512_pending", "reached"]) == {False}
+    assert set(table.loc[table["trial_id"] == "b2048_pending", "reached"]) == {False}
+
+
+def test_a_batch_size_with_trials_pending_stays_out_of_the_fits_until_they_finish(tmp_path, capsys):
+    from rlscale.cli import main
+
+    sweep = make_fake_sweep(tmp_path)
+    table = steps_to_target_table(sweep)
+    assert pending_batch_sizes(table).to_dict(orient="records") == [{"env_id": ENV, "B": 2048.0, "n_pending": 1}]
+    # B = 512 mid-population: the slower lr (1e-3 there) was pruned and is completed, the winner
+    # (3e-4) still runs. Its finished trials alone would make 1e-3 the best lr at 512.
+    running = (table["B"] == 512) & (table["lr"] == _good_lr(512))
+    table.loc[running, "status"] = "pending"
+    (low, _) = pareto_entries(table, n_bootstrap=20)
+    assert low["batch_sizes"] == [64.0, 128.0, 256.0, 1024.0] and low["batch_sizes_swept"] == low["batch_sizes"]
+    assert low["batch_sizes_pending"] == [512.0, 2048.0]
+    assert math.isclose(low["b_crit"], B_CRIT, rel_tol=1e-3)  # the other four still lie on the frontier
+    dim = diminishing_returns(table)
+    assert 512.0 not in set(dim["B"]) and set(dim["B"]) == {64.0, 128.0, 256.0, 1024.0}
+    # once the population finishes, B = 512 is back with its winner
+    (low, _) = pareto_entries(steps_to_target_table(sweep), n_bootstrap=20)
+    assert 512.0 in low["batch_sizes"] and {c["B"]: c["lr"] for c in low["best_configs"]}[512.0] == _good_lr(512)
+
+    assert main(["analyze", str(sweep), "--wandb-mode", "disabled"]) == 0
+    err = capsys.readouterr().err
+    assert f"{ENV} B=2048: 1 trials still pending, left out of the fits until they finish" in err
+    on_disk = json.loads((sweep / "analysis.json").read_text())
+    assert on_disk["pending_batch_sizes"] == [{"env_id": ENV, "B": 2048.0, "n_pending": 1}]
+    assert "trials still pending" in (sweep / "report.html").read_text()
 
 
 def test_an_entrys_intervals_do_not_depend_on_the_other_envs_analysed(tmp_path):
