@@ -130,7 +130,19 @@ def print_by_env(a: dict, variant: str) -> None:
                           if e["status"] == "b_crit_above_range" and variant_b_simple(e, variant)) or "-"
         print(f"| {env} | {c['n_points']} | {' | '.join(cells)} | {n_in} of {c['n_points']} "
               f"| {sum(bool(e.get('b_crit_ci_unbounded')) for e in pts)} of {c['n_points']} | {lower} |")
+    print_pending(a)
     print(claim_line(noise_scale_claim(a["entries"], within, variant), f", {variant}"))
+
+
+def print_pending(a: dict) -> None:
+    """The batch sizes the analysis left out because their trials had not all finished
+    (`pending_batch_sizes`), per env; nothing when there are none."""
+    pending = a.get("pending_batch_sizes") or []
+    for env in sorted({c["env_id"] for c in pending}):
+        cells = [c for c in pending if c["env_id"] == env]
+        sizes = ", ".join(f"{c['B']:g}" for c in cells)
+        print(f"\n{env}: B = {sizes} left out, "
+              f"{sum(c['n_pending'] for c in cells)} trials still pending.")
 
 
 def claim_line(c: dict, name: str = "") -> str:
@@ -166,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"study_table: --envs names {', '.join(unknown)}, which {args.analysis} has no entry for", file=sys.stderr)
             return 2
         a["entries"] = [e for e in a["entries"] if e["env_id"] in args.envs]
+        a["pending_batch_sizes"] = [c for c in a.get("pending_batch_sizes") or [] if c["env_id"] in args.envs]
         a["noise_scale_claim"] = noise_scale_claim(a["entries"], a["noise_scale_claim"]["within_factor"])
         a["noise_scale_claim_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"])
         a["noise_scale_claim_pooled_by_variant"] = claims_by_variant(a["entries"], a["noise_scale_claim"]["within_factor"], "pooled")
@@ -188,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
               f"| {_num(e['e_min'] if fitted else None)} | {b_crit_cell(e)} | {_value_ci(e['b_simple'], e.get('b_simple_ci'))}"
               f"{unresolved(e.get('n_b_simple_trials', 0), e.get('n_b_simple_unresolved', 0))} | {ratio} "
               f"| {per_step(e)} | {edges} |")
+    print_pending(a)
     adaptive = [e for e in a["entries"] if e.get("adaptive")]
     if adaptive:
         print("\n| env | target | adaptive runs reached | S/S_min | E/E_min | (S/S_min-1)(E/E_min-1) | predicted gamma |")

@@ -60,7 +60,8 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     from rlscale.analysis import noise_scale_claim
 
     path = tmp_path / "analysis.json"
-    path.write_text(json.dumps({"entries": entries, "noise_scale_claim": noise_scale_claim(entries)}))
+    pending = [{"env_id": "B", "B": 512.0, "n_pending": 5}, {"env_id": "B", "B": 1024.0, "n_pending": 30}]
+    path.write_text(json.dumps({"entries": entries, "noise_scale_claim": noise_scale_claim(entries), "pending_batch_sizes": pending}))
     run = lambda *a: subprocess.run([sys.executable, str(ROOT / "scripts" / "study_table.py"), str(path), *a],  # noqa: E731
                                     capture_output=True, text=True)
     every, only_a = run(), run("--envs", "A")
@@ -69,6 +70,8 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     assert "3 points over 1 envs" in only_a.stdout and "fraction within x3: 1;" in only_a.stdout and "median ratio 2;" in only_a.stdout
     assert "r2 of log B_crit on log B_simple 1 (slope 1)" in only_a.stdout
     assert "| B |" not in only_a.stdout and "0 lower bounds" in only_a.stdout
+    # the batch sizes the analysis left out (trials pending) are named, for the envs shown only
+    assert "B: B = 512, 1024 left out, 35 trials still pending." in every.stdout and "pending" not in only_a.stdout
     assert "| A | 1 | 3 of 3 | 2 | 400 | 200 [150, unbounded] |" in only_a.stdout and "| A | 1 | 3 of 3 | 2 | 200 | 100 [1, 2] |" in only_a.stdout
     bad = run("--envs", "C")
     assert bad.returncode == 2 and "C" in bad.stderr
@@ -79,6 +82,7 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     assert by_env[-1].startswith("Claim (B_crit ~ B_simple, combined): 4 points over 2 envs") and "fraction within x3: 0.75;" in by_env[-1]
     only_b = run("--by-env", "--envs", "B").stdout.splitlines()
     assert not any(line.startswith("| A |") for line in only_b) and "fraction within x3: 0;" in only_b[-1]
+    assert "B: B = 512, 1024 left out, 35 trials still pending." in only_b
     # a variant no entry recorded has no points: its claim is empty, not the combined one's
     policy = run("--by-env", "--variant", "policy").stdout.splitlines()
     assert policy[-1].startswith("Claim (B_crit ~ B_simple, policy): 0 points over 0 envs"), policy
