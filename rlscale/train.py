@@ -77,9 +77,20 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"cannot write to run directory '{run_dir}' ('{parent}' is not a writable directory); choose a writable --out")
 
 
+# What an overwrite leaves in a run directory: a sweep's record of the trial (rlscale.sweep),
+# which says "pending" while the trial runs, so that an analysis meanwhile sees it running
+KEPT_ON_OVERWRITE = ("trial.json",)
+
+
 def create_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)
+        for p in run_dir.iterdir():
+            if p.name in KEPT_ON_OVERWRITE:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

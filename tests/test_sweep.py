@@ -1,5 +1,6 @@
 """The reduced CartPole study of CI: sweep on a real local Ray, analysis, report, resumption."""
 
+import dataclasses
 import json
 import math
 from html.parser import HTMLParser
@@ -328,7 +329,6 @@ def test_a_population_task_hands_the_sweeps_prune_setting_to_its_population(tmp_
 
 def test_a_population_prunes_against_the_sweeps_finished_trials_of_its_env_and_b(tmp_path):
     """finished_trials: completed records of the group's env, B and lr rule, other trials only."""
-    import dataclasses
 
     import rlscale.sweep as sweep_mod
     from rlscale.population import Finished
@@ -383,3 +383,35 @@ def test_a_resumed_run_carries_its_latest_evaluation(tmp_path):
     t.truncate_after(3)
     assert t.last_value("eval/return_mean") == 120.0
     assert math.isnan(t.last_value("no/such_column")) and math.isnan(MetricsTable(tmp_path / "none.csv").last_value("x"))
+
+
+def test_a_trial_started_afresh_keeps_its_pending_record_while_it_runs(tmp_path, monkeypatch):
+    """A fresh start clears a trial's directory (stale files of an earlier attempt) but keeps the
+    sweep's pending trial.json until the trial's own record replaces it, so that an analysis run
+    meanwhile sees the trial running, not absent (rlscale.analysis.pending_batch_sizes)."""
+    from omegaconf import OmegaConf
+
+    import rlscale.sweep as sweep_mod
+    from rlscale.train import Run
+
+    trials = [t for t in expand_grid(load_sweep_config(_protocol_sweep(tmp_path))) if t.trial_id.startswith("CartPole-v1_B64_")]
+    trials = [dataclasses.replace(t, overrides=[*t.overrides, "total_env_steps=128", "tracking.wandb_mode=disabled"]) for t in trials]
+    dirs = [tmp_path / "trials" / t.trial_id for t in trials]
+    for t, d in zip(trials, dirs):
+        d.mkdir(parents=True)
+        (d / "stale.txt").write_text("an earlier attempt")
+        (d / "trial.json").write_text(json.dumps(sweep_mod._trial_record(t, "pending")))
+    seen = []
+    record = Run.record
+
+    def checking_record(self, *a, **kw):
+        seen.append({json.loads((d / "trial.json").read_text())["status"] for d in dirs})
+        assert not any((d / "stale.txt").exists() for d in dirs)
+        return record(self, *a, **kw)
+
+    monkeypatch.setattr(Run, "record", checking_record)
+    base = OmegaConf.to_container(sweep_mod.load_yaml(trials[0].base_config))
+    recs = sweep_mod.run_population(trials, base, [str(d) for d in dirs])
+    assert seen and all(s == {"pending"} for s in seen)
+    assert [r["status"] for r in recs] == ["completed"] * len(trials)
+    assert {json.loads((d / "trial.json").read_text())["status"] for d in dirs} == {"completed"}
