@@ -282,20 +282,17 @@ def _completed(table: pd.DataFrame) -> pd.DataFrame:
 def pending_batch_sizes(table: pd.DataFrame) -> pd.DataFrame:
     """The fixed-B cells (env, B) with trials still pending: env_id, B, n_pending.
 
-    A population prunes the lrs that can no longer win and marks them completed while the
-    others still run, so the finished trials of such a cell can hold a best lr that the
-    running ones would beat. The fits leave these cells out until they finish (`_settled`).
+    A cell runs new trials beside finished ones when its lr grid grows or seeds are added, and a
+    population's records are written when it ends; until then the finished trials alone may name
+    a best lr that the running ones would beat. The fits leave such cells out (`_settled`).
     """
     trials = table.drop_duplicates("trial_id")
     pending = trials[(trials["status"] == "pending") & (trials["lr_rule"] != "adaptive") & trials["B"].notna()]
-    counts = pending.groupby(["env_id", "B"], sort=True).size()
-    return pd.DataFrame({"env_id": [e for e, _ in counts.index], "B": [float(b) for _, b in counts.index],
-                         "n_pending": counts.to_numpy(dtype=int)}, columns=["env_id", "B", "n_pending"])
+    return pending.groupby(["env_id", "B"], sort=True).size().reset_index(name="n_pending")
 
 
-def _settled(table: pd.DataFrame, pending: pd.DataFrame) -> pd.DataFrame:
-    """Completed fixed-B rows outside the `pending` cells (see `pending_batch_sizes`)."""
-    done = _completed(table)
+def _settled(done: pd.DataFrame, pending: pd.DataFrame) -> pd.DataFrame:
+    """The fixed-B rows of completed trials `done` outside the `pending` cells."""
     done = done[done["lr_rule"] != "adaptive"]
     open_cells = set(zip(pending["env_id"], pending["B"]))
     return done[np.array([(e, float(b)) not in open_cells for e, b in zip(done["env_id"], done["B"])], dtype=bool)]
@@ -519,7 +516,7 @@ def pareto_entries(
     done = _completed(table)
     adaptive = done[done["lr_rule"] == "adaptive"]
     pending = pending_batch_sizes(table)
-    done = _settled(table, pending)
+    done = _settled(done, pending)
     histories = NoiseHistories(sweep_dir) if sweep_dir is not None else None
     entries = []
     for env_id, target in sorted(keys):
@@ -534,7 +531,8 @@ def pareto_entries(
             "b_simple": None, "b_simple_per_gradient": None, "ratio": None,
             "n_batch_sizes": 0, "batch_sizes": [], "steps": [], "env_steps": [],
             "batch_sizes_swept": sorted(float(b) for b in rows["B"].unique()),
-            "batch_sizes_pending": pending.loc[pending["env_id"] == env_id, "B"].tolist(),  # left out until they finish
+            # the swept batch sizes: those with finished trials; the pending ones stay out until they finish
+            "batch_sizes_pending": pending.loc[pending["env_id"] == env_id, "B"].astype(float).tolist(),
             "best_configs": [], "residual_rms": None, "n_bootstrap_ok": 0, "n_b_simple_trials": 0,
         }
         best = _best_configs(rows)
@@ -727,7 +725,7 @@ def diminishing_returns(table: pd.DataFrame) -> pd.DataFrame:
     """
     out = []
     # a run whose B changes has no place on this axis; a cell with trials pending waits for them
-    done = _settled(table, pending_batch_sizes(table)).dropna(subset=["target"])
+    done = _settled(_completed(table), pending_batch_sizes(table)).dropna(subset=["target"])
     for (env_id, target, rule), rows in done.groupby(["env_id", "target", "lr_rule"], sort=True):
         best = _best_configs(rows)
         sizes = best["B"].to_numpy(dtype=float)
@@ -841,7 +839,7 @@ def analyze(
         "lr_at_grid_edge": [{"env_id": e["env_id"], "target": e["target"], "B": c["B"], "lr": c["lr"]}
                             for e in entries for c in e["best_configs"] if c.get("lr_at_grid_edge")],
         "failed_trials": failed_trials(sweep_dir),
-        "pending_batch_sizes": pending_batch_sizes(table).to_dict(orient="records"),
+        "pending_batch_sizes": pending_batch_sizes(table).astype({"B": float}).to_dict(orient="records"),
         "diminishing_returns": _diminishing_summary(dim),
         "diminishing_reduction_threshold": DIMINISHING_REDUCTION,
         "n_bootstrap": n_bootstrap,

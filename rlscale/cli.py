@@ -72,8 +72,9 @@ def _analyze(args) -> int:
 
     result = analyze(Path(args.sweep_dir), wandb_mode=args.wandb_mode)
     for c in result["pending_batch_sizes"]:
-        print(f"{c['env_id']} B={c['B']:g}: {c['n_pending']} trials still pending, left out of the fits until they finish",
-              file=sys.stderr)
+        n = c["n_pending"]
+        print(f"{c['env_id']} B={c['B']:g}: {n} trial{'s' * (n != 1)} still pending, left out of the fits until "
+              f"{'they finish' if n != 1 else 'it finishes'}", file=sys.stderr)
     for e in result["entries"]:
         print(json.dumps({k: e.get(k) for k in ("env_id", "target", "status", "s_min", "e_min", "b_crit", "b_simple", "ratio")}))
     print(f"report: {Path(args.sweep_dir) / 'report.html'}", file=sys.stderr)

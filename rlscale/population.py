@@ -702,7 +702,7 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 
 def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resume: bool = False, overwrite: bool = False,
                      quiet: bool = False, prune: bool = False, groups: Sequence[tuple[str, float]] | None = None,
-                     finished: Sequence[Finished] = (), prune_settled: bool = False) -> list[dict]:
+                     finished: Sequence[Finished] = (), prune_settled: bool = False, keep: Sequence[str] = ()) -> list[dict]:
     """Train the members `cfgs` as one population, member i into run_dirs[i]; their summaries.
 
     Each run directory gets what `rlscale train` writes (config.yaml, metrics.csv, checkpoints,
@@ -715,7 +715,8 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     labels it (a sweep's grid trials train with rule 'fixed'); default the configs'.
     `finished`: runs of the same batch size and targets outside the population, which pruning
     compares against as members that left (so an lr added to a grid later can lose to the lrs
-    already run). Local backend only (see the module docstring).
+    already run). `keep`: files an overwrite leaves in the run directories (as `train`'s).
+    Local backend only (see the module docstring).
     """
     run_dirs = [Path(d) for d in run_dirs]
     check_population(cfgs, run_dirs)
@@ -728,7 +729,7 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     try:
         spec = pools[0].spec()
         learner = PopulationLearner(cfgs, spec, device)
-        runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet)
+        runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet, keep)
                 for cfg, d, pool, member, s in zip(cfgs, run_dirs, pools, learner.members, saved)]
         labels: list[tuple[str, float]] = list(groups) if groups is not None else [(str(c.ppo.lr_rule), c.ppo.lr) for c in cfgs]
         return _PopulationLoop(learner, runs, labels if prune else None, finished, settled=prune_settled).loop(quiet)

@@ -448,6 +448,7 @@ def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: lis
     dim = _read_csv(sweep_dir / "diminishing_returns.csv")
     table = _read_csv(sweep_dir / "steps_to_target.csv")
     failed = pd.DataFrame(analysis.get("failed_trials", []))
+    pending = pd.DataFrame(analysis.get("pending_batch_sizes", []), columns=["env_id", "B", "n_pending"])
     units = pd.DataFrame(sorted(UNITS.items()), columns=["quantity", "unit / definition"])
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(analysis.get("trial_counts", {}).items()))
     name = html.escape(str(analysis.get("sweep_name", sweep_dir.name)))
@@ -466,8 +467,7 @@ def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: lis
         "<h2>The claim B_crit ~ B_simple per noise-scale variant</h2>", _table_html(_claims(analysis)),
         "<h2>Diminishing returns per learning-rate rule</h2>", _table_html(dim),
         f"<h2>Failed trials ({len(failed)})</h2>", _table_html(failed),
-        "<h2>Batch sizes left out of the fits: trials still pending</h2>",
-        _table_html(pd.DataFrame(analysis.get("pending_batch_sizes", []), columns=["env_id", "B", "n_pending"])),
+        f"<h2>Batch sizes left out of the fits while trials are pending ({len(pending)})</h2>", _table_html(pending),
         "<h2>Steps to target, every trial</h2>", _table_html(table),
         "</body></html>",
     ]

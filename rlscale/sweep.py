@@ -340,6 +340,11 @@ def _trial_record(trial: Trial, status: str, error: str | None = None, summary: 
     }
 
 
+# A trial started afresh keeps the pending trial.json `run_sweep` wrote for it until its own record
+# replaces it, so that an analysis meanwhile sees it running, not absent
+KEEP_ON_FRESH_START = ("trial.json",)
+
+
 def run_trial(trial: Trial, base_config: dict, trial_dir: str | Path) -> dict:
     """Train one trial (in a Ray task or in-process); never raises: failures are recorded."""
     from rlscale.train import train
@@ -352,7 +357,7 @@ def run_trial(trial: Trial, base_config: dict, trial_dir: str | Path) -> dict:
         resume = _has_checkpoint(trial_dir)
         if resume:
             cfg = load_train_config(trial_dir / "config.yaml", [])
-        summary = train(cfg, trial_dir, resume=resume, overwrite=not resume, quiet=True, init_ray=False)
+        summary = train(cfg, trial_dir, resume=resume, overwrite=not resume, quiet=True, init_ray=False, keep=KEEP_ON_FRESH_START)
         rec = _trial_record(trial, "completed", summary=summary, nmb=nmb)
     except Exception as e:  # recorded, so that analysis reports the failure
         rec = _trial_record(trial, "failed", error=_failure(trial_dir, e), nmb=nmb)
@@ -389,7 +394,7 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
         cfgs = [load_train_config(d / "config.yaml", []) if resume else load_train_config(base_config, t.overrides)
                 for t, d in zip(trials, dirs)]
         nmbs = [c.ppo.num_minibatches for c in cfgs]
-        summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True, prune=prune,
+        summaries = train_population(cfgs, dirs, resume=resume, overwrite=not resume, quiet=True, prune=prune, keep=KEEP_ON_FRESH_START,
                                      groups=[(t.lr_rule, t.lr) for t in trials], finished=finished, prune_settled=prune_settled)
         pop = {"first": trials[0].trial_id, "members": len(trials)}  # scripts/study_cost.py sums populations' times
         recs = [_trial_record(t, "completed", summary=s, nmb=n, population=pop) for t, s, n in zip(trials, summaries, nmbs)]
@@ -543,10 +548,13 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
                     continue
             except json.JSONDecodeError:
                 pass
-        d = rec_path.parent
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(rec_path, _trial_record(t, "pending", nmb=trial_cfgs[t.trial_id].ppo.num_minibatches))
         todo.append(t)
+    if todo:
+        _connect(cfg, todo, trial_cfgs)  # a cluster too small is refused before any record says pending
+    for t in todo:
+        rec_path = sweep_dir / "trials" / t.trial_id / "trial.json"
+        rec_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(rec_path, _trial_record(t, "pending", nmb=trial_cfgs[t.trial_id].ppo.num_minibatches))
     groups = ([*population_groups(_pooled(todo), trial_cfgs, sweep_dir), *[[t] for t in todo if t.lr_rule == "adaptive"]]
               if cfg.population else [[t] for t in todo])
     order = {t.trial_id: k for k, t in enumerate(todo)}
@@ -567,6 +575,19 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     return out
 
 
+def _connect(cfg: SweepConfig, todo: list[Trial], trial_cfgs: dict) -> None:
+    """Join the sweep's Ray cluster; refuse it if one trial needs more CPUs than it has."""
+    import ray
+
+    from rlscale.cluster import ensure_ray
+
+    ensure_ray(cfg.address)
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    need = max(sum(b.get("CPU", 0) for b in _bundles(trial_cfgs[t.trial_id], cfg.trial_gpus)) for t in todo)
+    if need > cluster_cpus:
+        raise ConfigError(f"one trial needs {need:g} CPUs (learner + rollout actors) but the cluster has {cluster_cpus:g}; lower workers.num_workers or use workers.backend=local in the sweep overrides")
+
+
 def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, sweep_dir: Path, quiet: bool) -> list[dict]:
     """One Ray task per group: a trial alone (run_trial) or a population (run_population)."""
     import ray
@@ -574,15 +595,8 @@ def _run_on_ray(cfg: SweepConfig, groups: list[list[Trial]], trial_cfgs: dict, s
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     from tqdm import tqdm
 
-    from rlscale.cluster import ensure_ray
-
-    ensure_ray(cfg.address)
     remote_trial, remote_population = ray.remote(run_trial), ray.remote(run_population)
     todo = [t for g in groups for t in g]
-    cluster_cpus = ray.cluster_resources().get("CPU", 1)
-    need = max(sum(b.get("CPU", 0) for b in _bundles(trial_cfgs[t.trial_id], cfg.trial_gpus)) for t in todo)
-    if need > cluster_cpus:
-        raise ConfigError(f"one trial needs {need:g} CPUs (learner + rollout actors) but the cluster has {cluster_cpus:g}; lower workers.num_workers or use workers.backend=local in the sweep overrides")
     limit = cfg.max_concurrent or len(groups)
     # each env's base config travels with its tasks as a dict: no path needed where they run
     bases = {p: OmegaConf.to_container(load_yaml(p)) for p in {t.base_config for t in todo}}

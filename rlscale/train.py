@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,15 +78,11 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"cannot write to run directory '{run_dir}' ('{parent}' is not a writable directory); choose a writable --out")
 
 
-# What an overwrite leaves in a run directory: a sweep's record of the trial (rlscale.sweep),
-# which says "pending" while the trial runs, so that an analysis meanwhile sees it running
-KEPT_ON_OVERWRITE = ("trial.json",)
-
-
-def create_run_dir(run_dir: Path, overwrite: bool) -> None:
+def create_run_dir(run_dir: Path, overwrite: bool, keep: Sequence[str] = ()) -> None:
+    """The run directory, emptied first with `overwrite`, but for the files named in `keep`."""
     if run_dir.exists() and overwrite:
         for p in run_dir.iterdir():
-            if p.name in KEPT_ON_OVERWRITE:
+            if p.name in keep:
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
@@ -103,8 +100,9 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, init_ray: bool = True) -> dict:
-    """Train PPO as `cfg` says; write the run directory; return the summary."""
+          quiet: bool = False, init_ray: bool = True, keep: Sequence[str] = ()) -> dict:
+    """Train PPO as `cfg` says; write the run directory; return the summary. `keep`: files an
+    overwrite leaves in the directory (a sweep's pending trial.json)."""
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     check_run_dir(run_dir, resume, overwrite)
     saved = load_checkpoint(run_dir, cfg) if resume else None  # checked before anything starts
@@ -119,7 +117,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
         spec = pool.spec()
         seed_everything(cfg.seed)
         learner = Learner(cfg, spec, device)
-        run = open_run(cfg, run_dir, spec, pool, learner, saved, overwrite, quiet)
+        run = open_run(cfg, run_dir, spec, pool, learner, saved, overwrite, quiet, keep)
         if not quiet:
             run.print_header(device)
         return run.loop(quiet)
@@ -128,14 +126,14 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
 
 
 def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunLearner,
-             saved: tuple[Path, dict] | None, overwrite: bool, quiet: bool) -> Run:
+             saved: tuple[Path, dict] | None, overwrite: bool, quiet: bool, keep: Sequence[str] = ()) -> Run:
     """A run's directory and parts around its built learner: the checkpoint `saved` (from
     `load_checkpoint`, None for a new run) checked against the env and restored, or a fresh
     directory; config.yaml written either way."""
     if saved is not None:
         checkpoint.check_compatible(saved[1], to_dict(cfg), spec)
     else:
-        create_run_dir(run_dir, overwrite)
+        create_run_dir(run_dir, overwrite, keep)
     _write_config(run_dir, cfg, saved)
     state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
     schedule = schedules.make_batch_schedule(cfg.ppo, delivery_unit(cfg, pool.envs_per_worker))

@@ -200,6 +200,9 @@ def test_a_batch_size_with_trials_pending_stays_out_of_the_fits_until_they_finis
     # (3e-4) still runs. Its finished trials alone would make 1e-3 the best lr at 512.
     running = (table["B"] == 512) & (table["lr"] == _good_lr(512))
     table.loc[running, "status"] = "pending"
+    # an adaptive run pending at B = 256 is no trial of that cell: 256 stays in
+    adaptive = table[table["B"] == 256].head(2).assign(trial_id="adaptive_s1", lr_rule="adaptive", status="pending")
+    table = pd.concat([table, adaptive], ignore_index=True)
     (low, _) = pareto_entries(table, n_bootstrap=20)
     assert low["batch_sizes"] == [64.0, 128.0, 256.0, 1024.0] and low["batch_sizes_swept"] == low["batch_sizes"]
     assert low["batch_sizes_pending"] == [512.0, 2048.0]
@@ -212,10 +215,11 @@ def test_a_batch_size_with_trials_pending_stays_out_of_the_fits_until_they_finis
 
     assert main(["analyze", str(sweep), "--wandb-mode", "disabled"]) == 0
     err = capsys.readouterr().err
-    assert f"{ENV} B=2048: 1 trials still pending, left out of the fits until they finish" in err
+    assert f"{ENV} B=2048: 1 trial still pending, left out of the fits until it finishes" in err
     on_disk = json.loads((sweep / "analysis.json").read_text())
     assert on_disk["pending_batch_sizes"] == [{"env_id": ENV, "B": 2048.0, "n_pending": 1}]
-    assert "trials still pending" in (sweep / "report.html").read_text()
+    report = (sweep / "report.html").read_text()
+    assert "while trials are pending (1)</h2>" in report and f"<td>{ENV}</td>\n      <td>2048</td>" in report
 
 
 def test_an_entrys_intervals_do_not_depend_on_the_other_envs_analysed(tmp_path):

@@ -289,6 +289,7 @@ def test_envs_filter_and_adaptive_trials_run_alone_beside_populations(tmp_path, 
         return []
 
     monkeypatch.setattr(sweep_mod, "_run_on_ray", fake_run)
+    monkeypatch.setattr(sweep_mod, "_connect", lambda *a: None)
     path = _protocol_sweep(tmp_path, PROTOCOL_SWEEP.replace("seeds: [1]", "seeds: [1, 2]\npopulation: true"))
     r = run_sweep(path, [], tmp_path / "s", quiet=True, only_envs=["CartPole-v1"])
     assert r["trials"] == 2 * (2 * 3 * 2 + 1)  # both envs listed in sweep.json ...
@@ -415,3 +416,22 @@ def test_a_trial_started_afresh_keeps_its_pending_record_while_it_runs(tmp_path,
     assert seen and all(s == {"pending"} for s in seen)
     assert [r["status"] for r in recs] == ["completed"] * len(trials)
     assert {json.loads((d / "trial.json").read_text())["status"] for d in dirs} == {"completed"}
+    # only the sweep asks for that: `rlscale train --overwrite` replaces the whole directory
+    from rlscale.train import create_run_dir
+
+    create_run_dir(dirs[0], overwrite=True)
+    assert not any(dirs[0].iterdir())
+
+
+def test_a_sweep_too_large_for_its_cluster_is_refused_before_any_trial_says_pending(ray_local, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"""name: too_large
+base_config: {ROOT / "configs" / "cartpole.yaml"}
+overrides: {{workers.backend: ray, workers.num_workers: 8}}
+envs: [{{id: CartPole-v1, targets: [100]}}]
+env_steps_per_iteration: [256]
+seeds: [1]
+""")
+    with pytest.raises(ConfigError, match="one trial needs 9 CPUs .* the cluster has 2"):
+        run_sweep(sweep, [], tmp_path / "out", quiet=True)
+    assert not list((tmp_path / "out").glob("trials/*/trial.json"))  # no cell left pending in an analysis
