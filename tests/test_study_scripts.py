@@ -256,3 +256,33 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
     bad = _noise_vs_lr(str(sweep), "--plot", str(tmp_path / "x.png"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nothing to plot" in bad.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
+    cost = _script("study_cost")
+
+    def trial(tid, B, status="pending", lr_rule="grid", walls=None):
+        d = tmp_path / "trials" / tid
+        d.mkdir(parents=True)
+        rec = {**_rec(tid, B, lr_rule=lr_rule, status=status), "overrides": ["seed=1", "total_env_steps=1000"]}
+        (d / "trial.json").write_text(json.dumps(rec))
+        if walls is not None:  # iterations 1.. with these cumulative wall times
+            rows = [f"{i + 1},{i + 1},{w}" for i, w in enumerate(walls)]
+            (d / "metrics.csv").write_text("\n".join(["iteration,env_steps,wall_time_s", *rows]) + "\n")
+        return rec
+
+    recs = [trial("a", 100, walls=[1, 3, 5, 7, 9]),  # 5 of 10 iterations
+            trial("b", 100, walls=[10, 12, 14, 16]),
+            # the furthest member sets the cell's iteration and pace: 7, and the median of its steps
+            # (1, 0.5, 3, 2, 2 s; the resume's clock restart left out), 2 s
+            trial("c", 100, walls=[1, 2, 2.5, 0.5, 3.5, 5.5, 7.5]),
+            trial("d", 300),  # not started: budget ceil(1000 / 300) = 4 iterations, no pace
+            trial("e", 100, status="completed", walls=[1, 2]), trial("f", 100, lr_rule="adaptive", walls=[1])]
+    left = cost.remaining(tmp_path, recs)
+    assert left == {("E", 100): {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": 2.0, "hours_left": 3 * 2.0 / 3600},
+                    ("E", 300): {"trials": 1, "iteration": 0, "budget": 4, "seconds_per_iteration": None, "hours_left": None}}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| E | 100 | 3 | 7 | 10 | 2.00 | 0.00 |" in out.stdout and "| E | 300 | 1 | 0 | 4 | - | - |" in out.stdout
+    assert "left: 0.00 population hours at most over 1 running cells; 1 cells not started" in out.stdout
