@@ -109,19 +109,18 @@ def _range(values: list[float]) -> str:
 def print_by_env(a: dict, variant: str) -> None:
     """One line per env for one noise-scale variant: its points with a fitted B_crit and that
     B_simple (`noise_scale_claim`'s), their B_crit, B_simple and ratio ranges, how many ratios lie
-    within the claim's factor, how many B_crit intervals have no upper end, and the lower bounds
-    apart. Then the claim over all of them."""
+    within the claim's factor, how many B_crit intervals have no upper end, the lower bounds
+    apart, and how many targets too few batch sizes reached for a fit. Then the claim over all
+    of them."""
     from rlscale.analysis import noise_scale_claim, variant_b_simple
 
     within = a["noise_scale_claim"]["within_factor"]
     print(f"| env | points | B_crit | B_simple ({variant}) | B_crit / B_simple | within x{within:g} | B_crit CI without upper end "
-          "| B_crit lower bounds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| B_crit lower bounds | targets reached at < 2 B |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for env in sorted({e["env_id"] for e in a["entries"]}):
         es = [e for e in a["entries"] if e["env_id"] == env]
         c = noise_scale_claim(es, within, variant)
-        if not c["n_points"] and not c["n_lower_bounds"]:
-            continue
         pts = [e for e in es if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant)]
         cells = [_range([e["b_crit"] for e in pts]), _range([variant_b_simple(e, variant) for e in pts]),
                  _range([e["b_crit"] / variant_b_simple(e, variant) for e in pts])] if pts else ["-"] * 3
@@ -129,7 +128,8 @@ def print_by_env(a: dict, variant: str) -> None:
         lower = ", ".join(f"> {_num(e['b_crit_lower_bound'])}" for e in es
                           if e["status"] == "b_crit_above_range" and variant_b_simple(e, variant)) or "-"
         print(f"| {env} | {c['n_points']} | {' | '.join(cells)} | {n_in} of {c['n_points']} "
-              f"| {sum(bool(e.get('b_crit_ci_unbounded')) for e in pts)} of {c['n_points']} | {lower} |")
+              f"| {sum(bool(e.get('b_crit_ci_unbounded')) for e in pts)} of {c['n_points']} | {lower} "
+              f"| {sum(e['status'] == 'too_few_batch_sizes' for e in es)} of {len(es)} |")
     print_pending(a)
     print(claim_line(noise_scale_claim(a["entries"], within, variant), f", {variant}"))
 

@@ -55,7 +55,8 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
         return {"env_id": env, "target": 1.0, "status": status, "s_min": 2.0, "e_min": 2.0 * b_crit, "b_crit": b_crit,
                 "b_crit_ci": [1, 2], "b_simple": b_simple, "b_simple_ci": [1, 2], "ratio": b_crit / b_simple, "n_batch_sizes": 3,
                 "batch_sizes_swept": [1, 2, 3], "best_configs": [], "b_crit_lower_bound": 3.0}
-    entries = [entry("A", 100, 50), entry("A", 200, 100), entry("A", 400, 200), entry("B", 1000, 10), entry("B", 5, 1, "b_crit_above_range")]
+    entries = [entry("A", 100, 50), entry("A", 200, 100), entry("A", 400, 200), entry("B", 1000, 10), entry("B", 5, 1, "b_crit_above_range"),
+               entry("D", 1, 1, "too_few_batch_sizes")]
     entries[1].update(b_crit_ci=[150, 3.5e16], b_crit_ci_unbounded=True)  # resamples beyond the batches swept
     from rlscale.analysis import noise_scale_claim
 
@@ -78,7 +79,10 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     # --by-env: a line per env (ranges, ratios within x3, open-ended intervals, lower bounds apart),
     # then the claim; with --envs over those envs only
     by_env = run("--by-env").stdout.splitlines()
-    assert "| A | 3 | 100-400 | 50-200 | 2 | 3 of 3 | 1 of 3 | - |" in by_env and "| B | 1 | 1000 | 10 | 100 | 0 of 1 | 0 of 1 | > 3 |" in by_env
+    assert "| A | 3 | 100-400 | 50-200 | 2 | 3 of 3 | 1 of 3 | - | 0 of 3 |" in by_env
+    assert "| B | 1 | 1000 | 10 | 100 | 0 of 1 | 0 of 1 | > 3 | 0 of 2 |" in by_env
+    # an env without any point or bound is listed too, with its targets that too few B reached
+    assert "| D | 0 | - | - | - | 0 of 0 | 0 of 0 | - | 1 of 1 |" in by_env
     assert by_env[-1].startswith("Claim (B_crit ~ B_simple, combined): 4 points over 2 envs") and "fraction within x3: 0.75;" in by_env[-1]
     only_b = run("--by-env", "--envs", "B").stdout.splitlines()
     assert not any(line.startswith("| A |") for line in only_b) and "fraction within x3: 0;" in only_b[-1]
