@@ -290,3 +290,26 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "| E | 100 | 3 | 7 | 10 | 2.00 | 0.00 |" in out.stdout and "| E | 300 | 1 | 0 | 4 | - | - |" in out.stdout
     assert "left: 0.00 population hours at most over 1 running cells; 1 cells not started" in out.stdout
+
+
+def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tmp_path):
+    from tests.test_analysis import B_CRIT, NUM_MINIBATCHES, make_fake_sweep
+
+    sweep = make_fake_sweep(tmp_path)
+    # the fake frontier is exact (B_crit 256, B_simple 61 x 4 per iteration at the good lrs) but
+    # at its largest B, where every run now takes twice its steps to the lower target
+    for path in (sweep / "trials").glob("b1024_*/trial.json"):
+        rec = json.loads(path.read_text())
+        rec["targets"]["100.0"]["iterations"] *= 2
+        path.write_text(json.dumps(rec))
+    claims = dict(_script("claim_sensitivity").claims(sweep, "combined"))
+    exact = B_CRIT / (61.0 * NUM_MINIBATCHES)
+    assert claims["without each env's largest B"]["n_points"] == 1
+    assert claims["without each env's largest B"]["median_ratio"] == pytest.approx(exact, rel=1e-3)
+    for name in ("as run", "without each env's smallest B"):  # both still fit the bent point
+        assert claims[name]["n_points"] == 1 and abs(claims[name]["median_ratio"] / exact - 1) > 0.05, name
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "claim_sensitivity.py"), str(sweep)], capture_output=True, text=True)
+    assert out.returncode == 0 and "| without each env's largest B | 1 | 1 | 1 of 1 | 1.05 |" in out.stdout, out.stdout + out.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "claim_sensitivity.py"), str(tmp_path / "nowhere")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
