@@ -644,6 +644,11 @@ def _n_unresolved(entry: dict, variant: str, estimator: str = "mean") -> int:
     return int(_variant_part(entry, variant, estimator).get(key) or 0)
 
 
+def claim_points(entries: list[dict], variant: str = "combined", estimator: str = "mean") -> list[dict]:
+    """The entries the claim compares: a B_crit fitted inside the swept range and that B_simple."""
+    return [e for e in entries if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant, estimator)]
+
+
 def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "combined", estimator: str = "mean") -> dict:
     """The paper's claim across (env, target) points: B_crit ~ B_simple, for one noise-scale
     variant and estimator (`variant_b_simple`). Over the points with a B_crit fitted inside the
@@ -654,7 +659,7 @@ def noise_scale_claim(entries: list[dict], within: float = 3.0, variant: str = "
     points whose B_simple left unresolved trials out (the mean estimator) or unresolved batch
     sizes (the pooled one, which keeps the seeds unresolved alone), ``n_unresolved_points`` the fitted points left out because their B_simple is
     unresolved as a whole."""
-    pts = [e for e in entries if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant, estimator)]
+    pts = claim_points(entries, variant, estimator)
     out: dict[str, Any] = {"variant": variant, "estimator": estimator, "n_points": len(pts),
                            "n_envs": len({e["env_id"] for e in pts}), "within_factor": within,
                            "n_lower_bounds": sum(e["status"] == "b_crit_above_range" and bool(variant_b_simple(e, variant, estimator))

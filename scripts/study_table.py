@@ -112,7 +112,7 @@ def print_by_env(a: dict, variant: str) -> None:
     within the claim's factor, how many B_crit intervals have no upper end, the lower bounds
     apart, and how many targets too few batch sizes reached for a fit. Then the claim over all
     of them."""
-    from rlscale.analysis import noise_scale_claim, variant_b_simple
+    from rlscale.analysis import claim_points, noise_scale_claim, variant_b_simple
 
     within = a["noise_scale_claim"]["within_factor"]
     print(f"| env | points | B_crit | B_simple ({variant}) | B_crit / B_simple | within x{within:g} | B_crit CI without upper end "
@@ -121,7 +121,7 @@ def print_by_env(a: dict, variant: str) -> None:
     for env in sorted({e["env_id"] for e in a["entries"]}):
         es = [e for e in a["entries"] if e["env_id"] == env]
         c = noise_scale_claim(es, within, variant)
-        pts = [e for e in es if e["status"] == "ok" and e.get("b_crit") and variant_b_simple(e, variant)]
+        pts = claim_points(es, variant)
         cells = [_range([e["b_crit"] for e in pts]), _range([variant_b_simple(e, variant) for e in pts]),
                  _range([e["b_crit"] / variant_b_simple(e, variant) for e in pts])] if pts else ["-"] * 3
         n_in = round(c["fraction_within"] * c["n_points"]) if c["n_points"] else 0
