@@ -12,8 +12,10 @@ machine's cores, not core-seconds of an idle machine.
 
 `--remaining` adds what the pending trials still have to run, per (env, B): the iteration their
 population has reached (its members run in step), the iterations of their budget, the recent
-seconds per iteration and the hours left at that pace if no member is pruned (an upper bound;
-a cell not started yet has no pace).
+seconds per iteration and the hours left at that pace if no member is pruned (an upper bound).
+A cell not started yet takes the pace of the sweep's finished populations of its B and size (any
+env: the learner's update, the same at one B and network, sets most of an iteration's time);
+without one it has none.
 """
 
 from __future__ import annotations
@@ -54,40 +56,66 @@ def population_times(recs: list[dict]) -> dict[tuple, dict]:
     return out
 
 
-def _last_rows(path: Path, n: int) -> list[list[str]]:
-    """The header and the last `n` rows of a metrics.csv, split on commas (the numbers it holds
-    have none)."""
-    lines = path.read_text().splitlines()
-    return [line.split(",") for line in lines[:1] + lines[1:][-n:]]
+def _rows(path: Path, n: int, first: bool = False) -> list[list[str]]:
+    """The header and the last (or `first`) `n` rows of a metrics.csv, split on commas (the
+    numbers it holds have none)."""
+    header, *rows = path.read_text().splitlines()
+    return [line.split(",") for line in [header, *(rows[:n] if first else rows[-n:])]]
+
+
+def _pace(rows: list[list[str]]) -> float | None:
+    """The median seconds per iteration over metrics rows (header first); a resume restarts
+    the clock, so steps that go back are left out."""
+    wall = rows[0].index("wall_time_s")
+    steps = sorted(t for t in (float(b[wall]) - float(a[wall]) for a, b in zip(rows[1:], rows[2:])) if t > 0)
+    return steps[len(steps) // 2] if steps else None
+
+
+def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[int, int], tuple[float, float]]:
+    """{(B, members): (fastest, slowest) seconds per iteration} over the sweep's finished
+    populations of that shape, each over its first 50 iterations, while every member still ran."""
+    paces: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for r in recs:
+        pop = r.get("population")
+        if r.get("status") == "completed" and pop and pop["first"] == r["trial_id"]:
+            path = sweep_dir / "trials" / r["trial_id"] / "metrics.csv"
+            pace = _pace(_rows(path, 51, first=True)) if path.is_file() else None
+            if pace:
+                paces[int(r["env_steps_per_iteration"]), int(pop["members"])].append(pace)
+    return {k: (min(v), max(v)) for k, v in paces.items()}
 
 
 def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
-    """{(env, B): {"trials", "iteration", "budget", "seconds_per_iteration", "hours_left"}} over
-    the pending fixed-B trials (see the module docstring); None where unknown."""
+    """{(env, B): {"trials", "iteration", "budget", "seconds_per_iteration", "pace_from", "hours_left"}}
+    over the pending fixed-B trials (see the module docstring). The pace and the hours are
+    (low, high) pairs, equal for a running cell; None where unknown."""
     out: dict[tuple, dict] = {}
     for r in recs:
         if r.get("status") != "pending" or r.get("lr_rule") == "adaptive":
             continue
         b = int(r["env_steps_per_iteration"])
-        cell = out.setdefault((r["env_id"], b), {"trials": 0, "iteration": 0, "budget": None, "seconds_per_iteration": None})
+        cell = out.setdefault((r["env_id"], b), {"trials": 0, "iteration": 0, "budget": None, "seconds_per_iteration": None,
+                                                 "pace_from": None})
         cell["trials"] += 1
         trial_dir = sweep_dir / "trials" / r["trial_id"]
         budget = next((o.split("=", 1)[1] for o in r.get("overrides") or [] if o.startswith("total_env_steps=")), None)
         cell["budget"] = -(-int(budget) // b) if budget else cell["budget"]
         if not (trial_dir / "metrics.csv").is_file():
             continue
-        header, *rows = _last_rows(trial_dir / "metrics.csv", 51)
-        if not rows:
+        rows = _rows(trial_dir / "metrics.csv", 51)
+        if len(rows) < 2:
             continue
-        it, wall = header.index("iteration"), header.index("wall_time_s")
-        if int(rows[-1][it]) >= cell["iteration"]:
-            times = [float(b2[wall]) - float(a2[wall]) for a2, b2 in zip(rows, rows[1:])]
-            times = sorted(t for t in times if t > 0)  # a resume restarts the clock
-            cell["iteration"] = int(rows[-1][it])
-            cell["seconds_per_iteration"] = times[len(times) // 2] if times else None
-    for cell in out.values():
+        iteration = int(rows[-1][rows[0].index("iteration")])
+        pace = _pace(rows)
+        if iteration >= cell["iteration"]:
+            cell["iteration"], cell["seconds_per_iteration"] = iteration, (pace, pace) if pace else None
+            cell["pace_from"] = "its own iterations" if pace else None
+    others = finished_paces(sweep_dir, recs)
+    for (_, b), cell in out.items():
+        if cell["seconds_per_iteration"] is None and (b, cell["trials"]) in others:
+            cell["seconds_per_iteration"], cell["pace_from"] = others[b, cell["trials"]], "finished populations of this shape"
         pace, budget = cell["seconds_per_iteration"], cell["budget"]
-        cell["hours_left"] = (budget - cell["iteration"]) * pace / 3600 if pace and budget else None
+        cell["hours_left"] = tuple((budget - cell["iteration"]) * p / 3600 for p in pace) if pace and budget else None
     return out
 
 
@@ -128,15 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal: {total / 3600:.2f} population hours over {len(per_env)} envs")
     if args.remaining:
         left = remaining(args.sweep_dir, recs)
-        num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-        print("\n| env | B | pending trials | iteration | of (budget) | s per iteration | hours left (at most) |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        def num(pair, f: str) -> str:  # a (low, high) pair: one number where they agree
+            return "-" if pair is None else "-".join(dict.fromkeys(format(x, f) for x in pair))
+        print("\n| env | B | pending trials | iteration | of (budget) | s per iteration | pace from | hours left (at most) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for (env, b), c in sorted(left.items()):
-            print(f"| {env} | {b} | {c['trials']} | {c['iteration']} | {num(c['budget'], 'd')} "
-                  f"| {num(c['seconds_per_iteration'], '.2f')} | {num(c['hours_left'], '.2f')} |")
+            print(f"| {env} | {b} | {c['trials']} | {c['iteration']} | {c['budget'] or '-'} "
+                  f"| {num(c['seconds_per_iteration'], '.2f')} | {c['pace_from'] or '-'} | {num(c['hours_left'], '.2f')} |")
         known = [c["hours_left"] for c in left.values() if c["hours_left"] is not None]
-        print(f"\nleft: {sum(known):.2f} population hours at most over {len(known)} running cells; "
-              f"{len(left) - len(known)} cells not started")
+        total = (sum(h[0] for h in known), sum(h[1] for h in known))
+        print(f"\nleft: {num(total, '.2f')} population hours at most over {len(known)} cells; "
+              f"{len(left) - len(known)} cells without a pace")
     return 0
 
 

@@ -265,10 +265,12 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
 def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
     cost = _script("study_cost")
 
-    def trial(tid, B, status="pending", lr_rule="grid", walls=None):
+    def trial(tid, B, status="pending", lr_rule="grid", walls=None, population=None):
         d = tmp_path / "trials" / tid
         d.mkdir(parents=True)
         rec = {**_rec(tid, B, lr_rule=lr_rule, status=status), "overrides": ["seed=1", "total_env_steps=1000"]}
+        if population:
+            rec["population"] = population
         (d / "trial.json").write_text(json.dumps(rec))
         if walls is not None:  # iterations 1.. with these cumulative wall times
             rows = [f"{i + 1},{i + 1},{w}" for i, w in enumerate(walls)]
@@ -280,16 +282,26 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
             # the furthest member sets the cell's iteration and pace: 7, and the median of its steps
             # (1, 0.5, 3, 2, 2 s; the resume's clock restart left out), 2 s
             trial("c", 100, walls=[1, 2, 2.5, 0.5, 3.5, 5.5, 7.5]),
-            trial("d", 300),  # not started: budget ceil(1000 / 300) = 4 iterations, no pace
+            # not started: budget ceil(1000 / 300) = 4 iterations, the pace of the finished
+            # populations of B = 300 and 2 members (4 and 6 s), none for B = 500
+            trial("d", 300), trial("d2", 300), trial("x", 500),
+            trial("p", 300, status="completed", walls=[4, 8, 12], population={"first": "p", "members": 2}),
+            trial("p2", 300, status="completed", walls=[6, 12], population={"first": "p2", "members": 2}),
+            trial("q", 300, status="completed", walls=[1, 2], population={"first": "q", "members": 3}),  # another size
             trial("e", 100, status="completed", walls=[1, 2]), trial("f", 100, lr_rule="adaptive", walls=[1])]
     left = cost.remaining(tmp_path, recs)
-    assert left == {("E", 100): {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": 2.0, "hours_left": 3 * 2.0 / 3600},
-                    ("E", 300): {"trials": 1, "iteration": 0, "budget": 4, "seconds_per_iteration": None, "hours_left": None}}
+    assert left[("E", 100)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.0, 2.0),
+                                "pace_from": "its own iterations", "hours_left": (3 * 2.0 / 3600, 3 * 2.0 / 3600)}
+    assert left[("E", 300)] == {"trials": 2, "iteration": 0, "budget": 4, "seconds_per_iteration": (4.0, 6.0),
+                                "pace_from": "finished populations of this shape", "hours_left": (4 * 4.0 / 3600, 4 * 6.0 / 3600)}
+    assert left[("E", 500)]["seconds_per_iteration"] is None and left[("E", 500)]["hours_left"] is None
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "| E | 100 | 3 | 7 | 10 | 2.00 | 0.00 |" in out.stdout and "| E | 300 | 1 | 0 | 4 | - | - |" in out.stdout
-    assert "left: 0.00 population hours at most over 1 running cells; 1 cells not started" in out.stdout
+    assert "| E | 100 | 3 | 7 | 10 | 2.00 | its own iterations | 0.00 |" in out.stdout
+    assert "| E | 300 | 2 | 0 | 4 | 4.00-6.00 | finished populations of this shape | 0.00-0.01 |" in out.stdout
+    assert "| E | 500 | 1 | 0 | 2 | - | - | - |" in out.stdout
+    assert "left: 0.01 population hours at most over 2 cells; 1 cells without a pace" in out.stdout, out.stdout
 
 
 def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tmp_path):
