@@ -220,7 +220,8 @@ def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
                     xerr=[np.clip(xlo, 0, None), np.clip(xhi, 0, None)], fmt=markers[i % len(markers)],
                     color=colors[env], capsize=3, label=env)
         for e, xi, yi in zip(pts, x, y):
-            ax.annotate(f"{e['target']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(_target_label(analysis, e), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=colors[env])
     for e in bounds:
         xb = _variant(e, variant)[0]
         ax.annotate("", xy=(xb, e["b_crit_lower_bound"] * 2.5), xytext=(xb, e["b_crit_lower_bound"]),
@@ -259,15 +260,28 @@ def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
 
 
 def _bcrit_colors(analysis: dict) -> dict:
+    """One distinct hue per env (a qualitative palette: the envs have no order)."""
     envs = sorted({e["env_id"] for e in analysis["entries"] if e["status"] in ("ok", "b_crit_above_range")})
-    return dict(zip(envs, _colors(len(envs))))
+    tab10 = colormaps["tab10"]
+    palette = [tab10(i) for i in range(len(envs))] if len(envs) <= 10 else _colors(len(envs))
+    return dict(zip(envs, palette))
+
+
+def _target_label(analysis: dict, e: dict) -> str:
+    """A point's target as its fraction of the way from random to the reference score (how the
+    study fixes targets), else the target itself."""
+    ref = (analysis.get("references") or {}).get(e["env_id"])
+    if ref and ref.get("reference_score") is not None and ref["reference_score"] != ref["random_score"]:
+        return f"{(e['target'] - ref['random_score']) / (ref['reference_score'] - ref['random_score']):.0%}"
+    return f"{e['target']:.3g}"
 
 
 def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
     """B_crit against the primary (combined) B_simple, one colour per env and a point per target."""
-    fig, (ax,) = _new_figure(1, panel_size=(6.0, 5.0))
+    fig, (ax,) = _new_figure(1, panel_size=(7.0, 6.0))
     _bcrit_panel(ax, analysis, "combined", _bcrit_colors(analysis))
-    fig.suptitle("Critical batch size vs noise scale (one point per env and target)", fontsize=10)
+    fig.suptitle("Critical batch size vs noise scale (one point per env and target, labelled by the target's\n"
+                 "fraction of the way from a random policy to the reference score)", fontsize=10)
     return _save(fig, path)
 
 
