@@ -272,7 +272,7 @@ def _target_label(analysis: dict, e: dict) -> str:
     study fixes targets), else the target itself."""
     ref = (analysis.get("references") or {}).get(e["env_id"])
     if ref and ref.get("reference_score") is not None and ref["reference_score"] != ref["random_score"]:
-        return f"{(e['target'] - ref['random_score']) / (ref['reference_score'] - ref['random_score']):.0%}"
+        return f"{100 * (e['target'] - ref['random_score']) / (ref['reference_score'] - ref['random_score']):.3g}%"
     return f"{e['target']:.3g}"
 
 
@@ -281,7 +281,7 @@ def plot_bcrit_vs_bsimple(analysis: dict, path: Path) -> Path:
     fig, (ax,) = _new_figure(1, panel_size=(7.0, 6.0))
     _bcrit_panel(ax, analysis, "combined", _bcrit_colors(analysis))
     fig.suptitle("Critical batch size vs noise scale (one point per env and target, labelled by the target's\n"
-                 "fraction of the way from a random policy to the reference score)", fontsize=10)
+                 "fraction of the way from a random policy to the reference score where the sweep has one)", fontsize=10)
     return _save(fig, path)
 
 

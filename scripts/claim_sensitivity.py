@@ -3,7 +3,8 @@
     python scripts/claim_sensitivity.py docs/results/study/ppo [--variant combined]
 
 The study's design chose each env's range of batch sizes. This recomputes every (env, target)
-point with each env's largest swept B left out, then with its smallest left out, and prints the
+point with each env's largest batch size left out (of those with finished trials, the ones its
+fits see), then with its smallest left out, and prints the
 claim (`noise_scale_claim`: points, share within a factor 3, median ratio, r², lower bounds)
 beside the claim as run. Only point estimates enter the claim, so the fits skip the bootstrap.
 """

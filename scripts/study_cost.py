@@ -12,10 +12,11 @@ machine's cores, not core-seconds of an idle machine.
 
 `--remaining` adds what the pending trials still have to run, per (env, B): the iteration their
 population has reached (its members run in step), the iterations of their budget, the recent
-seconds per iteration and the hours left at that pace if no member is pruned (an upper bound).
-A cell not started yet takes the pace of the sweep's finished populations of its B and size (any
-env: the learner's update, the same at one B and network, sets most of an iteration's time);
-without one it has none.
+seconds per iteration (over its last 50, evaluations and checkpoints included) and the hours
+left at that pace if no member is pruned. A cell not started yet takes the range of paces of
+the sweep's finished populations of its env family, B and size (the learner's update, the same
+at one B and network, sets most of an iteration's time); without one it has none. Paces are
+wall-clock under whatever shared the cores.
 """
 
 from __future__ import annotations
@@ -56,33 +57,59 @@ def population_times(recs: list[dict]) -> dict[tuple, dict]:
     return out
 
 
-def _rows(path: Path, n: int, first: bool = False) -> list[list[str]]:
-    """The header and the last (or `first`) `n` rows of a metrics.csv, split on commas (the
-    numbers it holds have none)."""
-    header, *rows = path.read_text().splitlines()
-    return [line.split(",") for line in [header, *(rows[:n] if first else rows[-n:])]]
+def _rows(path: Path, n: int = 0) -> list[list[str]]:
+    """The header and the last `n` (0: all) rows of a metrics.csv, split on commas (its numbers
+    hold none); a half-written last line is left out, a missing or empty file gives []."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if not lines:
+        return []
+    header = lines[0].split(",")
+    rows = [r for r in (line.split(",") for line in lines[1:]) if len(r) == len(header)]
+    return [header, *rows[-n:]] if n else [header, *rows]
 
 
 def _pace(rows: list[list[str]]) -> float | None:
-    """The median seconds per iteration over metrics rows (header first); a resume restarts
-    the clock, so steps that go back are left out."""
-    wall = rows[0].index("wall_time_s")
-    steps = sorted(t for t in (float(b[wall]) - float(a[wall]) for a, b in zip(rows[1:], rows[2:])) if t > 0)
-    return steps[len(steps) // 2] if steps else None
+    """Seconds per iteration over metrics rows (header first): the wall time from the first row
+    to the last over the iterations between them (wall_time_s runs on across a resume), so the
+    iterations that also evaluate or checkpoint count at their length."""
+    if len(rows) < 3:
+        return None
+    it, wall = rows[0].index("iteration"), rows[0].index("wall_time_s")
+    iterations = int(rows[-1][it]) - int(rows[1][it])
+    return (float(rows[-1][wall]) - float(rows[1][wall])) / iterations if iterations > 0 else None
 
 
-def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[int, int], tuple[float, float]]:
-    """{(B, members): (fastest, slowest) seconds per iteration} over the sweep's finished
-    populations of that shape, each over its first 50 iterations, while every member still ran."""
-    paces: dict[tuple[int, int], list[float]] = defaultdict(list)
+def _family(env_id: str) -> str:
+    from rlscale.envs import family_for
+
+    family = family_for(env_id)
+    return family.name if family else env_id
+
+
+def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, int], tuple[float, float]]:
+    """{(env family, B, members): (fastest, slowest) seconds per iteration} over the sweep's
+    finished populations of that shape, each its longest member's over its whole run."""
+    longest: dict[str, dict] = {}  # per population, the member that ran the most iterations
     for r in recs:
         pop = r.get("population")
-        if r.get("status") == "completed" and pop and pop["first"] == r["trial_id"]:
-            path = sweep_dir / "trials" / r["trial_id"] / "metrics.csv"
-            pace = _pace(_rows(path, 51, first=True)) if path.is_file() else None
-            if pace:
-                paces[int(r["env_steps_per_iteration"]), int(pop["members"])].append(pace)
+        if r.get("status") == "completed" and pop and (r.get("iterations") or 0) >= (longest.get(pop["first"], {}).get("iterations") or 0):
+            longest[pop["first"]] = r
+    paces: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    for r in longest.values():
+        pace = _pace(_rows(sweep_dir / "trials" / r["trial_id"] / "metrics.csv"))
+        if pace:
+            paces[_family(r["env_id"]), int(r["env_steps_per_iteration"]), int(r["population"]["members"])].append(pace)
     return {k: (min(v), max(v)) for k, v in paces.items()}
+
+
+def _budget(trial_dir: Path, rec: dict) -> int | None:
+    """The trial's total_env_steps: the sweep's override, else its config.yaml's."""
+    value = next((o.split("=", 1)[1] for o in rec.get("overrides") or [] if o.startswith("total_env_steps=")), None)
+    if value is None and (trial_dir / "config.yaml").is_file():
+        import yaml
+
+        value = (yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}).get("total_env_steps")
+    return int(value) if value is not None else None
 
 
 def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
@@ -98,25 +125,28 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
                                                  "pace_from": None})
         cell["trials"] += 1
         trial_dir = sweep_dir / "trials" / r["trial_id"]
-        budget = next((o.split("=", 1)[1] for o in r.get("overrides") or [] if o.startswith("total_env_steps=")), None)
-        cell["budget"] = -(-int(budget) // b) if budget else cell["budget"]
-        if not (trial_dir / "metrics.csv").is_file():
-            continue
+        budget = _budget(trial_dir, r)
+        cell["budget"] = -(-budget // b) if budget else cell["budget"]
         rows = _rows(trial_dir / "metrics.csv", 51)
         if len(rows) < 2:
             continue
-        iteration = int(rows[-1][rows[0].index("iteration")])
-        pace = _pace(rows)
-        if iteration >= cell["iteration"]:
+        iteration, pace = int(rows[-1][rows[0].index("iteration")]), _pace(rows)
+        if iteration > cell["iteration"] or (iteration == cell["iteration"] and pace and not cell["seconds_per_iteration"]):
             cell["iteration"], cell["seconds_per_iteration"] = iteration, (pace, pace) if pace else None
             cell["pace_from"] = "its own iterations" if pace else None
     others = finished_paces(sweep_dir, recs)
-    for (_, b), cell in out.items():
-        if cell["seconds_per_iteration"] is None and (b, cell["trials"]) in others:
-            cell["seconds_per_iteration"], cell["pace_from"] = others[b, cell["trials"]], "finished populations of this shape"
+    for (env, b), cell in out.items():
+        shape = (_family(env), b, cell["trials"])
+        if cell["seconds_per_iteration"] is None and shape in others:
+            cell["seconds_per_iteration"], cell["pace_from"] = others[shape], "finished populations of this family, B and size"
         pace, budget = cell["seconds_per_iteration"], cell["budget"]
-        cell["hours_left"] = tuple((budget - cell["iteration"]) * p / 3600 for p in pace) if pace and budget else None
+        cell["hours_left"] = tuple(max(0, budget - cell["iteration"]) * p / 3600 for p in pace) if pace and budget else None
     return out
+
+
+def _pair(pair: tuple | None, f: str) -> str:
+    """A (low, high) pair as one number where they agree, else low-high; '-' for None."""
+    return "-" if pair is None else "-".join(dict.fromkeys(format(x, f) for x in pair))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,17 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal: {total / 3600:.2f} population hours over {len(per_env)} envs")
     if args.remaining:
         left = remaining(args.sweep_dir, recs)
-        def num(pair, f: str) -> str:  # a (low, high) pair: one number where they agree
-            return "-" if pair is None else "-".join(dict.fromkeys(format(x, f) for x in pair))
         print("\n| env | B | pending trials | iteration | of (budget) | s per iteration | pace from | hours left (at most) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for (env, b), c in sorted(left.items()):
             print(f"| {env} | {b} | {c['trials']} | {c['iteration']} | {c['budget'] or '-'} "
-                  f"| {num(c['seconds_per_iteration'], '.2f')} | {c['pace_from'] or '-'} | {num(c['hours_left'], '.2f')} |")
+                  f"| {_pair(c['seconds_per_iteration'], '.2f')} | {c['pace_from'] or '-'} | {_pair(c['hours_left'], '.2f')} |")
         known = [c["hours_left"] for c in left.values() if c["hours_left"] is not None]
-        total = (sum(h[0] for h in known), sum(h[1] for h in known))
-        print(f"\nleft: {num(total, '.2f')} population hours at most over {len(known)} cells; "
-              f"{len(left) - len(known)} cells without a pace")
+        hours = (sum(h[0] for h in known), sum(h[1] for h in known))
+        print(f"\nleft: {_pair(hours, '.2f')} population hours at most over {len(known)} cells; "
+              f"{len(left) - len(known)} cells without a pace or budget")
     return 0
 
 

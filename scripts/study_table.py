@@ -106,6 +106,14 @@ def _range(values: list[float]) -> str:
     return _num(lo) if _num(lo) == _num(hi) else f"{_num(lo)}-{_num(hi)}"
 
 
+def too_few(es: list[dict]) -> str:
+    """How many of an env's targets too few of its finished batch sizes reached for a fit; '-'
+    while none of its batch sizes has finished (every target is then 'too few' by default)."""
+    if not any(e.get("batch_sizes_swept") for e in es):
+        return "-"
+    return f"{sum(e['status'] == 'too_few_batch_sizes' for e in es)} of {len(es)}"
+
+
 def print_by_env(a: dict, variant: str) -> None:
     """One line per env for one noise-scale variant: its points with a fitted B_crit and that
     B_simple (`noise_scale_claim`'s), their B_crit, B_simple and ratio ranges, how many ratios lie
@@ -129,7 +137,7 @@ def print_by_env(a: dict, variant: str) -> None:
                           if e["status"] == "b_crit_above_range" and variant_b_simple(e, variant)) or "-"
         print(f"| {env} | {c['n_points']} | {' | '.join(cells)} | {n_in} of {c['n_points']} "
               f"| {sum(bool(e.get('b_crit_ci_unbounded')) for e in pts)} of {c['n_points']} | {lower} "
-              f"| {sum(e['status'] == 'too_few_batch_sizes' for e in es)} of {len(es)} |")
+              f"| {too_few(es)} |")
     print_pending(a)
     print(claim_line(noise_scale_claim(a["entries"], within, variant), f", {variant}"))
 

@@ -765,3 +765,12 @@ def test_pooled_b_simple_has_no_interval_from_one_seed_per_batch_size(tmp_path):
     _noise_trial(sweep, 128, 1, 1, g=[5.0], t=[25.0])
     pooled = analyze(sweep, wandb_mode="disabled", make_report=False)["entries"][0]["b_simple_variants"]["combined"]["pooled"]
     assert pooled["b_simple"] == pytest.approx((2 * 40 / 3 + 2 * 25 / 5) / 2) and pooled["b_simple_ci"] is None
+
+
+def test_figure_labels_a_target_by_its_fraction_of_the_way_to_the_reference():
+    from rlscale.report import _target_label
+
+    refs = {"references": {"A": {"reference_score": -100.0, "random_score": -500.0}}}
+    assert _target_label(refs, {"env_id": "A", "target": -400.0}) == "25%"  # negative scores too
+    assert _target_label(refs, {"env_id": "A", "target": -140.0}) == "90%"
+    assert _target_label(refs, {"env_id": "B", "target": 141.35}) == "141"  # no reference: the target itself

@@ -56,7 +56,7 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
                 "b_crit_ci": [1, 2], "b_simple": b_simple, "b_simple_ci": [1, 2], "ratio": b_crit / b_simple, "n_batch_sizes": 3,
                 "batch_sizes_swept": [1, 2, 3], "best_configs": [], "b_crit_lower_bound": 3.0}
     entries = [entry("A", 100, 50), entry("A", 200, 100), entry("A", 400, 200), entry("B", 1000, 10), entry("B", 5, 1, "b_crit_above_range"),
-               entry("D", 1, 1, "too_few_batch_sizes")]
+               entry("D", 1, 1, "too_few_batch_sizes"), {**entry("F", 1, 1, "too_few_batch_sizes"), "batch_sizes_swept": []}]
     entries[1].update(b_crit_ci=[150, 3.5e16], b_crit_ci_unbounded=True)  # resamples beyond the batches swept
     from rlscale.analysis import noise_scale_claim
 
@@ -83,6 +83,7 @@ def test_study_table_recomputes_the_claim_over_the_chosen_envs(tmp_path):
     assert "| B | 1 | 1000 | 10 | 100 | 0 of 1 | 0 of 1 | > 3 | 0 of 2 |" in by_env
     # an env without any point or bound is listed too, with its targets that too few B reached
     assert "| D | 0 | - | - | - | 0 of 0 | 0 of 0 | - | 1 of 1 |" in by_env
+    assert "| F | 0 | - | - | - | 0 of 0 | 0 of 0 | - | - |" in by_env  # nothing finished yet
     assert by_env[-1].startswith("Claim (B_crit ~ B_simple, combined): 4 points over 2 envs") and "fraction within x3: 0.75;" in by_env[-1]
     only_b = run("--by-env", "--envs", "B").stdout.splitlines()
     assert not any(line.startswith("| A |") for line in only_b) and "fraction within x3: 0;" in only_b[-1]
@@ -265,43 +266,52 @@ def test_noise_vs_lr_separates_the_batch_size_and_learning_rate_slopes(tmp_path)
 def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
     cost = _script("study_cost")
 
-    def trial(tid, B, status="pending", lr_rule="grid", walls=None, population=None):
+    def trial(tid, B, status="pending", lr_rule="grid", walls=None, population=None, budget=1000, extra=""):
         d = tmp_path / "trials" / tid
         d.mkdir(parents=True)
-        rec = {**_rec(tid, B, lr_rule=lr_rule, status=status), "overrides": ["seed=1", "total_env_steps=1000"]}
+        rec = {**_rec(tid, B, lr_rule=lr_rule, status=status), "overrides": ["seed=1", *([f"total_env_steps={budget}"] if budget else [])],
+               "iterations": len(walls or [])}
         if population:
             rec["population"] = population
         (d / "trial.json").write_text(json.dumps(rec))
         if walls is not None:  # iterations 1.. with these cumulative wall times
             rows = [f"{i + 1},{i + 1},{w}" for i, w in enumerate(walls)]
-            (d / "metrics.csv").write_text("\n".join(["iteration,env_steps,wall_time_s", *rows]) + "\n")
+            (d / "metrics.csv").write_text("\n".join(["iteration,env_steps,wall_time_s", *rows]) + "\n" + extra)
         return rec
 
+    two = {"first": "p", "members": 2}
     recs = [trial("a", 100, walls=[1, 3, 5, 7, 9]),  # 5 of 10 iterations
             trial("b", 100, walls=[10, 12, 14, 16]),
-            # the furthest member sets the cell's iteration and pace: 7, and the median of its steps
-            # (1, 0.5, 3, 2, 2 s; the resume's clock restart left out), 2 s
-            trial("c", 100, walls=[1, 2, 2.5, 0.5, 3.5, 5.5, 7.5]),
+            # the furthest member sets the cell's iteration and pace: 7, and (16 - 1) s over its 6
+            # iterations, the last one's checkpoint included: 2.5 s; a half-written line is left out
+            trial("c", 100, walls=[1, 3, 5, 7, 9, 11, 16], extra="8,8"),
             # not started: budget ceil(1000 / 300) = 4 iterations, the pace of the finished
-            # populations of B = 300 and 2 members (4 and 6 s), none for B = 500
+            # populations of this env family, B = 300 and 2 members, each its longest member's
+            # (4 and 6 s; p's shorter member p1 is not read), none for B = 500
             trial("d", 300), trial("d2", 300), trial("x", 500),
-            trial("p", 300, status="completed", walls=[4, 8, 12], population={"first": "p", "members": 2}),
-            trial("p2", 300, status="completed", walls=[6, 12], population={"first": "p2", "members": 2}),
-            trial("q", 300, status="completed", walls=[1, 2], population={"first": "q", "members": 3}),  # another size
+            trial("p", 300, status="completed", walls=[4, 8, 12], population=two),
+            trial("p1", 300, status="completed", walls=[1, 100], population=two),
+            trial("p2", 300, status="completed", walls=[6, 12, 18], population={"first": "p2", "members": 2}),
+            trial("q", 300, status="completed", walls=[1, 2, 3], population={"first": "q", "members": 3}),  # another size
+            # no budget in its overrides: its config.yaml's, 1400 env steps = 2 iterations at 700
+            trial("g", 700, budget=None, walls=[1, 2, 4]),
             trial("e", 100, status="completed", walls=[1, 2]), trial("f", 100, lr_rule="adaptive", walls=[1])]
+    (tmp_path / "trials" / "g" / "config.yaml").write_text("seed: 1\ntotal_env_steps: 1400\n")
     left = cost.remaining(tmp_path, recs)
-    assert left[("E", 100)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.0, 2.0),
-                                "pace_from": "its own iterations", "hours_left": (3 * 2.0 / 3600, 3 * 2.0 / 3600)}
+    assert left[("E", 100)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.5, 2.5),
+                                "pace_from": "its own iterations", "hours_left": (3 * 2.5 / 3600, 3 * 2.5 / 3600)}
     assert left[("E", 300)] == {"trials": 2, "iteration": 0, "budget": 4, "seconds_per_iteration": (4.0, 6.0),
-                                "pace_from": "finished populations of this shape", "hours_left": (4 * 4.0 / 3600, 4 * 6.0 / 3600)}
+                                "pace_from": "finished populations of this family, B and size",
+                                "hours_left": (4 * 4.0 / 3600, 4 * 6.0 / 3600)}
     assert left[("E", 500)]["seconds_per_iteration"] is None and left[("E", 500)]["hours_left"] is None
+    assert left[("E", 700)]["budget"] == 2 and left[("E", 700)]["seconds_per_iteration"] == (1.5, 1.5)
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "| E | 100 | 3 | 7 | 10 | 2.00 | its own iterations | 0.00 |" in out.stdout
-    assert "| E | 300 | 2 | 0 | 4 | 4.00-6.00 | finished populations of this shape | 0.00-0.01 |" in out.stdout
-    assert "| E | 500 | 1 | 0 | 2 | - | - | - |" in out.stdout
-    assert "left: 0.01 population hours at most over 2 cells; 1 cells without a pace" in out.stdout, out.stdout
+    assert "| E | 100 | 3 | 7 | 10 | 2.50 | its own iterations | 0.00 |" in out.stdout
+    assert "| E | 300 | 2 | 0 | 4 | 4.00-6.00 | finished populations of this family, B and size | 0.00-0.01 |" in out.stdout
+    assert "| E | 500 | 1 | 0 | 2 | - | - | - |" in out.stdout and "| E | 700 | 1 | 3 | 2 | 1.50 |" in out.stdout
+    assert "left: 0.01 population hours at most over 3 cells; 1 cells without a pace or budget" in out.stdout, out.stdout
 
 
 def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tmp_path):
@@ -320,6 +330,8 @@ def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tm
     assert claims["without each env's largest B"]["median_ratio"] == pytest.approx(exact, rel=1e-3)
     for name in ("as run", "without each env's smallest B"):  # both still fit the bent point
         assert claims[name]["n_points"] == 1 and abs(claims[name]["median_ratio"] / exact - 1) > 0.05, name
+    # ... but not the same fit: the smallest B (64) is left out of the second
+    assert abs(claims["without each env's smallest B"]["median_ratio"] / claims["as run"]["median_ratio"] - 1) > 0.01
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "claim_sensitivity.py"), str(sweep)], capture_output=True, text=True)
     assert out.returncode == 0 and "| without each env's largest B | 1 | 1 | 1 of 1 | 1.05 |" in out.stdout, out.stdout + out.stderr
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "claim_sensitivity.py"), str(tmp_path / "nowhere")],
