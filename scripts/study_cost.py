@@ -12,17 +12,24 @@ machine's cores, not core-seconds of an idle machine.
 
 `--remaining` adds what the pending trials still have to run, per (env, B): the iteration their
 population has reached (its members run in step), the iterations of their budget, the recent
-seconds per iteration (over its last 50, evaluations and checkpoints included) and the hours
-left at that pace if no member is pruned. A cell not started yet takes the range of paces of
-the sweep's finished populations of its env family, B and size (the learner's update, the same
-at one B and network, sets most of an iteration's time); without one it has none. Paces are
-wall-clock under whatever shared the cores.
+seconds per iteration of training (over its last 50 iterations, checkpoints included,
+evaluations left out), the seconds per evaluation (its evaluations among those iterations) and
+the hours left at that pace if no member is pruned: the iterations left at the training pace
+plus the evaluations left (every `eval.interval` iterations) at the evaluation pace. The two are
+apart because an evaluation plays whole episodes, whose length depends on the policies and not
+on B: a population whose worst members play long games spends most of its time evaluating. A
+cell not started yet takes the range of training paces of the sweep's finished populations of
+its env family, B and size (the learner's update, the same at one B and network, sets most of
+an iteration's time), and the range of evaluation paces of its own env's other pending cells,
+else of those finished populations; without one it has none. Paces are wall-clock under
+whatever shared the cores, so the hours are an estimate for planning.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -68,15 +75,36 @@ def _rows(path: Path, n: int = 0) -> list[list[str]]:
     return [header, *rows[-n:]] if n else [header, *rows]
 
 
-def _pace(rows: list[list[str]]) -> float | None:
-    """Seconds per iteration over metrics rows (header first): the wall time from the first row
-    to the last over the iterations between them (wall_time_s runs on across a resume), so the
-    iterations that also evaluate or checkpoint count at their length."""
+def _pace(rows: list[list[str]], others: list[list[list[str]]] = ()) -> tuple[float, float, float | None] | None:
+    """(seconds per iteration, seconds per iteration of training, seconds per evaluation or
+    None) from a population's metrics rows (header first): `rows` its furthest member's,
+    `others` the other members'. The first is the wall time from the first row to the last
+    (wall_time_s runs on across a resume) over the iterations between them, so the iterations
+    that evaluate or checkpoint count at their length. Training is the median time of one
+    iteration. An evaluation takes the time of its `time/eval_s`, the mean over every member's
+    evaluations, one per (iteration, time): members that a stop caught at different checkpoints
+    run on at different iterations and evaluate apart, and each member's wall_time_s then has
+    its own offset, so the members' rows are not matched by time."""
     if len(rows) < 3:
         return None
     it, wall = rows[0].index("iteration"), rows[0].index("wall_time_s")
     iterations = int(rows[-1][it]) - int(rows[1][it])
-    return (float(rows[-1][wall]) - float(rows[1][wall])) / iterations if iterations > 0 else None
+    if iterations <= 0:
+        return None
+    steps = [(float(b[wall]) - float(a[wall])) / (int(b[it]) - int(a[it]))
+                   for a, b in zip(rows[1:], rows[2:]) if int(b[it]) > int(a[it])]
+    events = set()
+    for member in [rows, *others]:
+        if len(member) > 1 and "time/eval_s" in member[0]:
+            mi, ev = member[0].index("iteration"), member[0].index("time/eval_s")
+            events |= {(r[mi], float(r[ev])) for r in member[1:] if r[ev] and float(r[ev]) > 0}
+    evals = [seconds for _, seconds in events]
+    return ((float(rows[-1][wall]) - float(rows[1][wall])) / iterations, statistics.median(steps),
+            sum(evals) / len(evals) if evals else None)
+
+
+def _span(values: list[float]) -> tuple[float, float] | None:
+    return (min(values), max(values)) if values else None
 
 
 def _family(env_id: str) -> str:
@@ -86,20 +114,25 @@ def _family(env_id: str) -> str:
     return family.name if family else env_id
 
 
-def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, int], tuple[float, float]]:
-    """{(env family, B, members): (fastest, slowest) seconds per iteration} over the sweep's
-    finished populations of that shape, each its longest member's over its whole run."""
+def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, int], tuple[tuple | None, tuple | None]]:
+    """{(env family, B, members): ((fastest, slowest) seconds per iteration of training,
+    (fastest, slowest) seconds per evaluation or None)} over the sweep's finished populations of
+    that shape, each its longest member's over its whole run."""
     longest: dict[str, dict] = {}  # per population, the member that ran the most iterations
     for r in recs:
         pop = r.get("population")
         if r.get("status") == "completed" and pop and (r.get("iterations") or 0) >= (longest.get(pop["first"], {}).get("iterations") or 0):
             longest[pop["first"]] = r
-    paces: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    paces: dict[tuple[str, int, int], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     for r in longest.values():
-        pace = _pace(_rows(sweep_dir / "trials" / r["trial_id"] / "metrics.csv"))
+        members = [_rows(sweep_dir / "trials" / m["trial_id"] / "metrics.csv") for m in recs
+                   if (m.get("population") or {}).get("first") == r["population"]["first"] and m is not r]
+        pace = _pace(_rows(sweep_dir / "trials" / r["trial_id"] / "metrics.csv"), members)
         if pace:
-            paces[_family(r["env_id"]), int(r["env_steps_per_iteration"]), int(r["population"]["members"])].append(pace)
-    return {k: (min(v), max(v)) for k, v in paces.items()}
+            train, evals = paces[_family(r["env_id"]), int(r["env_steps_per_iteration"]), int(r["population"]["members"])]
+            train.append(pace[1])
+            evals.extend([pace[2]] if pace[2] is not None else [])
+    return {k: (_span(train), _span(evals)) for k, (train, evals) in paces.items()}
 
 
 def _budget(trial_dir: Path, rec: dict) -> int | None:
@@ -112,35 +145,65 @@ def _budget(trial_dir: Path, rec: dict) -> int | None:
     return int(value) if value is not None else None
 
 
+def _eval_interval(trial_dir: Path, rec: dict) -> int:
+    """The trial's eval.interval in iterations (the sweep's override, else its config.yaml's;
+    0: it does not evaluate)."""
+    value = next((o.split("=", 1)[1] for o in rec.get("overrides") or [] if o.startswith("eval.interval=")), None)
+    if value is None and (trial_dir / "config.yaml").is_file():
+        import yaml
+
+        value = ((yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}).get("eval") or {}).get("interval")
+    return int(value or 0)
+
+
 def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
-    """{(env, B): {"trials", "iteration", "budget", "seconds_per_iteration", "pace_from", "hours_left"}}
-    over the pending fixed-B trials (see the module docstring). The pace and the hours are
-    (low, high) pairs, equal for a running cell; None where unknown."""
+    """{(env, B): {"trials", "iteration", "budget", "seconds_per_iteration", "seconds_per_evaluation",
+    "evaluations_left", "pace_from", "hours_left"}} over the pending fixed-B trials (see the
+    module docstring). Paces and hours are (low, high) pairs, equal for a running cell; None
+    where unknown."""
     out: dict[tuple, dict] = {}
     for r in recs:
         if r.get("status") != "pending" or r.get("lr_rule") == "adaptive":
             continue
         b = int(r["env_steps_per_iteration"])
         cell = out.setdefault((r["env_id"], b), {"trials": 0, "iteration": 0, "budget": None, "seconds_per_iteration": None,
-                                                 "pace_from": None})
+                                                 "seconds_per_evaluation": None, "eval_interval": 0, "pace_from": None})
         cell["trials"] += 1
         trial_dir = sweep_dir / "trials" / r["trial_id"]
         budget = _budget(trial_dir, r)
         cell["budget"] = -(-budget // b) if budget else cell["budget"]
+        cell["eval_interval"] = _eval_interval(trial_dir, r) or cell["eval_interval"]
         rows = _rows(trial_dir / "metrics.csv", 51)
         if len(rows) < 2:
             continue
-        iteration, pace = int(rows[-1][rows[0].index("iteration")]), _pace(rows)
-        if iteration > cell["iteration"] or (iteration == cell["iteration"] and pace and not cell["seconds_per_iteration"]):
-            cell["iteration"], cell["seconds_per_iteration"] = iteration, (pace, pace) if pace else None
-            cell["pace_from"] = "its own iterations" if pace else None
+        cell.setdefault("rows", []).append(rows)
+    for cell in out.values():  # the furthest member's last iterations, every member's evaluations
+        members = sorted(cell.pop("rows", []), key=lambda rows: int(rows[-1][rows[0].index("iteration")]))
+        pace = _pace(members[-1], members[:-1]) if members else None
+        cell["iteration"] = int(members[-1][-1][members[-1][0].index("iteration")]) if members else 0
+        if pace:
+            cell["total_seconds_per_iteration"] = pace[0]
+            cell["seconds_per_iteration"] = (pace[1], pace[1])
+            cell["seconds_per_evaluation"] = (pace[2], pace[2]) if pace[2] is not None else None
+            cell["pace_from"] = "its own iterations"
     others = finished_paces(sweep_dir, recs)
     for (env, b), cell in out.items():
         shape = (_family(env), b, cell["trials"])
         if cell["seconds_per_iteration"] is None and shape in others:
-            cell["seconds_per_iteration"], cell["pace_from"] = others[shape], "finished populations of this family, B and size"
-        pace, budget = cell["seconds_per_iteration"], cell["budget"]
-        cell["hours_left"] = tuple(max(0, budget - cell["iteration"]) * p / 3600 for p in pace) if pace and budget else None
+            cell["seconds_per_iteration"], cell["pace_from"] = others[shape][0], "finished populations of this family, B and size"
+            same_env = [x for (e, _), c in out.items() if e == env and c["pace_from"] == "its own iterations"
+                        for x in c["seconds_per_evaluation"] or ()]
+            cell["seconds_per_evaluation"] = _span(same_env) or others[shape][1]
+        pace, budget, interval = cell["seconds_per_iteration"], cell["budget"], cell.pop("eval_interval")
+        cell["evaluations_left"] = budget // interval - cell["iteration"] // interval if interval and budget else 0
+        left = max(0, budget - cell["iteration"]) if budget else 0
+        total = cell.pop("total_seconds_per_iteration", None)
+        if total is not None:  # running: at its own pace, its evaluations as they fall
+            cell["hours_left"] = (left * total / 3600,) * 2 if budget else None
+        else:
+            evals = cell["seconds_per_evaluation"] or (0.0, 0.0)
+            cell["hours_left"] = (tuple((left * p + cell["evaluations_left"] * e) / 3600 for p, e in zip(pace, evals))
+                                  if pace and budget else None)
     return out
 
 
@@ -186,14 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal: {total / 3600:.2f} population hours over {len(per_env)} envs")
     if args.remaining:
         left = remaining(args.sweep_dir, recs)
-        print("\n| env | B | pending trials | iteration | of (budget) | s per iteration | pace from | hours left (at most) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| env | B | pending trials | iteration | of (budget) | s per iteration (training) | evaluations left "
+              "| s per evaluation | pace from | hours left (no pruning) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for (env, b), c in sorted(left.items()):
             print(f"| {env} | {b} | {c['trials']} | {c['iteration']} | {c['budget'] or '-'} "
-                  f"| {_pair(c['seconds_per_iteration'], '.2f')} | {c['pace_from'] or '-'} | {_pair(c['hours_left'], '.2f')} |")
+                  f"| {_pair(c['seconds_per_iteration'], '.2f')} | {c['evaluations_left']} | {_pair(c['seconds_per_evaluation'], '.1f')} "
+                  f"| {c['pace_from'] or '-'} | {_pair(c['hours_left'], '.2f')} |")
         known = [c["hours_left"] for c in left.values() if c["hours_left"] is not None]
         hours = (sum(h[0] for h in known), sum(h[1] for h in known))
-        print(f"\nleft: {_pair(hours, '.2f')} population hours at most over {len(known)} cells; "
+        print(f"\nleft: {_pair(hours, '.2f')} population hours if no member is pruned, over {len(known)} cells; "
               f"{len(left) - len(known)} cells without a pace or budget")
     return 0
 

@@ -298,9 +298,12 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
             trial("e", 100, status="completed", walls=[1, 2]), trial("f", 100, lr_rule="adaptive", walls=[1])]
     (tmp_path / "trials" / "g" / "config.yaml").write_text("seed: 1\ntotal_env_steps: 1400\n")
     left = cost.remaining(tmp_path, recs)
-    assert left[("E", 100)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.5, 2.5),
+    # c's training is the median of its iterations (2 s), its hours its whole pace's
+    assert left[("E", 100)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.0, 2.0),
+                                "seconds_per_evaluation": None, "evaluations_left": 0,
                                 "pace_from": "its own iterations", "hours_left": (3 * 2.5 / 3600, 3 * 2.5 / 3600)}
     assert left[("E", 300)] == {"trials": 2, "iteration": 0, "budget": 4, "seconds_per_iteration": (4.0, 6.0),
+                                "seconds_per_evaluation": None, "evaluations_left": 0,
                                 "pace_from": "finished populations of this family, B and size",
                                 "hours_left": (4 * 4.0 / 3600, 4 * 6.0 / 3600)}
     assert left[("E", 500)]["seconds_per_iteration"] is None and left[("E", 500)]["hours_left"] is None
@@ -308,10 +311,49 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "| E | 100 | 3 | 7 | 10 | 2.50 | its own iterations | 0.00 |" in out.stdout
-    assert "| E | 300 | 2 | 0 | 4 | 4.00-6.00 | finished populations of this family, B and size | 0.00-0.01 |" in out.stdout
-    assert "| E | 500 | 1 | 0 | 2 | - | - | - |" in out.stdout and "| E | 700 | 1 | 3 | 2 | 1.50 |" in out.stdout
-    assert "left: 0.01 population hours at most over 3 cells; 1 cells without a pace or budget" in out.stdout, out.stdout
+    assert "| E | 100 | 3 | 7 | 10 | 2.00 | 0 | - | its own iterations | 0.00 |" in out.stdout
+    assert "| E | 300 | 2 | 0 | 4 | 4.00-6.00 | 0 | - | finished populations of this family, B and size | 0.00-0.01 |" in out.stdout
+    assert "| E | 500 | 1 | 0 | 2 | - | 0 | - | - | - |" in out.stdout and "| E | 700 | 1 | 3 | 2 | 1.50 |" in out.stdout
+    assert "left: 0.01 population hours if no member is pruned, over 3 cells; 1 cells without a pace or budget" in out.stdout, out.stdout
+
+
+def test_study_cost_counts_evaluations_apart_from_training(tmp_path):
+    """Evaluations take the time their rows say, once per (iteration, time) over every member
+    of a population, whose members may evaluate at different iterations and whose wall clocks
+    may be offset; a cell not started takes its env's running cells' evaluation pace."""
+    cost = _script("study_cost")
+    header = "iteration,wall_time_s,time/eval_s"
+
+    def trial(tid, B, rows, status="pending", population=None, overrides=("total_env_steps=2000", "eval.interval=4")):
+        d = tmp_path / "trials" / tid
+        d.mkdir(parents=True)
+        rec = {**_rec(tid, B, status=status), "overrides": list(overrides), "iterations": len(rows)}
+        if population:
+            rec["population"] = population
+        (d / "trial.json").write_text(json.dumps(rec))
+        (d / "metrics.csv").write_text("\n".join([header, *(",".join(map(str, r)) for r in rows)]) + "\n")
+        return rec
+
+    # a running population at B = 100 (20 iterations of budget), members 4 iterations apart:
+    # a evaluates at 4 and 8 (30 s, 10 s), b (its clock 100 s behind) at 4 (20 s); training 1 s
+    a = [(1, 1, ""), (2, 2, ""), (3, 3, ""), (4, 4, 30), (5, 35, ""), (6, 36, ""), (7, 37, ""), (8, 38, 10), (9, 49, "")]
+    b = [(1, -99, ""), (2, -98, ""), (3, -97, ""), (4, -96, 20), (5, -75, "")]
+    recs = [trial("a", 100, a), trial("b", 100, b),
+            # not started at B = 200: 10 iterations, 2 evaluations; a finished population's training pace
+            trial("n", 200, []),
+            trial("p", 200, [(1, 5, ""), (2, 10, ""), (3, 15, 100), (4, 120, "")], status="completed",
+                  population={"first": "p", "members": 1}, overrides=("total_env_steps=800",)),
+            trial("n2", 400, [], overrides=("total_env_steps=2000",)),  # no eval.interval, not started, no pace
+            ]
+    left = cost.remaining(tmp_path, recs)
+    assert left[("E", 100)] == {"trials": 2, "iteration": 9, "budget": 20, "seconds_per_iteration": (1.0, 1.0),
+                                "seconds_per_evaluation": (20.0, 20.0), "evaluations_left": 5 - 2,
+                                "pace_from": "its own iterations", "hours_left": (11 * 48 / 8 / 3600,) * 2}
+    # n: p's training (median 5 s), and E at B = 100's evaluations (20 s), not p's (100 s)
+    assert left[("E", 200)]["seconds_per_iteration"] == (5.0, 5.0)
+    assert left[("E", 200)]["seconds_per_evaluation"] == (20.0, 20.0)
+    assert left[("E", 200)]["evaluations_left"] == 2 and left[("E", 200)]["hours_left"] == ((10 * 5 + 2 * 20) / 3600,) * 2
+    assert left[("E", 400)]["evaluations_left"] == 0 and left[("E", 400)]["hours_left"] is None
 
 
 def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tmp_path):
@@ -337,3 +379,24 @@ def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tm
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "claim_sensitivity.py"), str(tmp_path / "nowhere")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_eval_lengths_replays_a_runs_evaluation_at_its_newest_checkpoint(tmp_path):
+    """A run trained alone: the replay's returns are those its own evaluation logged at that iteration."""
+    from rlscale.cli import main as rlscale_main
+    from tests.helpers import CARTPOLE
+
+    run = tmp_path / "run"
+    assert rlscale_main(["train", str(CARTPOLE), "workers.backend=local", "tracking.wandb_mode=disabled", "tracking.progress_bar=false",
+                         "total_env_steps=2048", "checkpoint_interval=3", "eval.interval=2", "eval.episodes=4", "--out", str(run)]) == 0
+    metrics = pd.read_csv(run / "metrics.csv")
+    last = int(metrics["iteration"].iloc[-1])  # 8 iterations: the final checkpoint, and an evaluation
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_lengths.py"), str(run)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    row = out.stdout.splitlines()[2].split(" | ")
+    logged = metrics.loc[metrics["iteration"] == last, "eval/return_mean"].item()
+    returns = [float(x) for x in row[5].rstrip(" |").split()]
+    assert row[1] == str(last) and len(returns) == 4 and sum(returns) / 4 == pytest.approx(logged, rel=1e-9)
+    assert float(row[4]) == pytest.approx(logged, rel=5e-3) and int(row[2]) >= max(returns)  # CartPole scores 1 a step
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_lengths.py"), str(tmp_path / "empty")], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no checkpoint" in bad.stderr
