@@ -2,14 +2,15 @@
 
     python scripts/eval_lengths.py RUN_DIR [RUN_DIR ...]
 
-For each run (a trial directory of a sweep, too), replays the evaluation that the run makes at
-its newest checkpoint's iteration: its eval envs, seeds and action draws
+For each run (a trial directory of a sweep, too), plays the evaluation that the run would make
+at its newest checkpoint's iteration: its eval envs, seeds and action draws
 (`rlscale.evaluation.Evaluator`) with the checkpoint's weights. Prints per run the iteration,
-the steps until its last eval game ended, the seconds they took and the games' returns. An
+whether the run evaluated there (its `eval.interval` or `eval.env_steps` falls on it), the
+steps until its last eval game ended, the seconds they took and the games' returns. An
 evaluation lasts as long as its longest game, so a policy that survives without scoring can make
 evaluation, not training, set what a run (and a population, which waits for its slowest member)
-costs. The replay plays the standalone model: for a run trained alone it is that run's
-evaluation exactly; a population's batched forward rounds differently, so a member's replay can
+costs. The replay plays the standalone model: for a run trained alone that evaluated at that
+iteration it is that evaluation exactly; a population's batched forward rounds differently, so a member's replay can
 draw other actions than its population did.
 """
 
@@ -25,14 +26,21 @@ import torch
 
 
 def replay(run_dir: Path) -> dict:
-    """{"iteration", "steps", "seconds", "returns"} of the evaluation at the run's newest checkpoint."""
+    """{"iteration", "evaluated", "steps", "seconds", "returns"} of the evaluation at the run's newest checkpoint."""
     from rlscale import checkpoint
     from rlscale.config import load_train_config
+    from rlscale.errors import ConfigError
     from rlscale.evaluation import Evaluator
 
+    if not checkpoint.list_checkpoints(run_dir):
+        raise ConfigError(f"'{run_dir}' holds no checkpoint; pass a run directory that training wrote checkpoints to")
     path, state = checkpoint.load_latest(run_dir, warn=lambda msg: print(msg, file=sys.stderr))
     cfg = load_train_config(state["config"])
-    iteration = int(state["run"]["counters"]["iteration"])
+    if not cfg.eval.enabled:
+        raise ConfigError(f"'{run_dir}' does not evaluate (eval.interval and eval.env_steps are 0); nothing to replay")
+    counters = state["run"]["counters"]
+    iteration = int(counters["iteration"])
+    evaluated = cfg.eval.due(iteration, int(counters["env_steps_used"]), int(cfg.ppo.env_steps_per_iteration))
     evaluator = Evaluator(cfg.env, cfg.model, cfg.eval.episodes, cfg.seed)
     evaluator.policy.load_state_dict(state["learner"]["model"])
     t0, steps = time.perf_counter(), 0
@@ -44,7 +52,7 @@ def replay(run_dir: Path) -> dict:
                 steps += 1
     finally:
         evaluator.close()
-    return {"iteration": iteration, "steps": steps, "seconds": time.perf_counter() - t0, "returns": evaluator.returns()}
+    return {"iteration": iteration, "evaluated": evaluated, "steps": steps, "seconds": time.perf_counter() - t0, "returns": evaluator.returns()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,15 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     from rlscale.errors import RlscaleError
 
     torch.set_num_threads(1)
-    print("| run | iteration | steps | seconds | mean return | returns |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| run | iteration | evaluated there | steps | seconds | mean return | returns |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for run_dir in args.run_dirs:
         try:
             r = replay(run_dir)
-        except (RlscaleError, FileNotFoundError) as e:
+        except (RlscaleError, OSError, RuntimeError) as e:
             print(f"eval_lengths: {run_dir}: {e}", file=sys.stderr)
             return 2
-        print(f"| {run_dir.name} | {r['iteration']} | {r['steps']} | {r['seconds']:.1f} | {np.mean(r['returns']):.3g} "
+        print(f"| {run_dir.name} | {r['iteration']} | {'yes' if r['evaluated'] else 'no'} | {r['steps']} | {r['seconds']:.1f} | {np.mean(r['returns']):.3g} "
               f"| {' '.join(format(x, 'g') for x in r['returns'])} |", flush=True)
     return 0
 

@@ -11,18 +11,20 @@ them, so their time is a lower bound. Times are wall-clock under whatever else s
 machine's cores, not core-seconds of an idle machine.
 
 `--remaining` adds what the pending trials still have to run, per (env, B): the iteration their
-population has reached (its members run in step), the iterations of their budget, the recent
-seconds per iteration of training (over its last 50 iterations, checkpoints included,
-evaluations left out), the seconds per evaluation (its evaluations among those iterations) and
-the hours left at that pace if no member is pruned: the iterations left at the training pace
-plus the evaluations left (every `eval.interval` iterations) at the evaluation pace. The two are
-apart because an evaluation plays whole episodes, whose length depends on the policies and not
-on B: a population whose worst members play long games spends most of its time evaluating. A
-cell not started yet takes the range of training paces of the sweep's finished populations of
-its env family, B and size (the learner's update, the same at one B and network, sets most of
-an iteration's time), and the range of evaluation paces of its own env's other pending cells,
-else of those finished populations; without one it has none. Paces are wall-clock under
-whatever shared the cores, so the hours are an estimate for planning.
+population has reached (its members run in step), the iterations of their budget, the seconds
+of one iteration's training (the median over its furthest member's last 50 iterations, each
+less the evaluation it made), the seconds its evaluations take per `eval.interval` iterations
+(the sweep sets the interval) and the hours left if no member is pruned. A running cell's hours
+are its iterations left at its own recent pace, evaluations and checkpoints included. The two
+parts are apart because an evaluation plays whole episodes and lasts as long as its longest
+game, whatever B: a population whose worst members survive long without scoring spends most
+of its time evaluating. A cell not started yet takes the range of training paces of the
+sweep's finished populations of its env family, B and size (the learner's update, the same at
+one B and network, sets most of an iteration's training), and the range of evaluation paces of
+its own env's running cells, else of those finished populations; its hours are its iterations
+at the training pace plus its evaluations at the evaluation pace, and none when either is
+unknown. Members of a population that have finished (a summary.json) are not read. Paces are
+wall-clock under whatever shared the cores, so the hours are an estimate for planning.
 """
 
 from __future__ import annotations
@@ -75,32 +77,37 @@ def _rows(path: Path, n: int = 0) -> list[list[str]]:
     return [header, *rows[-n:]] if n else [header, *rows]
 
 
-def _pace(rows: list[list[str]], others: list[list[list[str]]] = ()) -> tuple[float, float, float | None] | None:
-    """(seconds per iteration, seconds per iteration of training, seconds per evaluation or
-    None) from a population's metrics rows (header first): `rows` its furthest member's,
-    `others` the other members'. The first is the wall time from the first row to the last
-    (wall_time_s runs on across a resume) over the iterations between them, so the iterations
-    that evaluate or checkpoint count at their length. Training is the median time of one
-    iteration. An evaluation takes the time of its `time/eval_s`, the mean over every member's
-    evaluations, one per (iteration, time): members that a stop caught at different checkpoints
-    run on at different iterations and evaluate apart, and each member's wall_time_s then has
-    its own offset, so the members' rows are not matched by time."""
+def _pace(rows: list[list[str]], others: list[list[list[str]]] = (), interval: int = 0) -> tuple[float, float, float | None] | None:
+    """(seconds per iteration, seconds of one iteration's training, seconds of evaluation per
+    `interval` iterations or None) from a population's metrics rows (header first): `rows` its
+    furthest member's, `others` the other members'.
+
+    The first is the wall time from the first row to the last (wall_time_s runs on across a
+    resume) over the iterations between them, evaluations and checkpoints included. A row's
+    wall_time_s is stamped before its evaluation, which so falls in the time to the next row:
+    training is the median of those times less the evaluation. Evaluation: the `time/eval_s` of
+    every member's rows, one per (iteration, seconds), summed and spread over the intervals of
+    the furthest member's rows. Members that a stop caught at different checkpoints run on at
+    different iterations and evaluate apart (each member's wall_time_s then has its own offset,
+    so rows are not matched by time), and a population in step waits for its slowest member:
+    the sum per interval is what its evaluations cost."""
     if len(rows) < 3:
         return None
     it, wall = rows[0].index("iteration"), rows[0].index("wall_time_s")
     iterations = int(rows[-1][it]) - int(rows[1][it])
     if iterations <= 0:
         return None
-    steps = [(float(b[wall]) - float(a[wall])) / (int(b[it]) - int(a[it]))
-                   for a, b in zip(rows[1:], rows[2:]) if int(b[it]) > int(a[it])]
+    ev = rows[0].index("time/eval_s") if "time/eval_s" in rows[0] else None
+    seconds = lambda r: float(r[ev]) if ev is not None and r[ev] else 0.0  # noqa: E731
+    steps = [(float(b[wall]) - float(a[wall]) - seconds(a)) / (int(b[it]) - int(a[it]))
+             for a, b in zip(rows[1:], rows[2:]) if int(b[it]) > int(a[it])]
     events = set()
     for member in [rows, *others]:
         if len(member) > 1 and "time/eval_s" in member[0]:
-            mi, ev = member[0].index("iteration"), member[0].index("time/eval_s")
-            events |= {(r[mi], float(r[ev])) for r in member[1:] if r[ev] and float(r[ev]) > 0}
-    evals = [seconds for _, seconds in events]
-    return ((float(rows[-1][wall]) - float(rows[1][wall])) / iterations, statistics.median(steps),
-            sum(evals) / len(evals) if evals else None)
+            mi, me = member[0].index("iteration"), member[0].index("time/eval_s")
+            events |= {(r[mi], float(r[me])) for r in member[1:] if r[me] and float(r[me]) > 0}
+    per_interval = sum(s for _, s in events) / max(1, round(iterations / interval)) if events and interval else None
+    return (float(rows[-1][wall]) - float(rows[1][wall])) / iterations, statistics.median(steps), per_interval
 
 
 def _span(values: list[float]) -> tuple[float, float] | None:
@@ -127,7 +134,8 @@ def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, in
     for r in longest.values():
         members = [_rows(sweep_dir / "trials" / m["trial_id"] / "metrics.csv") for m in recs
                    if (m.get("population") or {}).get("first") == r["population"]["first"] and m is not r]
-        pace = _pace(_rows(sweep_dir / "trials" / r["trial_id"] / "metrics.csv"), members)
+        trial_dir = sweep_dir / "trials" / r["trial_id"]
+        pace = _pace(_rows(trial_dir / "metrics.csv"), members, _eval_interval(trial_dir, r))
         if pace:
             train, evals = paces[_family(r["env_id"]), int(r["env_steps_per_iteration"]), int(r["population"]["members"])]
             train.append(pace[1])
@@ -174,12 +182,12 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
         cell["budget"] = -(-budget // b) if budget else cell["budget"]
         cell["eval_interval"] = _eval_interval(trial_dir, r) or cell["eval_interval"]
         rows = _rows(trial_dir / "metrics.csv", 51)
-        if len(rows) < 2:
+        if len(rows) < 2 or (trial_dir / "summary.json").is_file():  # not begun, or a member that has finished
             continue
         cell.setdefault("rows", []).append(rows)
     for cell in out.values():  # the furthest member's last iterations, every member's evaluations
         members = sorted(cell.pop("rows", []), key=lambda rows: int(rows[-1][rows[0].index("iteration")]))
-        pace = _pace(members[-1], members[:-1]) if members else None
+        pace = _pace(members[-1], members[:-1], cell["eval_interval"]) if members else None
         cell["iteration"] = int(members[-1][-1][members[-1][0].index("iteration")]) if members else 0
         if pace:
             cell["total_seconds_per_iteration"] = pace[0]
@@ -201,9 +209,9 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
         if total is not None:  # running: at its own pace, its evaluations as they fall
             cell["hours_left"] = (left * total / 3600,) * 2 if budget else None
         else:
-            evals = cell["seconds_per_evaluation"] or (0.0, 0.0)
+            evals = cell["seconds_per_evaluation"] or ((0.0, 0.0) if not cell["evaluations_left"] else None)
             cell["hours_left"] = (tuple((left * p + cell["evaluations_left"] * e) / 3600 for p, e in zip(pace, evals))
-                                  if pace and budget else None)
+                                  if pace and budget and evals else None)
     return out
 
 
@@ -250,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.remaining:
         left = remaining(args.sweep_dir, recs)
         print("\n| env | B | pending trials | iteration | of (budget) | s per iteration (training) | evaluations left "
-              "| s per evaluation | pace from | hours left (no pruning) |")
+              "| s of evaluation per interval | pace from | hours left (no pruning) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for (env, b), c in sorted(left.items()):
             print(f"| {env} | {b} | {c['trials']} | {c['iteration']} | {c['budget'] or '-'} "

@@ -318,16 +318,17 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
 
 
 def test_study_cost_counts_evaluations_apart_from_training(tmp_path):
-    """Evaluations take the time their rows say, once per (iteration, time) over every member
-    of a population, whose members may evaluate at different iterations and whose wall clocks
-    may be offset; a cell not started takes its env's running cells' evaluation pace."""
+    """A row's evaluation falls in the time to the next row; evaluations count once per
+    (iteration, seconds) over every member of a population, whose members may evaluate at
+    different iterations with offset wall clocks, spread per eval.interval; a member that has
+    finished is not read; a cell not started takes its env's running cells' evaluation pace."""
     cost = _script("study_cost")
     header = "iteration,wall_time_s,time/eval_s"
 
-    def trial(tid, B, rows, status="pending", population=None, overrides=("total_env_steps=2000", "eval.interval=4")):
+    def trial(tid, B, rows, status="pending", population=None, overrides=("total_env_steps=2000", "eval.interval=4"), env="E"):
         d = tmp_path / "trials" / tid
         d.mkdir(parents=True)
-        rec = {**_rec(tid, B, status=status), "overrides": list(overrides), "iterations": len(rows)}
+        rec = {**_rec(tid, B, status=status), "env_id": env, "overrides": list(overrides), "iterations": len(rows)}
         if population:
             rec["population"] = population
         (d / "trial.json").write_text(json.dumps(rec))
@@ -335,25 +336,32 @@ def test_study_cost_counts_evaluations_apart_from_training(tmp_path):
         return rec
 
     # a running population at B = 100 (20 iterations of budget), members 4 iterations apart:
-    # a evaluates at 4 and 8 (30 s, 10 s), b (its clock 100 s behind) at 4 (20 s); training 1 s
+    # a evaluates at 4 and 8 (30 s, 10 s), b (its clock 100 s behind) at 4 (20 s); training 1 s;
+    # c finished at iteration 4 (its 1 s evaluation is not read)
     a = [(1, 1, ""), (2, 2, ""), (3, 3, ""), (4, 4, 30), (5, 35, ""), (6, 36, ""), (7, 37, ""), (8, 38, 10), (9, 49, "")]
     b = [(1, -99, ""), (2, -98, ""), (3, -97, ""), (4, -96, 20), (5, -75, "")]
-    recs = [trial("a", 100, a), trial("b", 100, b),
+    recs = [trial("a", 100, a), trial("b", 100, b), trial("c", 100, [(1, 1, ""), (2, 2, ""), (3, 3, ""), (4, 4, 1)]),
             # not started at B = 200: 10 iterations, 2 evaluations; a finished population's training pace
             trial("n", 200, []),
             trial("p", 200, [(1, 5, ""), (2, 10, ""), (3, 15, 100), (4, 120, "")], status="completed",
                   population={"first": "p", "members": 1}, overrides=("total_env_steps=800",)),
             trial("n2", 400, [], overrides=("total_env_steps=2000",)),  # no eval.interval, not started, no pace
-            ]
+            # another env: a training pace, evaluations to make, and no evaluation pace anywhere
+            trial("m", 200, [], env="F"),
+            trial("q", 200, [(1, 5, ""), (2, 10, ""), (3, 15, "")], status="completed", env="F",
+                  population={"first": "q", "members": 1})]
+    (tmp_path / "trials" / "c" / "summary.json").write_text("{}")
     left = cost.remaining(tmp_path, recs)
-    assert left[("E", 100)] == {"trials": 2, "iteration": 9, "budget": 20, "seconds_per_iteration": (1.0, 1.0),
-                                "seconds_per_evaluation": (20.0, 20.0), "evaluations_left": 5 - 2,
+    assert left[("E", 100)] == {"trials": 3, "iteration": 9, "budget": 20, "seconds_per_iteration": (1.0, 1.0),
+                                "seconds_per_evaluation": (30.0, 30.0), "evaluations_left": 5 - 2,
                                 "pace_from": "its own iterations", "hours_left": (11 * 48 / 8 / 3600,) * 2}
-    # n: p's training (median 5 s), and E at B = 100's evaluations (20 s), not p's (100 s)
+    # n: p's training (median 5 s: its evaluation left out), and E at B = 100's evaluations (30 s), not p's
     assert left[("E", 200)]["seconds_per_iteration"] == (5.0, 5.0)
-    assert left[("E", 200)]["seconds_per_evaluation"] == (20.0, 20.0)
-    assert left[("E", 200)]["evaluations_left"] == 2 and left[("E", 200)]["hours_left"] == ((10 * 5 + 2 * 20) / 3600,) * 2
+    assert left[("E", 200)]["seconds_per_evaluation"] == (30.0, 30.0)
+    assert left[("E", 200)]["evaluations_left"] == 2 and left[("E", 200)]["hours_left"] == ((10 * 5 + 2 * 30) / 3600,) * 2
     assert left[("E", 400)]["evaluations_left"] == 0 and left[("E", 400)]["hours_left"] is None
+    assert left[("F", 200)]["seconds_per_iteration"] == (5.0, 5.0) and left[("F", 200)]["evaluations_left"] == 2
+    assert left[("F", 200)]["seconds_per_evaluation"] is None and left[("F", 200)]["hours_left"] is None
 
 
 def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tmp_path):
@@ -395,8 +403,8 @@ def test_eval_lengths_replays_a_runs_evaluation_at_its_newest_checkpoint(tmp_pat
     assert out.returncode == 0, out.stderr
     row = out.stdout.splitlines()[2].split(" | ")
     logged = metrics.loc[metrics["iteration"] == last, "eval/return_mean"].item()
-    returns = [float(x) for x in row[5].rstrip(" |").split()]
-    assert row[1] == str(last) and len(returns) == 4 and sum(returns) / 4 == pytest.approx(logged, rel=1e-9)
-    assert float(row[4]) == pytest.approx(logged, rel=5e-3) and int(row[2]) >= max(returns)  # CartPole scores 1 a step
+    returns = [float(x) for x in row[6].rstrip(" |").split()]
+    assert row[1] == str(last) and row[2] == "yes" and len(returns) == 4 and sum(returns) / 4 == pytest.approx(logged, rel=1e-9)
+    assert float(row[5]) == pytest.approx(logged, rel=5e-3) and int(row[3]) >= max(returns)  # CartPole scores 1 a step
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_lengths.py"), str(tmp_path / "empty")], capture_output=True, text=True)
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no checkpoint" in bad.stderr
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "holds no checkpoint" in bad.stderr
