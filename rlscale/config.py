@@ -194,6 +194,11 @@ class EvalConfig:
     spacing in env steps whatever B is, for runs whose B changes (ppo.batch_schedule=noise)."""
     episodes: int = 10
     """Whole episodes per evaluation, one per eval env (rlscale/evaluation.py)."""
+    max_episode_steps: int = 0
+    """Cut an evaluation game after this many env steps and score it as it stands (0 = play every
+    game to its end). Training games are not cut (env.max_episode_frames caps those). An
+    evaluation waits for its longest game, so a policy that survives without scoring (MinAtar
+    Seaquest's, at a high lr) can make one evaluation cost more than hundreds of iterations."""
 
     @property
     def enabled(self) -> bool:
@@ -442,6 +447,7 @@ def validate(cfg: TrainConfig) -> None:
     _at_least("eval.interval", cfg.eval.interval, 0, " (0 = off)")
     _at_least("eval.env_steps", cfg.eval.env_steps, 0, " (0 = off)")
     _positive("eval.episodes", cfg.eval.episodes)
+    _at_least("eval.max_episode_steps", cfg.eval.max_episode_steps, 0, " (0 = no cut)")
     _positive("tracking.progress_interval_s", cfg.tracking.progress_interval_s)
     check_env_id(e.id)
     check_device(cfg.device)

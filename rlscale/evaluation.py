@@ -10,6 +10,10 @@ dated to within ``eval.interval`` iterations whatever B is.
 The eval envs start from the same seeds at every evaluation and the actions are drawn from a
 generator seeded by (run seed, iteration): evaluations are reproducible and a resumed run
 evaluates exactly as the uninterrupted one, with no state to checkpoint.
+
+With ``eval.max_episode_steps`` a game still running after that many env steps is scored as it
+stands: an evaluation waits for its longest game, and one policy that survives without scoring
+would otherwise hold up a whole population until the game's own time limit.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ class Evaluator:
     `begin` / `advance` / `returns` let a caller act with its own forward pass (a population
     evaluates all its members at once with one batched forward per step)."""
 
-    def __init__(self, env_cfg, model_cfg, episodes: int, seed: int):
+    def __init__(self, env_cfg, model_cfg, episodes: int, seed: int, max_episode_steps: int = 0):
         self.env = make_vector_env(env_cfg, episodes, seed + EVAL_SEED_OFFSET)
+        self.max_episode_steps = max_episode_steps  # 0: every game plays to its end
         self.policy = build_model(self.env.spec, model_cfg)
         self.policy.eval()
         self.seed = seed
         self._returns: list[float | None] = []
+        self.games_cut = 0  # games of the latest evaluation cut at max_episode_steps
         self._generator = torch.Generator()
 
     def begin(self, iteration: int) -> np.ndarray:
@@ -42,6 +48,7 @@ class Evaluator:
         obs = self.env.reset()
         self.env.clear_episode_stats()  # the previous evaluation's unfinished games are gone
         self._returns = [None] * self.env.num_envs
+        self.games_cut = 0
         return obs
 
     def advance(self, logits: torch.Tensor) -> np.ndarray | None:
@@ -55,6 +62,12 @@ class Evaluator:
         for i, score in zip(ended, step.episode_returns):
             if self._returns[i] is None:
                 self._returns[i] = float(score)
+        if self.max_episode_steps:
+            scores, lengths = self.env.games_in_progress()
+            for i in np.flatnonzero(lengths >= self.max_episode_steps):
+                if self._returns[i] is None:  # cut: scored as it stands
+                    self._returns[i] = float(scores[i])
+                    self.games_cut += 1
         return None if self.done() else step.obs
 
     def done(self) -> bool:

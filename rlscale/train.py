@@ -183,7 +183,7 @@ class Run:
         self.wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, cfg.tracking.name or run_dir.name,
                            cfg.tracking.group, to_dict(cfg), resume_id=wandb_id)
         self.inflight = None  # at most one sampling request in flight
-        self.evaluator = Evaluator(cfg.env, cfg.model, cfg.eval.episodes, cfg.seed) if cfg.eval.enabled else None
+        self.evaluator = Evaluator(cfg.env, cfg.model, cfg.eval.episodes, cfg.seed, cfg.eval.max_episode_steps) if cfg.eval.enabled else None
         # the latest evaluation's mean return (a resumed run's, from its metrics up to the checkpoint)
         self.last_eval = self.table.last_value("eval/return_mean") if self.evaluator is not None else math.nan
 
@@ -311,7 +311,7 @@ class Run:
         episodes on the eval envs (or the `done` evaluation's returns and seconds), into `row`
         (nan columns otherwise). Returns it (nan when no evaluation was due)."""
         assert self.evaluator is not None
-        mean = std = math.nan
+        mean = std = cut = math.nan
         t0 = time.perf_counter()
         seconds = 0.0
         if self.eval_due(B):
@@ -321,8 +321,11 @@ class Run:
             else:
                 returns, seconds = done
             mean, std = float(np.mean(returns)), float(np.std(returns))
+            cut = float(self.evaluator.games_cut)
             self.last_eval = mean
         row.update({"eval/return_mean": mean, "eval/return_std": std, "time/eval_s": seconds})
+        if self.cfg.eval.max_episode_steps:  # how many of the evaluation's games were cut, not ended
+            row["eval/games_cut"] = cut
         return mean
 
     def save_after_error(self) -> bool:

@@ -6,7 +6,7 @@ For each run (a trial directory of a sweep, too), plays the evaluation that the 
 at its newest checkpoint's iteration: its eval envs, seeds and action draws
 (`rlscale.evaluation.Evaluator`) with the checkpoint's weights. Prints per run the iteration,
 whether the run evaluated there (its `eval.interval` or `eval.env_steps` falls on it), the
-steps until its last eval game ended, the seconds they took and the games' returns. An
+steps until its last eval game ended (or was cut: eval.max_episode_steps), the seconds they took and the games' returns. An
 evaluation lasts as long as its longest game, so a policy that survives without scoring can make
 evaluation, not training, set what a run (and a population, which waits for its slowest member)
 costs. The replay plays the standalone model: for a run trained alone that evaluated at that
@@ -41,7 +41,7 @@ def replay(run_dir: Path) -> dict:
     counters = state["run"]["counters"]
     iteration = int(counters["iteration"])
     evaluated = cfg.eval.due(iteration, int(counters["env_steps_used"]), int(cfg.ppo.env_steps_per_iteration))
-    evaluator = Evaluator(cfg.env, cfg.model, cfg.eval.episodes, cfg.seed)
+    evaluator = Evaluator(cfg.env, cfg.model, cfg.eval.episodes, cfg.seed, cfg.eval.max_episode_steps)
     evaluator.policy.load_state_dict(state["learner"]["model"])
     t0, steps = time.perf_counter(), 0
     try:

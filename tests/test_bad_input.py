@@ -46,6 +46,7 @@ CASES = [
     ("zero clip", [CP, "ppo.clip_coef=0"], "ppo.clip_coef must be positive"),
     ("sticky actions out of range", [CP, "env.repeat_action_probability=1.5"], "env.repeat_action_probability must lie in [0.0, 1.0]"),
     ("negative seed", [CP, "seed=-1"], "seed must be >= 0"),
+    ("negative evaluation cut", [CP, "eval.max_episode_steps=-5"], "eval.max_episode_steps must be >= 0 (0 = no cut)"),
     ("zero target_kl", [CP, "ppo.target_kl=0"], "ppo.target_kl must be positive"),
     ("bad batch schedule", [CP, "ppo.batch_schedule=adaptive"], "ppo.batch_schedule must be one of 'fixed'"),
     ("bad noise epochs", [CP, "noise.epochs=last"], "noise.epochs must be"),

@@ -499,3 +499,25 @@ def test_a_population_interrupted_at_its_pruning_iteration_prunes_there_on_resum
         return {t: {k: v for k, v in r.items() if k != "wall_time_s"} for t, r in s["targets"].items()}
 
     assert [untimed(s) for s in resumed] == [untimed(s) for s in whole]
+
+
+def test_a_population_cuts_each_members_evaluation_games_and_logs_how_many(tmp_path):
+    """eval.max_episode_steps in a population: each member's evaluation games stop at the cut
+    (CartPole scores 1 per step, so no mean exceeds it) and eval/games_cut counts the cut games,
+    on evaluation rows only; a member whose games all reach the cut scores exactly the cut."""
+    import pandas as pd
+
+    from rlscale.population import train_population
+
+    base = ["workers.backend=local", "total_env_steps=2048", "eval.interval=2", "eval.episodes=4", "eval.max_episode_steps=20"]
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    train_population([cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-3")], dirs, quiet=True)
+    for d in dirs:
+        m = pd.read_csv(d / "metrics.csv")
+        evals = m[m["eval/return_mean"].notna()]
+        assert len(evals) == 4 and m["eval/games_cut"].notna().tolist() == m["eval/return_mean"].notna().tolist()
+        assert (evals["eval/return_mean"] <= 20).all() and evals["eval/games_cut"].between(0, 4).all()
+        all_cut = evals["eval/games_cut"] == 4
+        assert (evals.loc[all_cut, "eval/return_mean"] == 20).all() and (evals.loc[all_cut, "eval/return_std"] == 0).all()
+    cuts = pd.concat([pd.read_csv(d / "metrics.csv")["eval/games_cut"] for d in dirs]).dropna()
+    assert cuts.sum() > 0  # the cut did act

@@ -488,6 +488,27 @@ def test_an_evaluation_is_reproducible_from_weights_and_iteration():
     assert ev.evaluate(weights, 11) != a  # another iteration draws other actions
 
 
+def test_an_evaluation_cut_scores_long_games_as_they_stand():
+    """eval.max_episode_steps: a game still running after that many steps is scored as it stands.
+    CartPole scores 1 per step, so each game's cut score is min(its full length, the cut), and
+    games that ended before the cut keep their scores; no cut (0) plays every game to its end."""
+    import torch
+
+    from rlscale.evaluation import Evaluator
+
+    cfg = cfg_for()
+    full = Evaluator(cfg.env, cfg.model, 6, seed=5)
+    torch.manual_seed(1)
+    weights = {k: torch.randn_like(v).numpy() * 0.1 for k, v in full.policy.state_dict().items()}
+    lengths = full.evaluate(weights, 7)
+    cut_at = int(sorted(lengths)[len(lengths) // 2])  # the median game: some end before, some are cut
+    assert min(lengths) < cut_at < max(lengths)
+    cut = Evaluator(cfg.env, cfg.model, 6, seed=5, max_episode_steps=cut_at)
+    assert cut.evaluate(weights, 7) == [min(x, cut_at) for x in lengths]
+    assert cut.games_cut == sum(x > cut_at for x in lengths) > 0
+    assert Evaluator(cfg.env, cfg.model, 6, seed=5, max_episode_steps=0).evaluate(weights, 7) == lengths
+
+
 def test_a_checkpoint_also_follows_wall_time_since_the_last_one(tmp_path):
     """checkpoint_interval_s: with a long iteration interval, a run still checkpoints once the
     seconds have passed (here any time at all: every iteration); 0 leaves only the iterations'."""

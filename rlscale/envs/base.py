@@ -83,6 +83,10 @@ class VecEnv:
         self._ret[:] = 0.0
         self._len[:] = 0
 
+    def games_in_progress(self) -> tuple[np.ndarray, np.ndarray]:
+        """Raw score so far and length in env steps of each env's current game."""
+        return self._ret.copy(), self._len.copy()
+
     def _track(self, raw_reward: np.ndarray, game_over: np.ndarray) -> tuple[list[float], list[int]]:
         """Add a step's raw rewards; return the scores and lengths of the games that ended."""
         self._ret += raw_reward
