@@ -25,6 +25,7 @@ import pandas as pd
 from scipy.stats import bootstrap
 
 from rlscale.errors import ConfigError
+from rlscale.tracking import metrics_path
 
 
 def predicted_gamma(b_simple: np.ndarray, batch: np.ndarray) -> float:
@@ -47,7 +48,7 @@ def adaptive_point(run_dir: Path, target: float, s_min: float, e_min: float) -> 
     run_dir = Path(run_dir)
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
-        metrics = pd.read_csv(run_dir / "metrics.csv")
+        metrics = pd.read_csv(metrics_path(run_dir))
     except FileNotFoundError as e:
         raise ConfigError(f"'{run_dir}' is not a finished rlscale run ({Path(e.filename).name} missing)") from None
     rec = summary["targets"].get(f"{float(target)}")

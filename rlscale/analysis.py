@@ -36,6 +36,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from rlscale.errors import ConfigError
+from rlscale.tracking import metrics_path
 from rlscale.units import UNITS  # shared with rlscale.report; still importable from here
 from rlscale.util import atomic_write_json, atomic_write_text, to_jsonable
 
@@ -380,7 +381,8 @@ _NOISE_PREFIX = {"combined": "noise/", "adam": "noise/adam_", "policy": "noise/p
 
 
 class NoiseHistories:
-    """Each trial's per-update (|G|^2, tr(Sigma)) estimates, read from its metrics.csv once."""
+    """Each trial's per-update (|G|^2, tr(Sigma)) estimates, read from its metrics.csv (or the
+    metrics.csv.gz of a clone) once."""
 
     def __init__(self, sweep_dir: str | os.PathLike):
         self.sweep_dir = Path(sweep_dir)
@@ -391,7 +393,7 @@ class NoiseHistories:
         if trial_id not in self._tables:
             wanted = {"iteration"} | {f"{p}{k}" for p in _NOISE_PREFIX.values() for k in ("grad_sq", "trace_cov")}
             try:
-                self._tables[trial_id] = pd.read_csv(self.trials / trial_id / "metrics.csv", usecols=lambda c: c in wanted)
+                self._tables[trial_id] = pd.read_csv(metrics_path(self.trials / trial_id), usecols=lambda c: c in wanted)
             except (OSError, ValueError, pd.errors.EmptyDataError):
                 self._tables[trial_id] = None
         return self._tables[trial_id]

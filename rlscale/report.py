@@ -22,6 +22,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rlscale.tracking import metrics_path
 from rlscale.units import UNITS
 from rlscale.util import atomic_write_bytes, atomic_write_text
 
@@ -141,10 +142,10 @@ def plot_noise_over_training(sweep_dir: Path, table: pd.DataFrame, path: Path) -
         for color, b in zip(_colors(len(sizes)), sizes):
             label: str | None = f"B = {b:g} env steps/iter"
             for trial_id in env_trials.loc[env_trials["B"] == b, "trial_id"]:
-                metrics_path = sweep_dir / "trials" / str(trial_id) / "metrics.csv"
-                if not metrics_path.exists():
+                table_path = metrics_path(sweep_dir / "trials" / str(trial_id))
+                if not table_path.exists():
                     continue
-                metrics = _read_csv(metrics_path)
+                metrics = _read_csv(table_path)
                 if NOISE_COLUMN not in metrics or "env_steps" not in metrics:
                     continue
                 m = metrics[["env_steps", NOISE_COLUMN]].apply(pd.to_numeric, errors="coerce")
@@ -343,7 +344,7 @@ def plot_batch_over_training(runs: list[Path], path: Path, title: str = "") -> P
     fig, axes = _new_figure(len(by_env), panel_size=(5.0, 3.6))
     for ax, (env, env_runs) in zip(axes, sorted(by_env.items())):
         for k, (run, summary) in enumerate(env_runs):
-            m = pd.read_csv(run / "metrics.csv")
+            m = pd.read_csv(metrics_path(run))
             color = f"C{k % 10}"
             ax.plot(m["iteration"], m["env_steps_per_iteration"], "-", color=color, lw=1.2, label=f"seed {summary.get('seed', k)}")
             ax.plot(m["iteration"], m["noise/b_simple_ema"] * summary["num_minibatches"], ":", color=color, lw=1)

@@ -4,11 +4,17 @@ W&B is offline by default (runs land under RUN_DIR/wandb and can be uploaded lat
 ``wandb sync``); ``tracking.wandb_mode=disabled`` switches it off. The table is appended row
 by row and rewritten only when a new column first appears, so a crash loses at most the
 iteration in flight.
+
+A finished run also keeps its table gzipped (``metrics.csv.gz``, byte for byte the same for the
+same table): a study's records keep that copy in git (its ``metrics.csv`` files are ignored for
+their size), so an analysis can be rerun from a clone; readers take ``metrics_path``, which
+falls back to it, and a run resumed where only the copy is left starts from it.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 import os
 import sys
@@ -16,13 +22,41 @@ import time
 from pathlib import Path
 from typing import Literal, cast
 
-from rlscale.util import atomic_write_text
+from rlscale.util import atomic_write_bytes, atomic_write_text
+
+METRICS = "metrics.csv"
+PACKED_METRICS = "metrics.csv.gz"
+
+
+def metrics_path(run_dir: str | os.PathLike) -> Path:
+    """A run's metrics table: metrics.csv, or its gzip copy where only that is there (a clone of
+    a study's records). pandas reads either."""
+    path = Path(run_dir) / METRICS
+    packed = path.with_name(PACKED_METRICS)
+    return packed if not path.exists() and packed.exists() else path
+
+
+def pack_metrics(run_dir: str | os.PathLike) -> Path | None:
+    """Write metrics.csv.gz beside a run's metrics.csv (no timestamp or name inside, so the same
+    table always gives the same bytes, and git sees no change where there is none); None
+    where the run has no table."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return None
+    packed = path.with_name(PACKED_METRICS)
+    data = gzip.compress(path.read_bytes(), compresslevel=9, mtime=0)
+    if not packed.is_file() or packed.read_bytes() != data:
+        atomic_write_bytes(packed, data)
+    return packed
 
 
 class MetricsTable:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.columns: list[str] = []
+        packed = self.path.with_name(PACKED_METRICS)
+        if not self.path.exists() and packed.is_file():  # a clone's records: continue from the copy
+            atomic_write_bytes(self.path, gzip.decompress(packed.read_bytes()))
         if self.path.exists():
             with open(self.path, newline="") as f:
                 reader = csv.reader(f)

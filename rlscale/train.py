@@ -25,7 +25,7 @@ from rlscale.evaluation import Evaluator
 from rlscale.noise_scale import NoiseProbe
 from rlscale.ppo import Learner, resolve_device
 from rlscale.run_state import RunState
-from rlscale.tracking import MetricsTable, Progress, WandbRun
+from rlscale.tracking import MetricsTable, Progress, WandbRun, pack_metrics
 from rlscale.util import atomic_write_json, atomic_write_text, configure_learner_process, git_sha, seed_everything
 
 
@@ -347,6 +347,7 @@ class Run:
 
     def write_summary(self) -> dict:
         summary = make_summary(self.cfg, self)
+        pack_metrics(self.run_dir)  # the copy a study's records keep (rlscale.tracking)
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 

@@ -21,6 +21,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rlscale.tracking import metrics_path
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = table[(table["env_id"] == env) & (table["B"] == c["B"]) & (table["lr"] == c["lr"])
                          & (table["lr_rule"] == c["lr_rule"]) & (table["status"] == "completed")]
             for n, tid in enumerate(rows["trial_id"]):
-                path = args.sweep_dir / "trials" / tid / "metrics.csv"
+                path = metrics_path(args.sweep_dir / "trials" / tid)
                 if not path.is_file():
                     continue
                 m = pd.read_csv(path).dropna(subset=["eval/return_mean"])

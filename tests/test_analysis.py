@@ -757,6 +757,27 @@ def test_b_simple_pooled_over_seeds_within_each_batch_size(tmp_path):
     assert "Claim (B_crit ~ B_simple pooled within batch sizes, combined): 1 points over 1 envs" in out.stdout
 
 
+def test_an_analysis_of_a_clone_reads_the_trials_packed_metrics(tmp_path):
+    """A clone of a study's records holds metrics.csv.gz, not metrics.csv: the pooled B_simple
+    read from the copies is the one read from the tables."""
+    from rlscale.tracking import pack_metrics
+
+    results = []
+    for name in ("tables", "clone"):
+        sweep = tmp_path / name
+        (sweep / "trials").mkdir(parents=True)
+        (sweep / "sweep.json").write_text(json.dumps({"name": "pooled", "targets": {"X": [1.0]}}))
+        _noise_trial(sweep, 64, 1, 2, g=[2.0, 4.0, 9.0], t=[30.0, 50.0, 1.0])
+        _noise_trial(sweep, 128, 1, 2, g=[10.0, 30.0], t=[40.0, 80.0])
+        if name == "clone":
+            for d in (sweep / "trials").iterdir():
+                pack_metrics(d)
+                (d / "metrics.csv").unlink()
+        results.append(analyze(sweep, wandb_mode="disabled", make_report=False)["entries"][0]["b_simple_variants"]["combined"]["pooled"])
+    assert results[0]["b_simple"] == pytest.approx(2 * ((30 + 50) / (2 + 4) + (40 + 80) / (10 + 30)) / 2)
+    assert results[1] == results[0]
+
+
 def test_pooled_b_simple_has_no_interval_from_one_seed_per_batch_size(tmp_path):
     sweep = tmp_path / "sweep"
     (sweep / "trials").mkdir(parents=True)

@@ -504,7 +504,10 @@ def test_a_population_interrupted_at_its_pruning_iteration_prunes_there_on_resum
 def test_a_population_cuts_each_members_evaluation_games_and_logs_how_many(tmp_path):
     """eval.max_episode_steps in a population: each member's evaluation games stop at the cut
     (CartPole scores 1 per step, so no mean exceeds it) and eval/games_cut counts the cut games,
-    on evaluation rows only; a member whose games all reach the cut scores exactly the cut."""
+    on evaluation rows only; a member whose games all reach the cut scores exactly the cut. A
+    member that leaves packs its metrics (metrics.csv.gz)."""
+    import gzip
+
     import pandas as pd
 
     from rlscale.population import train_population
@@ -519,5 +522,6 @@ def test_a_population_cuts_each_members_evaluation_games_and_logs_how_many(tmp_p
         assert (evals["eval/return_mean"] <= 20).all() and evals["eval/games_cut"].between(0, 4).all()
         all_cut = evals["eval/games_cut"] == 4
         assert (evals.loc[all_cut, "eval/return_mean"] == 20).all() and (evals.loc[all_cut, "eval/return_std"] == 0).all()
+        assert gzip.decompress((d / "metrics.csv.gz").read_bytes()) == (d / "metrics.csv").read_bytes()  # packed as it left
     cuts = pd.concat([pd.read_csv(d / "metrics.csv")["eval/games_cut"] for d in dirs]).dropna()
     assert cuts.sum() > 0  # the cut did act

@@ -517,3 +517,32 @@ def test_a_checkpoint_also_follows_wall_time_since_the_last_one(tmp_path):
         run = tmp_path / f"run_{every_s}"
         train(cfg_for(*base, f"checkpoint_interval_s={every_s}"), run, quiet=True)
         assert sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("ckpt_*.pt")) == expect
+
+
+def test_a_finished_run_packs_its_metrics_and_a_clone_resumes_from_the_copy(tmp_path):
+    """summary.json comes with metrics.csv.gz, the same table gzipped, the same bytes on every
+    write (git sees no change); a run dir that kept only the copy (a clone of a study's
+    records) resumes to the same table as one that kept metrics.csv, and readers fall back to it."""
+    import gzip
+    import shutil
+
+    from rlscale.tracking import metrics_path, pack_metrics
+
+    base = ["workers.backend=local", "eval.interval=2", "eval.episodes=2"]
+    run = tmp_path / "run"
+    train(cfg_for(*base, "total_env_steps=512"), run, quiet=True)
+    packed = run / "metrics.csv.gz"
+    first = packed.read_bytes()
+    assert gzip.decompress(first) == (run / "metrics.csv").read_bytes()
+    assert pack_metrics(run) == packed and packed.read_bytes() == first
+    clone = tmp_path / "clone"
+    shutil.copytree(run, clone)
+    (clone / "metrics.csv").unlink()
+    assert metrics_path(clone) == clone / "metrics.csv.gz" and metrics_path(run) == run / "metrics.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(metrics_path(clone)), pd.read_csv(run / "metrics.csv"))
+    for d in (run, clone):
+        train(cfg_for(*base, "total_env_steps=1024"), d, resume=True, quiet=True)
+    a, b = (strip_times(pd.read_csv(d / "metrics.csv")) for d in (run, clone))
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 1024 // cfg_for(*base).ppo.env_steps_per_iteration
+    assert gzip.decompress((clone / "metrics.csv.gz").read_bytes()) == (clone / "metrics.csv").read_bytes()
