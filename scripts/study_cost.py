@@ -66,10 +66,17 @@ def population_times(recs: list[dict]) -> dict[tuple, dict]:
     return out
 
 
-def _rows(path: Path, n: int = 0) -> list[list[str]]:
-    """The header and the last `n` (0: all) rows of a metrics.csv, split on commas (its numbers
-    hold none); a half-written last line is left out, a missing or empty file gives []."""
-    lines = path.read_text().splitlines() if path.is_file() else []
+def _rows(trial_dir: Path, n: int = 0) -> list[list[str]]:
+    """The header and the last `n` (0: all) rows of a trial's metrics table (metrics.csv, or the
+    metrics.csv.gz of a clone), split on commas (its numbers hold none); a half-written last
+    line is left out, a missing or empty table gives []."""
+    import gzip
+
+    from rlscale.tracking import metrics_path
+
+    path = metrics_path(trial_dir)
+    data = (gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()) if path.is_file() else b""
+    lines = data.decode().splitlines()
     if not lines:
         return []
     header = lines[0].split(",")
@@ -130,12 +137,15 @@ def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, in
         pop = r.get("population")
         if r.get("status") == "completed" and pop and (r.get("iterations") or 0) >= (longest.get(pop["first"], {}).get("iterations") or 0):
             longest[pop["first"]] = r
+    by_population: dict[str, list[dict]] = defaultdict(list)
+    for m in recs:
+        if m.get("population"):
+            by_population[m["population"]["first"]].append(m)
     paces: dict[tuple[str, int, int], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
-    for r in longest.values():
-        members = [_rows(sweep_dir / "trials" / m["trial_id"] / "metrics.csv") for m in recs
-                   if (m.get("population") or {}).get("first") == r["population"]["first"] and m is not r]
+    for first, r in longest.items():
+        members = [_rows(sweep_dir / "trials" / m["trial_id"]) for m in by_population[first] if m is not r]
         trial_dir = sweep_dir / "trials" / r["trial_id"]
-        pace = _pace(_rows(trial_dir / "metrics.csv"), members, _eval_interval(trial_dir, r))
+        pace = _pace(_rows(trial_dir), members, int(_setting(trial_dir, r, "eval.interval") or 0))
         if pace:
             train, evals = paces[_family(r["env_id"]), int(r["env_steps_per_iteration"]), int(r["population"]["members"])]
             train.append(pace[1])
@@ -143,25 +153,17 @@ def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, in
     return {k: (_span(train), _span(evals)) for k, (train, evals) in paces.items()}
 
 
-def _budget(trial_dir: Path, rec: dict) -> int | None:
-    """The trial's total_env_steps: the sweep's override, else its config.yaml's."""
-    value = next((o.split("=", 1)[1] for o in rec.get("overrides") or [] if o.startswith("total_env_steps=")), None)
+def _setting(trial_dir: Path, rec: dict, key: str):
+    """The trial's setting `key` (dotted: eval.interval): the sweep's override, else its
+    config.yaml's; None where neither has it."""
+    value = next((o.split("=", 1)[1] for o in rec.get("overrides") or [] if o.startswith(f"{key}=")), None)
     if value is None and (trial_dir / "config.yaml").is_file():
         import yaml
 
-        value = (yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}).get("total_env_steps")
-    return int(value) if value is not None else None
-
-
-def _eval_interval(trial_dir: Path, rec: dict) -> int:
-    """The trial's eval.interval in iterations (the sweep's override, else its config.yaml's;
-    0: it does not evaluate)."""
-    value = next((o.split("=", 1)[1] for o in rec.get("overrides") or [] if o.startswith("eval.interval=")), None)
-    if value is None and (trial_dir / "config.yaml").is_file():
-        import yaml
-
-        value = ((yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}).get("eval") or {}).get("interval")
-    return int(value or 0)
+        value = yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
@@ -178,10 +180,10 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
                                                  "seconds_per_evaluation": None, "eval_interval": 0, "pace_from": None})
         cell["trials"] += 1
         trial_dir = sweep_dir / "trials" / r["trial_id"]
-        budget = _budget(trial_dir, r)
-        cell["budget"] = -(-budget // b) if budget else cell["budget"]
-        cell["eval_interval"] = _eval_interval(trial_dir, r) or cell["eval_interval"]
-        rows = _rows(trial_dir / "metrics.csv", 51)
+        budget = _setting(trial_dir, r, "total_env_steps")
+        cell["budget"] = -(-int(budget) // b) if budget else cell["budget"]
+        cell["eval_interval"] = int(_setting(trial_dir, r, "eval.interval") or 0) or cell["eval_interval"]
+        rows = _rows(trial_dir, 51)
         if len(rows) < 2 or (trial_dir / "summary.json").is_file():  # not begun, or a member that has finished
             continue
         cell.setdefault("rows", []).append(rows)

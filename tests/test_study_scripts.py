@@ -308,6 +308,12 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
                                 "hours_left": (4 * 4.0 / 3600, 4 * 6.0 / 3600)}
     assert left[("E", 500)]["seconds_per_iteration"] is None and left[("E", 500)]["hours_left"] is None
     assert left[("E", 700)]["budget"] == 2 and left[("E", 700)]["seconds_per_iteration"] == (1.5, 1.5)
+    from rlscale.tracking import pack_metrics
+
+    for tid in ("p", "p1", "p2", "q"):  # a clone of the records: the finished trials' metrics.csv.gz only
+        pack_metrics(tmp_path / "trials" / tid)
+        (tmp_path / "trials" / tid / "metrics.csv").unlink()
+    assert cost.remaining(tmp_path, recs)[("E", 300)] == left[("E", 300)]
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
