@@ -193,7 +193,8 @@ class EvalConfig:
     """Evaluate also whenever the env steps trained on cross a multiple of this (0 = off): a
     spacing in env steps whatever B is, for runs whose B changes (ppo.batch_schedule=noise)."""
     episodes: int = 10
-    """Whole episodes per evaluation, one per eval env (rlscale/evaluation.py)."""
+    """Episodes per evaluation, one per eval env, each to its end or to max_episode_steps
+    (rlscale/evaluation.py)."""
     max_episode_steps: int = 0
     """Cut an evaluation game after this many env steps and score it as it stands (0 = play every
     game to its end). Training games are not cut (env.max_episode_frames caps those). An

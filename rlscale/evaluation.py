@@ -3,9 +3,10 @@
 Steps-to-target read from finished training episodes lag behind the policy by the episodes'
 length, which in iterations depends on the batch size B (a batch of B steps finishes B / length
 episodes): the smoothed training return of a small-B run describes policies many iterations old.
-An evaluation every ``eval.interval`` iterations plays ``eval.episodes`` whole episodes, one per
-env of a separate vector env, with the weights of that iteration, so a target's crossing is
-dated to within ``eval.interval`` iterations whatever B is.
+An evaluation every ``eval.interval`` iterations plays ``eval.episodes`` episodes to their end
+(or to ``eval.max_episode_steps``, below), one per env of a separate vector env, with the weights
+of that iteration, so a target's crossing is dated to within ``eval.interval`` iterations
+whatever B is.
 
 The eval envs start from the same seeds at every evaluation and the actions are drawn from a
 generator seeded by (run seed, iteration): evaluations are reproducible and a resumed run
@@ -53,7 +54,7 @@ class Evaluator:
 
     def advance(self, logits: torch.Tensor) -> np.ndarray | None:
         """Sample actions from the policy's logits [envs, A] and step; the next observations,
-        or None once every eval env has finished its episode."""
+        or None once every eval env's episode has ended or been cut."""
         actions = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self._generator).squeeze(-1)
         step = self.env.step(actions.numpy())
         # the raw scores of the games that ended, in env order (VecEnv._track)
@@ -79,7 +80,7 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, weights: dict[str, np.ndarray], iteration: int) -> list[float]:
-        """Raw returns of one whole episode per eval env, played with `weights` (sampled actions)."""
+        """Raw returns of one episode per eval env (to its end or its cut), played with `weights` (sampled actions)."""
         self.policy.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         obs: np.ndarray | None = self.begin(iteration)
         while obs is not None:

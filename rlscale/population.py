@@ -55,7 +55,7 @@ from rlscale.model import build_model
 from rlscale.noise_scale import NoiseProbe
 from rlscale.ppo import ppo_loss, resolve_device
 from rlscale.rollout import Fragment, FrameStacks, microbatch_groups
-from rlscale.tracking import Progress
+from rlscale.tracking import Progress, pack_metrics
 from rlscale.train import Run, check_run_dir, fragment_lengths, load_checkpoint, open_run
 from rlscale.util import atomic_write_json, configure_learner_process, seed_everything
 
@@ -904,4 +904,8 @@ class _PopulationLoop:
                 atomic_write_json(run.run_dir / "pruned.json", pruned)
         run.close(0)
         summary = run.run_dir / "summary.json"
-        self.summaries[i] = json.loads(summary.read_text()) if diverged_before and summary.is_file() else run.write_summary()
+        if diverged_before and summary.is_file():
+            pack_metrics(run.run_dir)  # records written before runs packed their tables
+            self.summaries[i] = json.loads(summary.read_text())
+        else:
+            self.summaries[i] = run.write_summary()

@@ -1,7 +1,7 @@
 """Figures, a self-contained HTML report and W&B logging for an analysed sweep.
 
 Reads what :func:`rlscale.analysis.analyze` wrote (``analysis.json`` and the CSV tables) plus
-the trials' ``metrics.csv``; writes ``figures/*.png`` and ``report.html`` into the sweep dir.
+the trials' ``metrics.csv`` (or ``metrics.csv.gz``, ``rlscale.tracking.metrics_path``); writes ``figures/*.png`` and ``report.html`` into the sweep dir.
 Matplotlib is used through the object API on an Agg canvas, so no display and no global
 pyplot state are involved.
 """

@@ -116,7 +116,7 @@ class SweepConfig:
     """Train the trials that differ only in seed, lr and other per-member scalars (same env,
     batch size, network and every other shape setting) as one population per group, one Ray
     task each. Needs workers.backend: local; W&B is off for population trials (their overrides
-    get tracking.wandb_mode=disabled: the analysis reads trial.json and metrics.csv only)."""
+    get tracking.wandb_mode=disabled: the analysis reads trial.json and metrics.csv or metrics.csv.gz only)."""
     prune: bool = False
     """In a population, stop a member once its learning rate can no longer win any target it
     has not reached against the other lrs of its rule (the smallest median iterations over

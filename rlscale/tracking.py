@@ -5,8 +5,8 @@ W&B is offline by default (runs land under RUN_DIR/wandb and can be uploaded lat
 by row and rewritten only when a new column first appears, so a crash loses at most the
 iteration in flight.
 
-A finished run also keeps its table gzipped (``metrics.csv.gz``, byte for byte the same for the
-same table): a study's records keep that copy in git (its ``metrics.csv`` files are ignored for
+A finished run also keeps its table gzipped (``metrics.csv.gz``, rewritten only when the table
+changed): a study's records keep that copy in git (its ``metrics.csv`` files are ignored for
 their size), so an analysis can be rerun from a clone; readers take ``metrics_path``, which
 falls back to it, and a run resumed where only the copy is left starts from it.
 """
@@ -37,16 +37,16 @@ def metrics_path(run_dir: str | os.PathLike) -> Path:
 
 
 def pack_metrics(run_dir: str | os.PathLike) -> Path | None:
-    """Write metrics.csv.gz beside a run's metrics.csv (no timestamp or name inside, so the same
-    table always gives the same bytes, and git sees no change where there is none); None
-    where the run has no table."""
+    """Write metrics.csv.gz beside a run's metrics.csv, unless it already holds the same table
+    (then it is left as it is, so git sees no change where there is none; no timestamp or
+    name goes inside either); None where the run has no table."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return None
     packed = path.with_name(PACKED_METRICS)
-    data = gzip.compress(path.read_bytes(), compresslevel=9, mtime=0)
-    if not packed.is_file() or packed.read_bytes() != data:
-        atomic_write_bytes(packed, data)
+    table = path.read_bytes()
+    if not packed.is_file() or gzip.decompress(packed.read_bytes()) != table:
+        atomic_write_bytes(packed, gzip.compress(table, compresslevel=9, mtime=0))
     return packed
 
 

@@ -179,7 +179,12 @@ class Run:
         # rows past the checkpoint are recomputed; a pending row is logged again by `record`. A run
         # that diverged (a population member) is final: its rows up to the divergence stay.
         if not (run_dir / "diverged.json").is_file():
-            self.table.truncate_after(state.counters.iteration - (pending is not None))
+            upto = state.counters.iteration - (pending is not None)
+            self.table.truncate_after(upto)
+            logged = self.table.last_value("iteration")
+            if upto > 0 and not logged >= upto:  # NaN too: no rows at all
+                print(f"warning: {self.table.path} ends at iteration {logged:g}, before the checkpoint's {upto}: "
+                      f"the rows between are missing (a metrics table older than the checkpoint)", file=sys.stderr)
         self.wb = WandbRun(cfg.tracking.wandb_mode, run_dir, cfg.tracking.project, cfg.tracking.name or run_dir.name,
                            cfg.tracking.group, to_dict(cfg), resume_id=wandb_id)
         self.inflight = None  # at most one sampling request in flight

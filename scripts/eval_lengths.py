@@ -6,7 +6,7 @@ For each run (a trial directory of a sweep, too), plays the evaluation that the 
 at its newest checkpoint's iteration: its eval envs, seeds and action draws
 (`rlscale.evaluation.Evaluator`) with the checkpoint's weights. Prints per run the iteration,
 whether the run evaluated there (its `eval.interval` or `eval.env_steps` falls on it), the
-steps until its last eval game ended (or was cut: eval.max_episode_steps), the seconds they took and the games' returns. An
+steps until its last eval game ended (or was cut: eval.max_episode_steps), how many were cut, the seconds they took and the games' returns. An
 evaluation lasts as long as its longest game, so a policy that survives without scoring can make
 evaluation, not training, set what a run (and a population, which waits for its slowest member)
 costs. The replay plays the standalone model: for a run trained alone that evaluated at that
@@ -26,7 +26,7 @@ import torch
 
 
 def replay(run_dir: Path) -> dict:
-    """{"iteration", "evaluated", "steps", "seconds", "returns"} of the evaluation at the run's newest checkpoint."""
+    """{"iteration", "evaluated", "steps", "games_cut", "seconds", "returns"} of the evaluation at the run's newest checkpoint."""
     from rlscale import checkpoint
     from rlscale.config import load_train_config
     from rlscale.errors import ConfigError
@@ -52,7 +52,8 @@ def replay(run_dir: Path) -> dict:
                 steps += 1
     finally:
         evaluator.close()
-    return {"iteration": iteration, "evaluated": evaluated, "steps": steps, "seconds": time.perf_counter() - t0, "returns": evaluator.returns()}
+    return {"iteration": iteration, "evaluated": evaluated, "steps": steps, "games_cut": evaluator.games_cut,
+            "seconds": time.perf_counter() - t0, "returns": evaluator.returns()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,15 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     from rlscale.errors import RlscaleError
 
     torch.set_num_threads(1)
-    print("| run | iteration | evaluated there | steps | seconds | mean return | returns |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | iteration | evaluated there | steps | games cut | seconds | mean return | returns |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for run_dir in args.run_dirs:
         try:
             r = replay(run_dir)
         except (RlscaleError, OSError, RuntimeError) as e:
             print(f"eval_lengths: {run_dir}: {e}", file=sys.stderr)
             return 2
-        print(f"| {run_dir.name} | {r['iteration']} | {'yes' if r['evaluated'] else 'no'} | {r['steps']} | {r['seconds']:.1f} | {np.mean(r['returns']):.3g} "
+        print(f"| {run_dir.name} | {r['iteration']} | {'yes' if r['evaluated'] else 'no'} | {r['steps']} | {r['games_cut']} | {r['seconds']:.1f} | {np.mean(r['returns']):.3g} "
               f"| {' '.join(format(x, 'g') for x in r['returns'])} |", flush=True)
     return 0
 

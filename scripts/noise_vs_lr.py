@@ -18,7 +18,7 @@ runs it averages). Intervals: 95%, from the least-squares covariance (t quantile
 
 With --parts, a second table splits B_simple = tr(Sigma) / |G|^2 into its two factors: per trial
 that reached, its mean |G|^2 and mean tr(Sigma) over its updates up to the target (from its
-metrics.csv, `rlscale.analysis.NoiseHistories`), each fitted on log B and log lr the same way
+metrics.csv or metrics.csv.gz, `rlscale.analysis.NoiseHistories`), each fitted on log B and log lr the same way
 (trials whose mean |G|^2 is not positive left out of the |G|^2 fit).
 
 With --skip-updates N, every trial's B_simple (and, with --parts, its two factors) is taken over

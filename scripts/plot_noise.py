@@ -17,6 +17,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rlscale.tracking import metrics_path
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,7 +29,7 @@ def main() -> None:
     FigureCanvasAgg(fig)
     stats = {}
     for i, run in enumerate(args.runs):
-        m = pd.read_csv(run / "metrics.csv")
+        m = pd.read_csv(metrics_path(run))
         env = json.loads((run / "summary.json").read_text())["env_id"] if (run / "summary.json").exists() else run.name
         ax = fig.add_subplot(len(args.runs), 1, i + 1)
         x = m["env_steps"]

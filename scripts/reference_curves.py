@@ -22,6 +22,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rlscale.tracking import metrics_path
+
 LAST_EVALS = 3  # the table's final return: mean of the last evaluations
 _SUMMARY_KEYS = ("env_id", "env_steps_used", "iterations", "wall_time_s", "env_steps_per_s", "episode_return_mean_last20")
 
@@ -37,14 +39,14 @@ def _scores(sweep: Path) -> dict[str, tuple[float, float]]:
 
 def _read_run(d: Path) -> tuple[dict, pd.DataFrame]:
     """A run's summary and metrics, checked; ValueError naming what is missing."""
-    missing = [f for f in ("metrics.csv", "summary.json") if not (d / f).is_file()]
+    missing = [f for f, p in (("metrics.csv", metrics_path(d)), ("summary.json", d / "summary.json")) if not p.is_file()]
     if missing:
         raise ValueError(f"{d} has no {' or '.join(missing)}; pass run directories of rlscale train")
     s = json.loads((d / "summary.json").read_text())
     absent = [k for k in _SUMMARY_KEYS if k not in s]
     if absent:
         raise ValueError(f"{d}/summary.json lacks {', '.join(absent)}; it is not a finished rlscale train run")
-    m = pd.read_csv(d / "metrics.csv")
+    m = pd.read_csv(metrics_path(d))
     if "env_steps_used" not in m or m.empty:
         raise ValueError(f"{d}/metrics.csv has no rows with env_steps_used; the run logged no iteration")
     return s, m

@@ -183,8 +183,10 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
         budget = _setting(trial_dir, r, "total_env_steps")
         cell["budget"] = -(-int(budget) // b) if budget else cell["budget"]
         cell["eval_interval"] = int(_setting(trial_dir, r, "eval.interval") or 0) or cell["eval_interval"]
+        if (trial_dir / "summary.json").is_file():  # a member that has finished
+            continue
         rows = _rows(trial_dir, 51)
-        if len(rows) < 2 or (trial_dir / "summary.json").is_file():  # not begun, or a member that has finished
+        if len(rows) < 2:  # not begun
             continue
         cell.setdefault("rows", []).append(rows)
     for cell in out.values():  # the furthest member's last iterations, every member's evaluations

@@ -5,8 +5,8 @@
 For every env of the sweep's analysis.json and every batch size B, the trials of the lr that
 is best at the env's highest target (analysis.json best_configs) are drawn: each seed's
 evaluations (`eval/return_mean` in its metrics.csv) as a thin line, and the env's targets as
-dotted lines. The trials' metrics.csv must be present (they are not committed with the study's
-records: run it where the sweep ran).
+dotted lines. It reads each trial's metrics.csv, or the metrics.csv.gz that a finished trial
+leaves (committed with the study's records).
 """
 
 from __future__ import annotations

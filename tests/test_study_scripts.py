@@ -409,8 +409,8 @@ def test_eval_lengths_replays_a_runs_evaluation_at_its_newest_checkpoint(tmp_pat
     assert out.returncode == 0, out.stderr
     row = out.stdout.splitlines()[2].split(" | ")
     logged = metrics.loc[metrics["iteration"] == last, "eval/return_mean"].item()
-    returns = [float(x) for x in row[6].rstrip(" |").split()]
+    returns = [float(x) for x in row[7].rstrip(" |").split()]
     assert row[1] == str(last) and row[2] == "yes" and len(returns) == 4 and sum(returns) / 4 == pytest.approx(logged, rel=1e-9)
-    assert float(row[5]) == pytest.approx(logged, rel=5e-3) and int(row[3]) >= max(returns)  # CartPole scores 1 a step
+    assert float(row[6]) == pytest.approx(logged, rel=5e-3) and int(row[3]) >= max(returns) and row[4] == "0"  # CartPole scores 1 a step
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_lengths.py"), str(tmp_path / "empty")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "holds no checkpoint" in bad.stderr

@@ -519,10 +519,11 @@ def test_a_checkpoint_also_follows_wall_time_since_the_last_one(tmp_path):
         assert sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("ckpt_*.pt")) == expect
 
 
-def test_a_finished_run_packs_its_metrics_and_a_clone_resumes_from_the_copy(tmp_path):
-    """summary.json comes with metrics.csv.gz, the same table gzipped, the same bytes on every
-    write (git sees no change); a run dir that kept only the copy (a clone of a study's
-    records) resumes to the same table as one that kept metrics.csv, and readers fall back to it."""
+def test_a_finished_run_packs_its_metrics_and_a_clone_resumes_from_the_copy(tmp_path, capsys):
+    """summary.json comes with metrics.csv.gz, the same table gzipped, rewritten only when the
+    table changed (git sees no change otherwise); a run dir that kept only the copy (a clone of
+    a study's records) resumes to the same table as one that kept metrics.csv, and readers fall
+    back to it; a copy older than the checkpoint is resumed with a warning about the rows missing."""
     import gzip
     import shutil
 
@@ -534,6 +535,12 @@ def test_a_finished_run_packs_its_metrics_and_a_clone_resumes_from_the_copy(tmp_
     packed = run / "metrics.csv.gz"
     first = packed.read_bytes()
     assert gzip.decompress(first) == (run / "metrics.csv").read_bytes()
+    assert first[4:8] == b"\0\0\0\0"  # no timestamp in the gzip header
+    packed.write_bytes(gzip.compress((run / "metrics.csv").read_bytes(), compresslevel=1, mtime=0))
+    other = packed.read_bytes()
+    assert other != first
+    assert pack_metrics(run) == packed and packed.read_bytes() == other  # the same table: left as it is
+    packed.write_bytes(gzip.compress(b"iteration\n1\n", mtime=0))  # another table: rewritten
     assert pack_metrics(run) == packed and packed.read_bytes() == first
     clone = tmp_path / "clone"
     shutil.copytree(run, clone)
@@ -546,3 +553,9 @@ def test_a_finished_run_packs_its_metrics_and_a_clone_resumes_from_the_copy(tmp_
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 1024 // cfg_for(*base).ppo.env_steps_per_iteration
     assert gzip.decompress((clone / "metrics.csv.gz").read_bytes()) == (clone / "metrics.csv").read_bytes()
+    assert "rows between are missing" not in capsys.readouterr().err  # the tables reached the checkpoints
+    (clone / "metrics.csv").unlink()
+    (clone / "metrics.csv.gz").write_bytes(first)  # the table as it was at 512 env steps, the checkpoint at 1024
+    train(cfg_for(*base, "total_env_steps=1536"), clone, resume=True, quiet=True)
+    n = 512 // cfg_for(*base).ppo.env_steps_per_iteration
+    assert f"ends at iteration {n}, before the checkpoint's {2 * n}: the rows between are missing" in capsys.readouterr().err
