@@ -48,14 +48,18 @@ def adaptive_point(run_dir: Path, target: float, s_min: float, e_min: float) -> 
     run_dir = Path(run_dir)
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
-        metrics = pd.read_csv(metrics_path(run_dir))
-    except FileNotFoundError as e:
-        raise ConfigError(f"'{run_dir}' is not a finished rlscale run ({Path(e.filename).name} missing)") from None
+    except FileNotFoundError:
+        raise ConfigError(f"'{run_dir}' is not a finished rlscale run (summary.json missing)") from None
     rec = summary["targets"].get(f"{float(target)}")
     out = {"run_dir": str(run_dir), "seed": summary["seed"], "target": float(target), "reached": bool(rec and rec["reached"])}
     if not out["reached"]:
         return out
     S = int(rec["iterations"])
+    if not metrics_path(run_dir).is_file():  # records without their table (kept before tables were packed): S alone
+        out.update(iterations=S, env_steps=None, s_over_s_min=S / s_min, e_over_e_min=None, measured_product=None,
+                   predicted_gamma=None, metrics_missing=True)
+        return out
+    metrics = pd.read_csv(metrics_path(run_dir))
     upto = metrics[metrics["iteration"] <= S]
     E = int(upto["env_steps_per_iteration"].sum())  # env steps trained on, as E = B S for a fixed batch
     b = upto["noise/b_simple_ema"].to_numpy(dtype=float) * summary["num_minibatches"]  # per iteration
@@ -78,9 +82,11 @@ def median_ci(values) -> dict:
 
 def summarise(points: list[dict]) -> dict:
     """The adaptive runs at one target: counts, and per ratio the median over the runs that
-    reached it with its bootstrap interval."""
+    reached it with its bootstrap interval (a run without its metrics table gives S / S_min
+    only: n_without_metrics)."""
     reached = [p for p in points if p["reached"]]
-    out: dict = {"n_runs": len(points), "n_reached": len(reached)}
+    out: dict = {"n_runs": len(points), "n_reached": len(reached),
+                 "n_without_metrics": sum(bool(p.get("metrics_missing")) for p in reached)}
     for k in ("s_over_s_min", "e_over_e_min", "measured_product", "predicted_gamma"):
         out[k] = median_ci([p[k] for p in reached])
     return out

@@ -799,6 +799,16 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns + ["batch_sizes", "steps"])
 
 
+def trials_without_metrics(sweep_dir: str | os.PathLike, table: pd.DataFrame) -> dict[str, int]:
+    """Per env, the completed trials whose directory holds no metrics table (metrics.csv or
+    metrics.csv.gz): their records give steps to targets and their own B_simple, but the
+    pooled B_simple, the burn-in variants and adaptive runs' histories leave them out."""
+    trials = table[table["status"] == "completed"].drop_duplicates("trial_id")
+    missing = [env for tid, env in zip(trials["trial_id"], trials["env_id"])
+               if not metrics_path(Path(sweep_dir) / "trials" / str(tid)).is_file()]
+    return {env: missing.count(env) for env in sorted(set(missing))}
+
+
 def failed_trials(sweep_dir: str | os.PathLike) -> list[dict]:
     """Trials with status "failed", with their error, for the report."""
     keys = ["trial_id", "env_id", "seed", "env_steps_per_iteration", "num_minibatches",
@@ -846,6 +856,7 @@ def analyze(
         "lr_at_grid_edge": [{"env_id": e["env_id"], "target": e["target"], "B": c["B"], "lr": c["lr"]}
                             for e in entries for c in e["best_configs"] if c.get("lr_at_grid_edge")],
         "failed_trials": failed_trials(sweep_dir),
+        "trials_without_metrics": trials_without_metrics(sweep_dir, table),
         "pending_batch_sizes": pending_batch_sizes(table).astype({"B": float}).to_dict(orient="records"),
         "diminishing_returns": _diminishing_summary(dim),
         "diminishing_reduction_threshold": DIMINISHING_REDUCTION,

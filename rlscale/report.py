@@ -362,7 +362,9 @@ def _adaptive_runs(sweep_dir: Path, table: pd.DataFrame) -> list[Path]:
     if table.empty or "lr_rule" not in table:
         return []
     ids = sorted(table.loc[(table["lr_rule"] == "adaptive") & (table["status"] == "completed"), "trial_id"].unique())
-    return [sweep_dir / "trials" / t for t in ids if (sweep_dir / "trials" / t / "summary.json").is_file()]
+    # a run without its metrics table (records kept before tables were packed) has no curve to draw
+    return [sweep_dir / "trials" / t for t in ids
+            if (sweep_dir / "trials" / t / "summary.json").is_file() and metrics_path(sweep_dir / "trials" / t).is_file()]
 
 
 def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> list[Path]:

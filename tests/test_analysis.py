@@ -213,10 +213,14 @@ def test_a_batch_size_with_trials_pending_stays_out_of_the_fits_until_they_finis
     (low, _) = pareto_entries(steps_to_target_table(sweep), n_bootstrap=20)
     assert 512.0 in low["batch_sizes"] and {c["B"]: c["lr"] for c in low["best_configs"]}[512.0] == _good_lr(512)
 
+    lost = next(d for d in sorted((sweep / "trials").iterdir()) if (d / "metrics.csv").is_file())
+    (lost / "metrics.csv").unlink()  # one completed trial's table gone (records kept before tables were packed)
     assert main(["analyze", str(sweep), "--wandb-mode", "disabled"]) == 0
     err = capsys.readouterr().err
     assert f"{ENV} B=2048: 1 trial still pending, left out of the fits until it finishes" in err
     on_disk = json.loads((sweep / "analysis.json").read_text())
+    assert on_disk["trials_without_metrics"] == {ENV: 1}
+    assert f"{ENV}: 1 completed trial without a metrics table (metrics.csv or metrics.csv.gz): the pooled B_simple" in err
     assert on_disk["pending_batch_sizes"] == [{"env_id": ENV, "B": 2048.0, "n_pending": 1}]
     report = (sweep / "report.html").read_text()
     assert "while trials are pending (1)</h2>" in report and f"<td>{ENV}</td>\n      <td>2048</td>" in report
@@ -516,6 +520,7 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
 
     sweep = make_fake_sweep(tmp_path)
     plain = analyze(sweep, wandb_mode="disabled")
+    plain_missing = sum(plain["trials_without_metrics"].values())  # the fake sweep's trials written without tables
     histories = {1: [64, 128, 256, 512, 512, 512], 2: [64, 64, 128, 256, 512, 1024, 1024, 1024]}
     for seed, batches in histories.items():
         d = sweep / "trials" / f"adaptive_s{seed}"
@@ -551,6 +556,19 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
     png = sweep / "figures" / "adaptive_batch_over_training.png"
     assert "figures/adaptive_batch_over_training.png" in result["figures"] and png.read_bytes()[:4] == b"\x89PNG"
     assert "figures/adaptive_batch_over_training.png" not in plain.get("figures", [])
+    # a clone of records kept before tables were packed: seed 2's table is gone. Its point keeps
+    # S / S_min (from summary.json), the rest of its point is unknown, and the analysis says so
+    (sweep / "trials" / "adaptive_s2" / "metrics.csv").unlink()
+    clone = analyze(sweep, wandb_mode="disabled")
+    ad2 = _entry(clone, 100.0)["adaptive"]
+    assert (ad2["n_runs"], ad2["n_reached"], ad2["n_without_metrics"], ad["n_without_metrics"]) == (2, 2, 1, 0)
+    p2 = next(p for p in ad2["runs"] if p["seed"] == 2)
+    assert p2["metrics_missing"] and p2["s_over_s_min"] == next(p for p in ad["runs"] if p["seed"] == 2)["s_over_s_min"]
+    assert p2["e_over_e_min"] is None and p2["predicted_gamma"] is None
+    assert ad2["predicted_gamma"]["n"] == 1 and ad2["s_over_s_min"] == ad["s_over_s_min"]
+    assert clone["trials_without_metrics"] == {ENV: 1 + plain_missing}
+    for key in ("s_min", "e_min", "b_crit", "b_simple"):
+        assert _entry(clone, 100.0)[key] == low[key], key
 
 
 def test_noise_scale_variants_are_averaged_from_the_trials_that_recorded_them(tmp_path):
