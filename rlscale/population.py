@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from rlscale import checkpoint
 from rlscale.actors import LocalPool, RolloutWorker, SampleResult, plan_envs
 from rlscale.config import TrainConfig, check_minibatch, to_dict
 from rlscale.envs import EnvSpec
@@ -700,6 +701,41 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 # ----------------------------------------------------------------------------- training
 
 
+def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> list[tuple[Path, dict]]:
+    """Each member's checkpoint to resume from. Members that left the population (summary.json,
+    pruned.json or diverged.json) resume from their newest, as a run does. The members still
+    running step together and checkpoint together, so they resume from the newest iteration
+    that every one of them has a valid checkpoint of: a stop that came while their checkpoints
+    were being written leaves some a checkpoint newer than the others', and resuming each from
+    its own newest would keep them apart for the rest of the run (each group evaluating at its
+    own iterations). Where they share no iteration, each resumes from its newest."""
+    left = [any((d / f).is_file() for f in ("summary.json", "pruned.json", "diverged.json")) for d in run_dirs]
+    running = [i for i, gone in enumerate(left) if not gone]
+    shared = sorted(set.intersection(*(set(_checkpoint_iterations(run_dirs[i])) for i in running)), reverse=True) if running else []
+    newest = {i: max(_checkpoint_iterations(run_dirs[i]), default=0) for i in running}
+    saved: dict[int, tuple[Path, dict]] = {}
+    for it in shared:
+        try:
+            for i in running:
+                path = checkpoint.checkpoint_path(run_dirs[i], it)
+                state = checkpoint.load(path)
+                checkpoint.check_compatible(state, to_dict(cfgs[i]))
+                saved[i] = (path, state)
+            break
+        except checkpoint.CheckpointError as e:
+            saved.clear()
+            print(f"warning: {e}; trying the members' previous shared checkpoint", file=sys.stderr)
+    if running and saved and len(set(newest.values())) > 1:
+        print(f"population: the running members' newest checkpoints are at iterations {sorted(set(newest.values()))} "
+              f"(a stop while they were written); all {len(running)} resume from iteration {shared[0] if saved else '?'}",
+              file=sys.stderr)
+    return [saved[i] if i in saved else load_checkpoint(d, cfg) for i, (cfg, d) in enumerate(zip(cfgs, run_dirs))]
+
+
+def _checkpoint_iterations(run_dir: Path) -> list[int]:
+    return [int(p.stem.split("_")[1]) for p in checkpoint.list_checkpoints(run_dir)]
+
+
 def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resume: bool = False, overwrite: bool = False,
                      quiet: bool = False, prune: bool = False, groups: Sequence[tuple[str, float]] | None = None,
                      finished: Sequence[Finished] = (), prune_settled: bool = False, keep: Sequence[str] = ()) -> list[dict]:
@@ -707,7 +743,8 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
 
     Each run directory gets what `rlscale train` writes (config.yaml, metrics.csv, checkpoints,
     summary.json; time columns are the population's shared iteration times); with `resume`
-    each member continues from its newest checkpoint. A member leaves the population when its
+    each member continues from its checkpoint (`aligned_checkpoints`: the running members from
+    the newest iteration they all have). A member leaves the population when its
     budget is used, its stop return reached, or it diverges (then diverged.json says where).
     With `prune`, also when its learning rate can no longer win any target it has not reached
     against the other members' of its lr rule (`losing_members`; pruned.json says when, and a
@@ -722,7 +759,7 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     check_population(cfgs, run_dirs)
     for d in run_dirs:
         check_run_dir(d, resume, overwrite)
-    saved = [load_checkpoint(d, cfg) if resume else None for cfg, d in zip(cfgs, run_dirs)]
+    saved = aligned_checkpoints(cfgs, run_dirs) if resume else [None] * len(cfgs)
     device = resolve_device(cfgs[0].device)
     configure_learner_process(device, cfgs[0].torch_threads)
     pools = [LocalPool(cfg, plan_envs(cfg)) for cfg in cfgs]  # as make_pool builds a local run's

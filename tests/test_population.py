@@ -525,3 +525,35 @@ def test_a_population_cuts_each_members_evaluation_games_and_logs_how_many(tmp_p
         assert gzip.decompress((d / "metrics.csv.gz").read_bytes()) == (d / "metrics.csv").read_bytes()  # packed as it left
     cuts = pd.concat([pd.read_csv(d / "metrics.csv")["eval/games_cut"] for d in dirs]).dropna()
     assert cuts.sum() > 0  # the cut did act
+
+
+@pytest.mark.slow
+def test_a_population_stopped_while_its_checkpoints_were_written_resumes_its_running_members_together(tmp_path, monkeypatch, capsys):
+    # The stop lands in the evaluation of iteration 5, and member 1's checkpoint of it is not
+    # written (as when a stop comes between the members' writes): both running members resume
+    # from iteration 4, the newest they share, and end as the uninterrupted population does.
+    import pandas as pd
+
+    from rlscale.population import aligned_checkpoints, train_population
+    from tests.helpers import strip_times
+
+    base = ["workers.backend=local", "total_env_steps=1536", "checkpoint_interval=2", "checkpoint_keep=0", "eval.interval=5",
+            "eval.episodes=2"]
+    cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4")]
+    _interrupt_evaluation(monkeypatch, lambda loop, members: bool(members))
+    dirs = [tmp_path / "run" / str(i) for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_population(cfgs, dirs, quiet=True)
+    assert all((d / "checkpoints" / "ckpt_00000005.pt").is_file() for d in dirs)
+    (dirs[1] / "checkpoints" / "ckpt_00000005.pt").unlink()
+    capsys.readouterr()
+    assert [p.name for p, _ in aligned_checkpoints(cfgs, dirs)] == ["ckpt_00000004.pt"] * 2
+    assert "newest checkpoints are at iterations [4, 5] (a stop while they were written); all 2 resume from iteration 4" in capsys.readouterr().err
+    resumed = train_population(cfgs, dirs, resume=True, quiet=True)
+    whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(2)], quiet=True)
+    for i in range(2):
+        assert resumed[i]["iterations"] == whole[i]["iterations"] == 6
+        a, b = (strip_times(pd.read_csv(tmp_path / d / str(i) / "metrics.csv")) for d in ("run", "whole"))
+        pd.testing.assert_frame_equal(a, b)
+    # members that left (both finished: summary.json) resume from their own newest checkpoints
+    assert [p.name for p, _ in aligned_checkpoints(cfgs, dirs)] == ["ckpt_00000006.pt"] * 2
