@@ -64,7 +64,7 @@ def adaptive_point(run_dir: Path, target: float, s_min: float, e_min: float) -> 
     E = int(upto["env_steps_per_iteration"].sum())  # env steps trained on, as E = B S for a fixed batch
     b = upto["noise/b_simple_ema"].to_numpy(dtype=float) * summary["num_minibatches"]  # per iteration
     ratio_s, ratio_e = S / s_min, E / e_min
-    out.update(iterations=S, env_steps=E, s_over_s_min=ratio_s, e_over_e_min=ratio_e,
+    out.update(iterations=S, env_steps=E, s_over_s_min=ratio_s, e_over_e_min=ratio_e, metrics_missing=False,
                measured_product=(ratio_s - 1) * (ratio_e - 1),
                predicted_gamma=predicted_gamma(b, upto["env_steps_per_iteration"].to_numpy(dtype=float)))
     return out

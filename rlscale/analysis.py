@@ -398,6 +398,9 @@ class NoiseHistories:
                 self._tables[trial_id] = None
         return self._tables[trial_id]
 
+    def has_table(self, trial_id: str) -> bool:
+        return metrics_path(self.trials / trial_id).is_file()
+
     def means(self, trial_id: str, iterations: float, variant: str, skip: int = 0) -> tuple[float, float] | None:
         """The trial's mean |G|^2 and mean tr(Sigma) (per example) over its updates up to
         `iterations`, as the trial averaged them for its own B_simple to a target (with `skip`,
@@ -427,9 +430,12 @@ def _pooled_b_simple(rows: pd.DataFrame, best: pd.DataFrame, variant: str, histo
     out of the mean and counted (``n_unresolved_batches``), so that the mean is then a low
     estimate. Interval: bootstrap over seeds within each batch size, each resample's mean over
     the batch sizes resolved in it, as the point estimate's. None where no trial recorded
-    estimates."""
+    estimates, and where any of the point's trials has no metrics table (a pooled value over
+    the seeds that kept theirs would be another estimate, unmarked)."""
     sel = _rows_of(rows, best[np.isfinite(best["median_iterations"])])
     sel = sel[sel["reached"].to_numpy(dtype=bool) & np.isfinite(sel["iterations"].to_numpy(dtype=float))]
+    if not all(histories.has_table(str(t)) for t in sel["trial_id"]):
+        return None
     per_b: dict[float, tuple[list[float], list[float]]] = {}
     for trial_id, b, iterations, nmb in zip(sel["trial_id"], sel["B"], sel["iterations"], sel["num_minibatches"].fillna(1)):
         m = histories.means(str(trial_id), float(iterations), variant)
@@ -776,7 +782,7 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
     adaptive = ["s_over_s_min", "e_over_e_min", "measured_product", "predicted_gamma"]
     columns = scalars + counts + [f"{n}_{end}" for n in ["s_min", "e_min", "b_crit"] for end in ["lo", "hi"]] + ["b_crit_ci_unbounded"]
     columns += per_step
-    columns += ["adaptive_n_reached"] + [f"adaptive_{k}" for k in adaptive]
+    columns += ["adaptive_n_reached", "adaptive_n_without_metrics"] + [f"adaptive_{k}" for k in adaptive]
     columns += [f"{k}_{v}" for v in NOISE_VARIANTS[1:] for k in ("b_simple", "ratio")]
     columns += [f"{k}_pooled_{v}" for v in NOISE_VARIANTS for k in ("b_simple", "ratio")]
     rows = []
@@ -789,6 +795,7 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
                 row[f"b_simple_pooled_{v}"], row[f"ratio_pooled_{v}"] = part["pooled"]["b_simple"], part["pooled"].get("ratio")
         if e.get("adaptive"):  # medians over the adaptive runs that reached the target
             row["adaptive_n_reached"] = e["adaptive"]["n_reached"]
+            row["adaptive_n_without_metrics"] = e["adaptive"].get("n_without_metrics", 0)
             row.update({f"adaptive_{k}": e["adaptive"][k]["median"] for k in adaptive})
         for name in ["s_min", "e_min", "b_crit"]:
             ci = e[f"{name}_ci"] or [None, None]
@@ -800,13 +807,14 @@ def pareto_table(entries: list[dict]) -> pd.DataFrame:
 
 
 def trials_without_metrics(sweep_dir: str | os.PathLike, table: pd.DataFrame) -> dict[str, int]:
-    """Per env, the completed trials whose directory holds no metrics table (metrics.csv or
-    metrics.csv.gz): their records give steps to targets and their own B_simple, but the
-    pooled B_simple, the burn-in variants and adaptive runs' histories leave them out."""
+    """Per env, the number of completed trials whose directory holds no metrics table
+    (metrics.csv or metrics.csv.gz): their records give steps to targets and their own
+    B_simple, but a point with any of them gets no pooled B_simple, an adaptive run among them
+    gives S / S_min alone, and the burn-in variants and curves leave them out."""
     trials = table[table["status"] == "completed"].drop_duplicates("trial_id")
     missing = [env for tid, env in zip(trials["trial_id"], trials["env_id"])
                if not metrics_path(Path(sweep_dir) / "trials" / str(tid)).is_file()]
-    return {env: missing.count(env) for env in sorted(set(missing))}
+    return {str(env): missing.count(env) for env in sorted(set(missing), key=str)}
 
 
 def failed_trials(sweep_dir: str | os.PathLike) -> list[dict]:

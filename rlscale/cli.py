@@ -79,7 +79,8 @@ def _analyze(args) -> int:
         print(json.dumps({k: e.get(k) for k in ("env_id", "target", "status", "s_min", "e_min", "b_crit", "b_simple", "ratio")}))
     for env, n in result["trials_without_metrics"].items():
         print(f"{env}: {n} completed trial{'s' * (n != 1)} without a metrics table (metrics.csv or metrics.csv.gz): "
-              f"the pooled B_simple and adaptive runs' histories leave {'them' if n != 1 else 'it'} out", file=sys.stderr)
+              f"no pooled B_simple for the points {'they' if n != 1 else 'it'} belong to, and no E / E_min or gamma for "
+              f"an adaptive run among them (the per-iteration table is needed)", file=sys.stderr)
     print(f"report: {Path(args.sweep_dir) / 'report.html'}", file=sys.stderr)
     return 0
 

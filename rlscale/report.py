@@ -109,8 +109,10 @@ def plot_pareto(analysis: dict, path: Path) -> Path:
             else:
                 label += f" ({e['status'].replace('_', ' ')})"
             ax.plot(b * s, s, "o", color=color, label=label)
-            runs = [p for p in (e.get("adaptive") or {}).get("runs", []) if p["reached"]]
-            if runs:  # adaptive-batch runs, one marker per seed, beside the fixed-B frontier
+            # adaptive-batch runs, one marker per seed, beside the fixed-B frontier (a run without
+            # its metrics table has no env steps to place)
+            runs = [p for p in (e.get("adaptive") or {}).get("runs", []) if p["reached"] and p.get("env_steps") is not None]
+            if runs:
                 ax.plot([p["env_steps"] for p in runs], [p["iterations"] for p in runs], "^", color=color,
                         markeredgecolor="k", label=f"target {e['target']:g}: adaptive B (per seed)")
         ax.set_xlabel("env steps to target, E")
@@ -164,7 +166,7 @@ def plot_noise_over_training(sweep_dir: Path, table: pd.DataFrame, path: Path) -
                 ax.set_xscale("log")
             ax.legend(fontsize=8)
         else:
-            _no_data(ax, f"no {NOISE_COLUMN} data")
+            _no_data(ax, f"no {NOISE_COLUMN} data (or no metrics tables)")
         ax.set_xlabel("env steps")
         ax.set_ylabel("B_simple (examples per gradient)")
         ax.set_title(env)
@@ -368,13 +370,14 @@ def _adaptive_runs(sweep_dir: Path, table: pd.DataFrame) -> list[Path]:
 
 
 def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> list[Path]:
-    """Write all figures into ``sweep_dir/figures`` and return their paths."""
+    """Write all figures into ``sweep_dir/figures`` and return their paths; one of ours that this
+    analysis has no data for (no adaptive runs) is removed, not left from an earlier one."""
     sweep_dir = Path(sweep_dir)
     analysis = analysis or _load_analysis(sweep_dir)
     fig_dir = sweep_dir / "figures"
     table = _read_csv(sweep_dir / "steps_to_target.csv")
     dim = _read_csv(sweep_dir / "diminishing_returns.csv")
-    return [
+    paths = [
         plot_pareto(analysis, fig_dir / FIGURES["pareto"]),
         plot_noise_over_training(sweep_dir, table, fig_dir / FIGURES["noise"]),
         plot_bcrit_vs_bsimple(analysis, fig_dir / FIGURES["bcrit"]),
@@ -383,6 +386,9 @@ def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> 
          if (runs := _adaptive_runs(sweep_dir, table)) else []) \
       + ([plot_bcrit_by_variant(analysis, variants, fig_dir / FIGURES["bcrit_variants"])]
          if len(variants := list(analysis.get("noise_scale_claim_by_variant") or {})) > 1 else [])
+    for name in set(FIGURES.values()) - {p.name for p in paths}:
+        (fig_dir / name).unlink(missing_ok=True)
+    return paths
 
 
 # ----------------------------------------------------------------------------------------
@@ -466,6 +472,7 @@ def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: lis
     table = _read_csv(sweep_dir / "steps_to_target.csv")
     failed = pd.DataFrame(analysis.get("failed_trials", []))
     pending = pd.DataFrame(analysis.get("pending_batch_sizes", []), columns=["env_id", "B", "n_pending"])
+    without = pd.DataFrame(sorted((analysis.get("trials_without_metrics") or {}).items()), columns=["env_id", "completed trials"])
     units = pd.DataFrame(sorted(UNITS.items()), columns=["quantity", "unit / definition"])
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(analysis.get("trial_counts", {}).items()))
     name = html.escape(str(analysis.get("sweep_name", sweep_dir.name)))
@@ -485,6 +492,10 @@ def write_report_html(sweep_dir: str | os.PathLike, analysis: dict, figures: lis
         "<h2>Diminishing returns per learning-rate rule</h2>", _table_html(dim),
         f"<h2>Failed trials ({len(failed)})</h2>", _table_html(failed),
         f"<h2>Batch sizes left out of the fits while trials are pending ({len(pending)})</h2>", _table_html(pending),
+        f"<h2>Completed trials without a metrics table ({int(without['completed trials'].sum())})</h2>",
+        "<p>Their records give steps to targets and their own B_simple; the pooled B_simple (left out where any of "
+        "a point's trials has no table), adaptive runs' E / E_min, product and predicted gamma, and the curves over "
+        "training need the per-iteration table (metrics.csv or metrics.csv.gz).</p>", _table_html(without),
         "<h2>Steps to target, every trial</h2>", _table_html(table),
         "</body></html>",
     ]
@@ -536,8 +547,10 @@ def log_to_wandb(sweep_dir: str | os.PathLike, analysis: dict | None = None,
     )
     try:
         payload: dict[str, Any] = {}
-        for png in sorted((sweep_dir / "figures").glob("*.png")):
-            payload[f"figures/{png.stem}"] = wandb.Image(str(png))
+        for rel in analysis.get("figures") or []:  # this analysis' figures, not whatever lies in figures/
+            png = sweep_dir / rel
+            if png.is_file():
+                payload[f"figures/{png.stem}"] = wandb.Image(str(png))
         for csv in ["steps_to_target", "pareto_fits", "diminishing_returns"]:
             path = sweep_dir / f"{csv}.csv"
             if path.exists():

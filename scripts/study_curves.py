@@ -47,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
             color = cmap(j / max(1, len(sizes) - 1))
             rows = table[(table["env_id"] == env) & (table["B"] == c["B"]) & (table["lr"] == c["lr"])
                          & (table["lr_rule"] == c["lr_rule"]) & (table["status"] == "completed")]
-            for n, tid in enumerate(rows["trial_id"]):
+            label: str | None = f"B = {c['B']:g}, lr {c['lr']:g}"  # on the first curve drawn
+            for tid in rows["trial_id"]:
                 path = metrics_path(args.sweep_dir / "trials" / tid)
                 if not path.is_file():
                     continue
                 m = pd.read_csv(path).dropna(subset=["eval/return_mean"])
-                ax.plot(m["env_steps_used"], m["eval/return_mean"], "-", color=color, lw=0.8, alpha=0.8,
-                        label=f"B = {c['B']:g}, lr {c['lr']:g}" if n == 0 else None)
+                ax.plot(m["env_steps_used"], m["eval/return_mean"], "-", color=color, lw=0.8, alpha=0.8, label=label)
+                label = None
         for e in entries:
             ax.axhline(e["target"], color="0.6", ls=":", lw=0.8)
         ax.set_xscale("log")

@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for e in adaptive:
             ad = e["adaptive"]
-            cell = lambda k, ad=ad: f"{_num(ad[k]['median'])} {_ci(ad[k]['ci'])}"  # noqa: E731
+            # a median over fewer runs than reached (runs without a metrics table) says over how many
+            cell = lambda k, ad=ad: (f"{_num(ad[k]['median'])} {_ci(ad[k]['ci'])}"  # noqa: E731
+                                     + (f" (n = {ad[k]['n']})" if ad[k]["n"] < ad["n_reached"] else ""))
             print(f"| {e['env_id']} | {e['target']:g} | {ad['n_reached']} of {ad['n_runs']} | {cell('s_over_s_min')} "
                   f"| {cell('e_over_e_min')} | {cell('measured_product')} | {cell('predicted_gamma')} |")
     print_variants(a)

@@ -220,7 +220,7 @@ def test_a_batch_size_with_trials_pending_stays_out_of_the_fits_until_they_finis
     assert f"{ENV} B=2048: 1 trial still pending, left out of the fits until it finishes" in err
     on_disk = json.loads((sweep / "analysis.json").read_text())
     assert on_disk["trials_without_metrics"] == {ENV: 1}
-    assert f"{ENV}: 1 completed trial without a metrics table (metrics.csv or metrics.csv.gz): the pooled B_simple" in err
+    assert f"{ENV}: 1 completed trial without a metrics table (metrics.csv or metrics.csv.gz): no pooled B_simple for the points it" in err
     assert on_disk["pending_batch_sizes"] == [{"env_id": ENV, "B": 2048.0, "n_pending": 1}]
     report = (sweep / "report.html").read_text()
     assert "while trials are pending (1)</h2>" in report and f"<td>{ENV}</td>\n      <td>2048</td>" in report
@@ -520,7 +520,7 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
 
     sweep = make_fake_sweep(tmp_path)
     plain = analyze(sweep, wandb_mode="disabled")
-    plain_missing = sum(plain["trials_without_metrics"].values())  # the fake sweep's trials written without tables
+    assert plain["trials_without_metrics"] == {}
     histories = {1: [64, 128, 256, 512, 512, 512], 2: [64, 64, 128, 256, 512, 1024, 1024, 1024]}
     for seed, batches in histories.items():
         d = sweep / "trials" / f"adaptive_s{seed}"
@@ -557,8 +557,13 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
     assert "figures/adaptive_batch_over_training.png" in result["figures"] and png.read_bytes()[:4] == b"\x89PNG"
     assert "figures/adaptive_batch_over_training.png" not in plain.get("figures", [])
     # a clone of records kept before tables were packed: seed 2's table is gone. Its point keeps
-    # S / S_min (from summary.json), the rest of its point is unknown, and the analysis says so
+    # S / S_min (from summary.json), the rest of its point is unknown, and the analysis says so;
+    # seed 1 kept only its packed table, which counts as a table
+    from rlscale.tracking import pack_metrics
+
     (sweep / "trials" / "adaptive_s2" / "metrics.csv").unlink()
+    pack_metrics(sweep / "trials" / "adaptive_s1")
+    (sweep / "trials" / "adaptive_s1" / "metrics.csv").unlink()
     clone = analyze(sweep, wandb_mode="disabled")
     ad2 = _entry(clone, 100.0)["adaptive"]
     assert (ad2["n_runs"], ad2["n_reached"], ad2["n_without_metrics"], ad["n_without_metrics"]) == (2, 2, 1, 0)
@@ -566,9 +571,16 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
     assert p2["metrics_missing"] and p2["s_over_s_min"] == next(p for p in ad["runs"] if p["seed"] == 2)["s_over_s_min"]
     assert p2["e_over_e_min"] is None and p2["predicted_gamma"] is None
     assert ad2["predicted_gamma"]["n"] == 1 and ad2["s_over_s_min"] == ad["s_over_s_min"]
-    assert clone["trials_without_metrics"] == {ENV: 1 + plain_missing}
+    assert clone["trials_without_metrics"] == {ENV: 1}
+    assert next(p for p in ad2["runs"] if p["seed"] == 1) == {**next(p for p in ad["runs"] if p["seed"] == 1), "metrics_missing": False}
     for key in ("s_min", "e_min", "b_crit", "b_simple"):
         assert _entry(clone, 100.0)[key] == low[key], key
+    assert pd.read_csv(sweep / "pareto_fits.csv").set_index("target").loc[100.0, "adaptive_n_without_metrics"] == 1
+    assert "<h2>Completed trials without a metrics table (1)</h2>" in (sweep / "report.html").read_text()
+    # with no adaptive run's table left, the adaptive figure of the earlier analysis goes too
+    (sweep / "trials" / "adaptive_s1" / "metrics.csv.gz").unlink()
+    bare = analyze(sweep, wandb_mode="disabled")
+    assert not png.exists() and "figures/adaptive_batch_over_training.png" not in bare["figures"]
 
 
 def test_noise_scale_variants_are_averaged_from_the_trials_that_recorded_them(tmp_path):
@@ -781,7 +793,7 @@ def test_an_analysis_of_a_clone_reads_the_trials_packed_metrics(tmp_path):
     from rlscale.tracking import pack_metrics
 
     results = []
-    for name in ("tables", "clone"):
+    for name in ("tables", "clone", "one lost"):
         sweep = tmp_path / name
         (sweep / "trials").mkdir(parents=True)
         (sweep / "sweep.json").write_text(json.dumps({"name": "pooled", "targets": {"X": [1.0]}}))
@@ -791,9 +803,11 @@ def test_an_analysis_of_a_clone_reads_the_trials_packed_metrics(tmp_path):
             for d in (sweep / "trials").iterdir():
                 pack_metrics(d)
                 (d / "metrics.csv").unlink()
-        results.append(analyze(sweep, wandb_mode="disabled", make_report=False)["entries"][0]["b_simple_variants"]["combined"]["pooled"])
+        if name == "one lost":  # B = 128's table is gone: no pooled value from B = 64's alone
+            (sweep / "trials" / "b128_s1" / "metrics.csv").unlink()
+        results.append(analyze(sweep, wandb_mode="disabled", make_report=False)["entries"][0]["b_simple_variants"]["combined"].get("pooled"))
     assert results[0]["b_simple"] == pytest.approx(2 * ((30 + 50) / (2 + 4) + (40 + 80) / (10 + 30)) / 2)
-    assert results[1] == results[0]
+    assert results[1] == results[0] and results[2] is None
 
 
 def test_pooled_b_simple_has_no_interval_from_one_seed_per_batch_size(tmp_path):
