@@ -399,7 +399,8 @@ class NoiseHistories:
         return self._tables[trial_id]
 
     def has_table(self, trial_id: str) -> bool:
-        return metrics_path(self.trials / trial_id).is_file()
+        """Whether the trial's metrics table is there and reads."""
+        return self._table(trial_id) is not None
 
     def means(self, trial_id: str, iterations: float, variant: str, skip: int = 0) -> tuple[float, float] | None:
         """The trial's mean |G|^2 and mean tr(Sigma) (per example) over its updates up to

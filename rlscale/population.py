@@ -704,31 +704,41 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> list[tuple[Path, dict]]:
     """Each member's checkpoint to resume from. Members that left the population (summary.json,
     pruned.json or diverged.json) resume from their newest, as a run does. The members still
-    running step together and checkpoint together, so they resume from the newest iteration
-    that every one of them has a valid checkpoint of: a stop that came while their checkpoints
-    were being written leaves some a checkpoint newer than the others', and resuming each from
-    its own newest would keep them apart for the rest of the run (each group evaluating at its
-    own iterations). Where they share no iteration, each resumes from its newest."""
-    left = [any((d / f).is_file() for f in ("summary.json", "pruned.json", "diverged.json")) for d in run_dirs]
-    running = [i for i, gone in enumerate(left) if not gone]
-    shared = sorted(set.intersection(*(set(_checkpoint_iterations(run_dirs[i])) for i in running)), reverse=True) if running else []
-    newest = {i: max(_checkpoint_iterations(run_dirs[i]), default=0) for i in running}
+    running step together and write their checkpoints in one round, so their newest differ
+    only when a stop came during a round: some hold that round's checkpoint, the others' newest
+    is the round before. Those ahead then resume from the round before as well, and the
+    interrupted round's files are removed (no later resume or tool reads them): resuming each
+    member from its own newest would keep two groups apart for the rest of the run, each
+    evaluating at its own iterations. Any other spread (members that never ran together) is
+    left as it is, with a warning."""
+    running = [i for i, d in enumerate(run_dirs) if not any((d / f).is_file() for f in ("summary.json", "pruned.json", "diverged.json"))]
+    its = {i: _checkpoint_iterations(run_dirs[i]) for i in running}
+    newest = {i: max(its[i], default=0) for i in running}
     saved: dict[int, tuple[Path, dict]] = {}
-    for it in shared:
-        try:
-            for i in running:
-                path = checkpoint.checkpoint_path(run_dirs[i], it)
-                state = checkpoint.load(path)
-                checkpoint.check_compatible(state, to_dict(cfgs[i]))
-                saved[i] = (path, state)
-            break
-        except checkpoint.CheckpointError as e:
-            saved.clear()
-            print(f"warning: {e}; trying the members' previous shared checkpoint", file=sys.stderr)
-    if running and saved and len(set(newest.values())) > 1:
-        print(f"population: the running members' newest checkpoints are at iterations {sorted(set(newest.values()))} "
-              f"(a stop while they were written); all {len(running)} resume from iteration {shared[0] if saved else '?'}",
-              file=sys.stderr)
+    spread = sorted(set(newest.values()))
+    if len(spread) == 2:
+        before, top = spread
+        ahead = [i for i in running if newest[i] == top]
+        if all(before in its[i] and not any(before < x < top for x in its[i]) for i in ahead):  # one round apart
+            try:
+                for i in ahead:
+                    path = checkpoint.checkpoint_path(run_dirs[i], before)
+                    state = checkpoint.load(path)
+                    checkpoint.check_compatible(state, to_dict(cfgs[i]))
+                    saved[i] = (path, state)
+            except checkpoint.CheckpointError as e:
+                saved.clear()
+                print(f"warning: {e}", file=sys.stderr)
+            else:
+                for i in running:  # the round's checkpoints, and workers' files written before a checkpoint was
+                    interrupted = checkpoint.checkpoint_path(run_dirs[i], top)
+                    checkpoint.workers_path(interrupted).unlink(missing_ok=True)
+                    interrupted.unlink(missing_ok=True)
+                print(f"population: a stop came while the members' checkpoints of iteration {top} were written ({len(ahead)} of "
+                      f"{len(running)} were); all {len(running)} running members resume from iteration {before}", file=sys.stderr)
+    if len(spread) > 1 and not saved:
+        print(f"population: the running members' newest checkpoints are at iterations {spread}, not one round of "
+              f"checkpoints apart; each resumes from its own newest", file=sys.stderr)
     return [saved[i] if i in saved else load_checkpoint(d, cfg) for i, (cfg, d) in enumerate(zip(cfgs, run_dirs))]
 
 

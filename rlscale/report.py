@@ -370,8 +370,10 @@ def _adaptive_runs(sweep_dir: Path, table: pd.DataFrame) -> list[Path]:
 
 
 def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> list[Path]:
-    """Write all figures into ``sweep_dir/figures`` and return their paths; one of ours that this
-    analysis has no data for (no adaptive runs) is removed, not left from an earlier one."""
+    """Write all figures into ``sweep_dir/figures`` and return their paths. One of ours that this
+    analysis does not make is removed, not left from an earlier analysis, except the adaptive
+    runs' figure where the sweep has adaptive runs whose tables are gone (a clone of records
+    kept before tables were packed): that figure cannot be drawn again, so it stays."""
     sweep_dir = Path(sweep_dir)
     analysis = analysis or _load_analysis(sweep_dir)
     fig_dir = sweep_dir / "figures"
@@ -386,7 +388,8 @@ def make_figures(sweep_dir: str | os.PathLike, analysis: dict | None = None) -> 
          if (runs := _adaptive_runs(sweep_dir, table)) else []) \
       + ([plot_bcrit_by_variant(analysis, variants, fig_dir / FIGURES["bcrit_variants"])]
          if len(variants := list(analysis.get("noise_scale_claim_by_variant") or {})) > 1 else [])
-    for name in set(FIGURES.values()) - {p.name for p in paths}:
+    adaptive_trials = not table.empty and "lr_rule" in table and bool((table["lr_rule"] == "adaptive").any())
+    for name in set(FIGURES.values()) - {p.name for p in paths} - ({FIGURES["adaptive"]} if adaptive_trials else set()):
         (fig_dir / name).unlink(missing_ok=True)
     return paths
 

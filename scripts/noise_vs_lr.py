@@ -282,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     from rlscale.analysis import NoiseHistories
 
     histories = NoiseHistories(args.sweep_dir)  # one per invocation: each metrics.csv is read once
-    missing = sum(not histories.has_table(str(t)) for t in table["trial_id"]) if args.skip_updates or args.parts else 0
+    ids = table["trial_id"].drop_duplicates()  # a trial has a row per target
+    missing = sum(not histories.has_table(str(t)) for t in ids) if args.skip_updates or args.parts else 0
     if missing:
-        print(f"noise_vs_lr: {missing} of {len(table)} trials have no metrics table (metrics.csv or metrics.csv.gz): "
+        print(f"noise_vs_lr: {missing} of {len(ids)} trials have no metrics table (metrics.csv or metrics.csv.gz): "
               f"what needs their updates (--skip-updates, --parts) leaves them out", file=sys.stderr)
     print_slopes(histories, table, args.variants, args.min_seeds, args.skip_updates)
     if args.parts:

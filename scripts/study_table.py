@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for e in adaptive:
             ad = e["adaptive"]
-            # a median over fewer runs than reached (runs without a metrics table) says over how many
+            # a median over fewer runs than reached (a run without a metrics table, or with no value) says over how many
             cell = lambda k, ad=ad: (f"{_num(ad[k]['median'])} {_ci(ad[k]['ci'])}"  # noqa: E731
                                      + (f" (n = {ad[k]['n']})" if ad[k]["n"] < ad["n_reached"] else ""))
             print(f"| {e['env_id']} | {e['target']:g} | {ad['n_reached']} of {ad['n_runs']} | {cell('s_over_s_min')} "

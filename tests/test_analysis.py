@@ -577,10 +577,17 @@ def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
         assert _entry(clone, 100.0)[key] == low[key], key
     assert pd.read_csv(sweep / "pareto_fits.csv").set_index("target").loc[100.0, "adaptive_n_without_metrics"] == 1
     assert "<h2>Completed trials without a metrics table (1)</h2>" in (sweep / "report.html").read_text()
-    # with no adaptive run's table left, the adaptive figure of the earlier analysis goes too
+    # with no adaptive run's table left, the figure cannot be drawn again: the earlier one stays,
+    # outside this analysis' figures; with no adaptive runs at all, it goes
+    import shutil
+
     (sweep / "trials" / "adaptive_s1" / "metrics.csv.gz").unlink()
     bare = analyze(sweep, wandb_mode="disabled")
-    assert not png.exists() and "figures/adaptive_batch_over_training.png" not in bare["figures"]
+    assert png.is_file() and "figures/adaptive_batch_over_training.png" not in bare["figures"]
+    for seed in histories:
+        shutil.rmtree(sweep / "trials" / f"adaptive_s{seed}")
+    analyze(sweep, wandb_mode="disabled")
+    assert not png.exists()
 
 
 def test_noise_scale_variants_are_averaged_from_the_trials_that_recorded_them(tmp_path):

@@ -531,7 +531,10 @@ def test_a_population_cuts_each_members_evaluation_games_and_logs_how_many(tmp_p
 def test_a_population_stopped_while_its_checkpoints_were_written_resumes_its_running_members_together(tmp_path, monkeypatch, capsys):
     # The stop lands in the evaluation of iteration 5, and member 1's checkpoint of it is not
     # written (as when a stop comes between the members' writes): both running members resume
-    # from iteration 4, the newest they share, and end as the uninterrupted population does.
+    # from iteration 4, the round before, member 0's checkpoint of 5 is removed, and both end as
+    # the uninterrupted population does.
+    import shutil
+
     import pandas as pd
 
     from rlscale.population import aligned_checkpoints, train_population
@@ -546,14 +549,32 @@ def test_a_population_stopped_while_its_checkpoints_were_written_resumes_its_run
         train_population(cfgs, dirs, quiet=True)
     assert all((d / "checkpoints" / "ckpt_00000005.pt").is_file() for d in dirs)
     (dirs[1] / "checkpoints" / "ckpt_00000005.pt").unlink()
+
+    def names(run_dirs):
+        return [p.name for p, _ in aligned_checkpoints(cfgs, run_dirs)]
+
+    # a member that left resumes from its own newest, whatever the others hold
+    left = [tmp_path / "left" / str(i) for i in range(2)]
+    for d, c in zip(dirs, left):
+        shutil.copytree(d, c)
+    (left[0] / "pruned.json").write_text("{}")
     capsys.readouterr()
-    assert [p.name for p, _ in aligned_checkpoints(cfgs, dirs)] == ["ckpt_00000004.pt"] * 2
-    assert "newest checkpoints are at iterations [4, 5] (a stop while they were written); all 2 resume from iteration 4" in capsys.readouterr().err
+    assert names(left) == ["ckpt_00000005.pt", "ckpt_00000004.pt"] and capsys.readouterr().err == ""
+    # members that are more than one round apart (never ran together) are not aligned
+    apart = [tmp_path / "apart" / str(i) for i in range(2)]
+    for d, c in zip(dirs, apart):
+        shutil.copytree(d, c)
+    (apart[1] / "checkpoints" / "ckpt_00000004.pt").unlink()
+    assert names(apart) == ["ckpt_00000005.pt", "ckpt_00000002.pt"]
+    assert "newest checkpoints are at iterations [2, 5], not one round of checkpoints apart" in capsys.readouterr().err
+    # one interrupted round: aligned, and the round's files are gone
+    assert names(dirs) == ["ckpt_00000004.pt"] * 2
+    assert ("checkpoints of iteration 5 were written (1 of 2 were); all 2 running members resume from iteration 4"
+            in capsys.readouterr().err)
+    assert not any((d / "checkpoints" / name).exists() for d in dirs for name in ("ckpt_00000005.pt", "workers_00000005.pkl"))
     resumed = train_population(cfgs, dirs, resume=True, quiet=True)
     whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(2)], quiet=True)
     for i in range(2):
         assert resumed[i]["iterations"] == whole[i]["iterations"] == 6
         a, b = (strip_times(pd.read_csv(tmp_path / d / str(i) / "metrics.csv")) for d in ("run", "whole"))
         pd.testing.assert_frame_equal(a, b)
-    # members that left (both finished: summary.json) resume from their own newest checkpoints
-    assert [p.name for p, _ in aligned_checkpoints(cfgs, dirs)] == ["ckpt_00000006.pt"] * 2
