@@ -23,7 +23,11 @@ sweep's finished populations of its env family, B and size (the learner's update
 one B and network, sets most of an iteration's training), and the range of evaluation paces of
 its own env's running cells, else of those finished populations; its hours are its iterations
 at the training pace plus its evaluations at the evaluation pace, and none when either is
-unknown. Members of a population that have finished (a summary.json) are not read. Paces are
+unknown. Where those populations' metrics tables are gone (a clone of records kept before
+tables were packed), their records still give a whole iteration's pace (the longest member's
+wall_time_s over its iterations: the population's mean, their own games' evaluations
+included, its members pruned as they were), and the cell's hours are its iterations at that
+pace: an estimate that is low where the cell's own evaluations take longer. Members of a population that have finished (a summary.json) are not read. Paces are
 wall-clock under whatever shared the cores, so the hours are an estimate for planning.
 """
 
@@ -153,6 +157,23 @@ def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, in
     return {k: (_span(train), _span(evals)) for k, (train, evals) in paces.items()}
 
 
+def record_paces(recs: list[dict]) -> dict[tuple[str, int, int], tuple[float, float]]:
+    """{(env family, B, members): (fastest, slowest) seconds of a whole iteration} over the
+    sweep's finished populations of that shape, each its longest member's record (wall_time_s
+    over iterations: evaluations included), for where their metrics tables are gone."""
+    longest: dict[str, dict] = {}
+    for r in recs:
+        pop = r.get("population")
+        if r.get("status") == "completed" and pop and (r.get("iterations") or 0) >= (longest.get(pop["first"], {}).get("iterations") or 0):
+            longest[pop["first"]] = r
+    paces: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    for r in longest.values():
+        if r.get("iterations") and r.get("wall_time_s"):
+            paces[_family(r["env_id"]), int(r["env_steps_per_iteration"]), int(r["population"]["members"])].append(
+                float(r["wall_time_s"]) / int(r["iterations"]))
+    return {k: (min(v), max(v)) for k, v in paces.items()}
+
+
 def _setting(trial_dir: Path, rec: dict, key: str):
     """The trial's setting `key` (dotted: eval.interval): the sweep's override, else its
     config.yaml's; None where neither has it."""
@@ -198,7 +219,7 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
             cell["seconds_per_iteration"] = (pace[1], pace[1])
             cell["seconds_per_evaluation"] = (pace[2], pace[2]) if pace[2] is not None else None
             cell["pace_from"] = "its own iterations"
-    others = finished_paces(sweep_dir, recs)
+    others, whole = finished_paces(sweep_dir, recs), record_paces(recs)
     for (env, b), cell in out.items():
         shape = (_family(env), b, cell["trials"])
         if cell["seconds_per_iteration"] is None and shape in others:
@@ -206,12 +227,15 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
             same_env = [x for (e, _), c in out.items() if e == env and c["pace_from"] == "its own iterations"
                         for x in c["seconds_per_evaluation"] or ()]
             cell["seconds_per_evaluation"] = _span(same_env) or others[shape][1]
+        elif cell["seconds_per_iteration"] is None and shape in whole:  # their tables are gone: their records' whole iterations
+            cell["seconds_per_iteration"] = cell["total_seconds_per_iteration"] = whole[shape]
+            cell["pace_from"] = "records of finished populations of this family, B and size (whole iterations, their evaluations included)"
         pace, budget, interval = cell["seconds_per_iteration"], cell["budget"], cell.pop("eval_interval")
         cell["evaluations_left"] = budget // interval - cell["iteration"] // interval if interval and budget else 0
         left = max(0, budget - cell["iteration"]) if budget else 0
         total = cell.pop("total_seconds_per_iteration", None)
-        if total is not None:  # running: at its own pace, its evaluations as they fall
-            cell["hours_left"] = (left * total / 3600,) * 2 if budget else None
+        if total is not None:  # running: at its own pace, its evaluations as they fall (or a records' pace, the same way)
+            cell["hours_left"] = tuple(left * t / 3600 for t in (total if isinstance(total, tuple) else (total, total))) if budget else None
         else:
             evals = cell["seconds_per_evaluation"] or ((0.0, 0.0) if not cell["evaluations_left"] else None)
             cell["hours_left"] = (tuple((left * p + cell["evaluations_left"] * e) / 3600 for p, e in zip(pace, evals))

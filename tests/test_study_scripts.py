@@ -323,6 +323,23 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
     assert "left: 0.01 population hours if no member is pruned, over 3 cells; 1 cells without a pace or budget" in out.stdout, out.stdout
 
 
+def test_study_cost_falls_back_on_finished_populations_records_where_their_tables_are_gone(tmp_path):
+    """A cell not started whose family, B and size have finished populations without metrics
+    tables: their longest members' wall_time_s over iterations (whole iterations, evaluations
+    included), as a range, times the cell's iterations left."""
+    cost = _script("study_cost")
+    (tmp_path / "trials" / "y").mkdir(parents=True)
+    one = {"first": "r", "members": 1}
+    recs = [{**_rec("y", 800, status="pending"), "overrides": ["total_env_steps=4000"]},  # 5 iterations
+            {**_rec("r", 800, wall=10.0, population=one), "iterations": 4},  # 2.5 s a whole iteration
+            {**_rec("s", 800, wall=9.0, population={"first": "s", "members": 1}), "iterations": 2},  # 4.5 s
+            {**_rec("s1", 800, wall=1.0, population={"first": "s", "members": 1}), "iterations": 1}]  # s's shorter member
+    cell = cost.remaining(tmp_path, recs)[("E", 800)]
+    assert cell["seconds_per_iteration"] == (2.5, 4.5) and cell["seconds_per_evaluation"] is None
+    assert cell["pace_from"].startswith("records of finished populations of this family, B and size (whole iterations")
+    assert cell["hours_left"] == (5 * 2.5 / 3600, 5 * 4.5 / 3600)
+
+
 def test_study_cost_counts_evaluations_apart_from_training(tmp_path):
     """A row's evaluation falls in the time to the next row; evaluations count once per
     (iteration, seconds) over every member of a population, whose members may evaluate at
