@@ -132,15 +132,21 @@ def _family(env_id: str) -> str:
     return family.name if family else env_id
 
 
-def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, int], tuple[tuple | None, tuple | None]]:
-    """{(env family, B, members): ((fastest, slowest) seconds per iteration of training,
-    (fastest, slowest) seconds per evaluation or None)} over the sweep's finished populations of
-    that shape, each its longest member's over its whole run."""
-    longest: dict[str, dict] = {}  # per population, the member that ran the most iterations
+def _longest_members(recs: list[dict]) -> dict[str, dict]:
+    """Per finished population (its first trial), the record of the member that ran the most iterations."""
+    longest: dict[str, dict] = {}
     for r in recs:
         pop = r.get("population")
         if r.get("status") == "completed" and pop and (r.get("iterations") or 0) >= (longest.get(pop["first"], {}).get("iterations") or 0):
             longest[pop["first"]] = r
+    return longest
+
+
+def finished_paces(sweep_dir: Path, recs: list[dict]) -> dict[tuple[str, int, int], tuple[tuple | None, tuple | None]]:
+    """{(env family, B, members): ((fastest, slowest) seconds per iteration of training,
+    (fastest, slowest) seconds per evaluation or None)} over the sweep's finished populations of
+    that shape, each its longest member's over its whole run."""
+    longest = _longest_members(recs)
     by_population: dict[str, list[dict]] = defaultdict(list)
     for m in recs:
         if m.get("population"):
@@ -161,11 +167,7 @@ def record_paces(recs: list[dict]) -> dict[tuple[str, int, int], tuple[float, fl
     """{(env family, B, members): (fastest, slowest) seconds of a whole iteration} over the
     sweep's finished populations of that shape, each its longest member's record (wall_time_s
     over iterations: evaluations included), for where their metrics tables are gone."""
-    longest: dict[str, dict] = {}
-    for r in recs:
-        pop = r.get("population")
-        if r.get("status") == "completed" and pop and (r.get("iterations") or 0) >= (longest.get(pop["first"], {}).get("iterations") or 0):
-            longest[pop["first"]] = r
+    longest = _longest_members(recs)
     paces: dict[tuple[str, int, int], list[float]] = defaultdict(list)
     for r in longest.values():
         if r.get("iterations") and r.get("wall_time_s"):
