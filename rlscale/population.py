@@ -701,9 +701,11 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 # ----------------------------------------------------------------------------- training
 
 
-def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> list[tuple[Path, dict]]:
+def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> list[tuple[Path, dict] | None]:
     """Each member's checkpoint to resume from. Members that left the population (summary.json,
-    pruned.json or diverged.json) resume from their newest, as a run does. The members still
+    pruned.json or diverged.json) resume from their newest, as a run does; one that diverged
+    before its first checkpoint has none (None: it does not train again, and its records stand
+    as written). The members still
     running step together and write their checkpoints in one round, so their newest differ
     only when a stop came during a round: some hold that round's checkpoint, the others' newest
     is the round before. Those ahead then resume from the round before as well, and the
@@ -739,7 +741,14 @@ def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -
     if len(spread) > 1 and not saved:
         print(f"population: the running members' newest checkpoints are at iterations {spread}, not one round of "
               f"checkpoints apart; each resumes from its own newest", file=sys.stderr)
-    return [saved[i] if i in saved else load_checkpoint(d, cfg) for i, (cfg, d) in enumerate(zip(cfgs, run_dirs))]
+    return [saved[i] if i in saved else None if _diverged_unsaved(d) else load_checkpoint(d, cfg)
+            for i, (cfg, d) in enumerate(zip(cfgs, run_dirs))]
+
+
+def _diverged_unsaved(run_dir: Path) -> bool:
+    """The member diverged before its first checkpoint and its summary is written (without the
+    summary, `load_checkpoint` refuses: the records are incomplete and the member starts again)."""
+    return all((run_dir / f).is_file() for f in ("diverged.json", "summary.json")) and not checkpoint.list_checkpoints(run_dir)
 
 
 def _checkpoint_iterations(run_dir: Path) -> list[int]:
@@ -776,7 +785,7 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     try:
         spec = pools[0].spec()
         learner = PopulationLearner(cfgs, spec, device)
-        runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet, keep)
+        runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet, keep, records_only=resume and s is None)
                 for cfg, d, pool, member, s in zip(cfgs, run_dirs, pools, learner.members, saved)]
         labels: list[tuple[str, float]] = list(groups) if groups is not None else [(str(c.ppo.lr_rule), c.ppo.lr) for c in cfgs]
         return _PopulationLoop(learner, runs, labels if prune else None, finished, settled=prune_settled).loop(quiet)
@@ -949,10 +958,10 @@ class _PopulationLoop:
             run.save()
             if pruned is not None:  # after the checkpoint: a resume from it leaves the member out
                 atomic_write_json(run.run_dir / "pruned.json", pruned)
-        run.close(0)
         summary = run.run_dir / "summary.json"
         if diverged_before and summary.is_file():
             pack_metrics(run.run_dir)  # records written before runs packed their tables
             self.summaries[i] = json.loads(summary.read_text())
         else:
-            self.summaries[i] = run.write_summary()
+            self.summaries[i] = run.write_summary()  # before closing W&B: a stop now leaves little unwritten
+        run.close(0)

@@ -126,15 +126,19 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, o
 
 
 def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunLearner,
-             saved: tuple[Path, dict] | None, overwrite: bool, quiet: bool, keep: Sequence[str] = ()) -> Run:
+             saved: tuple[Path, dict] | None, overwrite: bool, quiet: bool, keep: Sequence[str] = (),
+             records_only: bool = False) -> Run:
     """A run's directory and parts around its built learner: the checkpoint `saved` (from
     `load_checkpoint`, None for a new run) checked against the env and restored, or a fresh
-    directory; config.yaml written either way."""
+    directory; config.yaml written either way. `records_only`: a population member that left
+    without a checkpoint (it diverged before its first), opened at iteration 0 only to stand
+    beside the others; its directory, config.yaml included, stays as written."""
     if saved is not None:
         checkpoint.check_compatible(saved[1], to_dict(cfg), spec)
-    else:
+    elif not records_only:
         create_run_dir(run_dir, overwrite, keep)
-    _write_config(run_dir, cfg, saved)
+    if not records_only:
+        _write_config(run_dir, cfg, saved)
     state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
     schedule = schedules.make_batch_schedule(cfg.ppo, delivery_unit(cfg, pool.envs_per_worker))
     wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
