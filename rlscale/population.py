@@ -963,5 +963,5 @@ class _PopulationLoop:
             pack_metrics(run.run_dir)  # records written before runs packed their tables
             self.summaries[i] = json.loads(summary.read_text())
         else:
-            self.summaries[i] = run.write_summary()  # before closing W&B: a stop now leaves little unwritten
+            self.summaries[i] = run.write_summary()  # before the eval envs close: a stop between leaves the records whole
         run.close(0)
