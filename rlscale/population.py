@@ -827,7 +827,7 @@ class _PopulationLoop:
         active = [i for i, r in enumerate(runs)
                   if not r.finished() and not any((r.run_dir / f).is_file() for f in ("pruned.json", "diverged.json"))]
         for i in set(range(len(runs))) - set(active):
-            self.finish(i)
+            self.finish(i, earlier=True)
         # a resumed population decides again who leaves at the iteration it resumes at (the stop
         # may have come between a checkpoint, or a replayed row, and that decision)
         self.leave(active)
@@ -941,27 +941,27 @@ class _PopulationLoop:
             self.finish(i, pruned={"iteration": c.iteration, "env_steps": c.env_steps_used, "reason": reason})
             active.remove(i)
 
-    def finish(self, i: int, pruned: dict | None = None) -> None:
+    def finish(self, i: int, pruned: dict | None = None, earlier: bool = False) -> None:
         """Member i leaves the population: its final checkpoint (none after a divergence: the
         last one holds finite weights), pruned.json when `pruned` says why it stops, and its
-        summary."""
+        summary. `earlier`: it left in an earlier session (the population resumed), and its
+        records stand as they were written; only a summary a stop kept from being written is
+        written now, from its checkpoint."""
         run, member = self.runs[i], self.learner.members[i]
-        # a member that diverged in an earlier session: its records stand as they were written
-        # (its checkpoint is older than its divergence)
-        diverged_before = not member.diverged and (run.run_dir / "diverged.json").is_file()
+        summary = run.run_dir / "summary.json"
+        if earlier and summary.is_file():
+            pack_metrics(run.run_dir)  # records written before runs packed their tables
+            self.summaries[i] = json.loads(summary.read_text())
+            run.close(0)
+            return
         if member.diverged:
             c = run.state.counters
             atomic_write_json(run.run_dir / "diverged.json", {"iteration": c.iteration, "env_steps": c.env_steps,
                                                               "reason": "non-finite loss or gradient; weights frozen before it"})
             print(f"population: member {i} ({run.run_dir}) diverged at iteration {c.iteration}; the others go on", file=sys.stderr)
-        elif not diverged_before:
+        elif not earlier:
             run.save()
             if pruned is not None:  # after the checkpoint: a resume from it leaves the member out
                 atomic_write_json(run.run_dir / "pruned.json", pruned)
-        summary = run.run_dir / "summary.json"
-        if diverged_before and summary.is_file():
-            pack_metrics(run.run_dir)  # records written before runs packed their tables
-            self.summaries[i] = json.loads(summary.read_text())
-        else:
-            self.summaries[i] = run.write_summary()  # before the eval envs close: a stop between leaves the records whole
+        self.summaries[i] = run.write_summary()  # before the eval envs close: a stop between leaves the records whole
         run.close(0)

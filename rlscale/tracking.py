@@ -67,8 +67,10 @@ class MetricsTable:
         if not self.path.exists():
             return
         with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(float(r["iteration"])) <= iteration]
-        self._rewrite(self.columns, rows)
+            rows = list(csv.DictReader(f))
+        kept = [r for r in rows if int(float(r["iteration"])) <= iteration]
+        if len(kept) < len(rows):
+            self._rewrite(self.columns, kept)
 
     def last_value(self, column: str) -> float:
         """The last non-empty, non-NaN value of `column` (NaN if none): what a resumed run

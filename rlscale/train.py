@@ -451,9 +451,12 @@ def _write_config(run_dir: Path, cfg: TrainConfig, saved) -> None:
     """config.yaml is the config the run goes on with; on a resume that changes it, the
     earlier one is kept beside it as config.before_resume_<iteration>.yaml."""
     path, text = run_dir / "config.yaml", to_yaml(cfg)
-    if saved is not None and path.is_file() and path.read_text() != text:
+    before = path.read_text() if path.is_file() else None
+    if text == before:
+        return
+    if saved is not None and before is not None:
         iteration = saved[1]["run"]["counters"]["iteration"]
-        atomic_write_text(run_dir / f"config.before_resume_{iteration:08d}.yaml", path.read_text())
+        atomic_write_text(run_dir / f"config.before_resume_{iteration:08d}.yaml", before)
     atomic_write_text(path, text)
 
 

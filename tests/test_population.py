@@ -581,11 +581,11 @@ def test_a_population_stopped_while_its_checkpoints_were_written_resumes_its_run
 
 
 @pytest.mark.slow
-def test_a_member_that_diverged_before_its_first_checkpoint_stays_as_written_when_the_population_resumes(tmp_path, monkeypatch):
-    # Member 1 diverges at iteration 1, before the first checkpoint (iteration 2); the stop lands
-    # in the evaluation of iteration 3. The resume goes on from member 0's checkpoint, leaves
-    # member 1's records byte for byte as they were (config.yaml included), and
-    # member 0 ends as in the uninterrupted population.
+def test_members_that_left_before_a_stop_keep_their_records_as_written_when_the_population_resumes(tmp_path, monkeypatch):
+    # Member 1 diverges at iteration 1, before the first checkpoint (iteration 2), and member 2
+    # uses its budget at iteration 2; the stop lands in the evaluation of iteration 3. The
+    # resume goes on from member 0's checkpoint and leaves the other two's files as written
+    # (same bytes, not rewritten); member 0 ends as in the uninterrupted population.
     import pandas as pd
 
     from rlscale.population import PopulationLearner, train_population
@@ -595,27 +595,30 @@ def test_a_member_that_diverged_before_its_first_checkpoint_stays_as_written_whe
 
     def nan_for_member_1_at_1(self, batches, lrs, iterations, clips):
         if batches[1] is not None and iterations[1] == 0:
-            batches = [batches[0], {**batches[1], "advantages": np.full_like(batches[1]["advantages"], np.nan)}]
+            batches = [*batches]
+            batches[1] = {**batches[1], "advantages": np.full_like(batches[1]["advantages"], np.nan)}
         return real(self, batches, lrs, iterations, clips)
 
     monkeypatch.setattr(PopulationLearner, "update", nan_for_member_1_at_1)
     base = ["workers.backend=local", "total_env_steps=1536", "checkpoint_interval=2", "eval.interval=3", "eval.episodes=2"]
-    cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4")]
+    cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4"), cfg_for(*base, "seed=3", "total_env_steps=512")]
     _interrupt_evaluation(monkeypatch, lambda loop, members: bool(members))
-    dirs = [tmp_path / "run" / str(i) for i in range(2)]
+    dirs = [tmp_path / "run" / str(i) for i in range(3)]
     with pytest.raises(KeyboardInterrupt):
         train_population(cfgs, dirs, quiet=True)
     assert (dirs[1] / "diverged.json").is_file() and not list((dirs[1] / "checkpoints").glob("ckpt_*"))
+    assert (dirs[2] / "summary.json").is_file()
 
     def files(d):
-        return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+        return {p.relative_to(d): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
 
-    before = files(dirs[1])
+    before = [files(d) for d in dirs[1:]]
     resumed = train_population(cfgs, dirs, resume=True, quiet=True)
-    assert files(dirs[1]) == before
-    whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(2)], quiet=True)
-    assert resumed[0]["iterations"] == whole[0]["iterations"] == 6
-    untimed = [{k: v for k, v in s[1].items() if k not in ("wall_time_s", "env_steps_per_s", "run_dir")} for s in (resumed, whole)]
-    assert untimed[0] == untimed[1] and untimed[0]["iterations"] == 1
+    assert [files(d) for d in dirs[1:]] == before
+    whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(3)], quiet=True)
+    assert [s["iterations"] for s in resumed] == [s["iterations"] for s in whole] == [6, 1, 2]
+    for i in (1, 2):
+        untimed = [{k: v for k, v in s[i].items() if k not in ("wall_time_s", "env_steps_per_s", "run_dir")} for s in (resumed, whole)]
+        assert untimed[0] == untimed[1]
     a, b = (strip_times(pd.read_csv(tmp_path / d / "0" / "metrics.csv")) for d in ("run", "whole"))
     pd.testing.assert_frame_equal(a, b)
