@@ -14,6 +14,9 @@ A member is the standalone trial of its config: at step 0 its weights, its rollo
 with workers.backend=local (tests/test_population.py checks gradients, one update and the
 first iteration against a standalone Learner and run). A member whose loss or gradient turns
 non-finite is frozen and reported (``diverged.json`` in its run directory); the others go on.
+A resumed population continues its running members from one checkpoint iteration
+(`aligned_checkpoints`); members that left (budget used, pruned, or diverged, even before their
+first checkpoint) keep their records as written.
 
 Where a population spends less than its members would apart: the members' actions are drawn at
 once from each worker's own generator stream (`draw_noise`: the same actions as the workers'
