@@ -706,9 +706,10 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 
 def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> list[tuple[Path, dict] | None]:
     """Each member's checkpoint to resume from. Members that left the population (summary.json,
-    pruned.json or diverged.json) resume from their newest, as a run does; one that diverged
-    before its first checkpoint has none (None: it does not train again, and its records stand
-    as written). The members still
+    pruned.json or diverged.json) resume from their newest, as a run does. A member without a
+    checkpoint, where others have one, gets None: one that diverged before its first checkpoint
+    and wrote its summary keeps its records as they are (`_diverged_unsaved`); any other (a stop
+    came before its first checkpoint, or in the iteration it diverged) starts again. The members still
     running step together and write their checkpoints in one round, so their newest differ
     only when a stop came during a round: some hold that round's checkpoint, the others' newest
     is the round before. Those ahead then resume from the round before as well, and the
@@ -716,8 +717,9 @@ def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -
     member from its own newest would keep two groups apart for the rest of the run, each
     evaluating at its own iterations. Any other spread (members that never ran together) is
     left as it is, with a warning."""
-    running = [i for i, d in enumerate(run_dirs) if not any((d / f).is_file() for f in ("summary.json", "pruned.json", "diverged.json"))]
-    its = {i: _checkpoint_iterations(run_dirs[i]) for i in running}
+    its = {i: _checkpoint_iterations(d) for i, d in enumerate(run_dirs)}
+    running = [i for i, d in enumerate(run_dirs)
+               if its[i] and not any((d / f).is_file() for f in ("summary.json", "pruned.json", "diverged.json"))]
     newest = {i: max(its[i], default=0) for i in running}
     saved: dict[int, tuple[Path, dict]] = {}
     spread = sorted(set(newest.values()))
@@ -744,13 +746,23 @@ def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -
     if len(spread) > 1 and not saved:
         print(f"population: the running members' newest checkpoints are at iterations {spread}, not one round of "
               f"checkpoints apart; each resumes from its own newest", file=sys.stderr)
-    return [saved[i] if i in saved else None if _diverged_unsaved(d) else load_checkpoint(d, cfg)
-            for i, (cfg, d) in enumerate(zip(cfgs, run_dirs))]
+    out: list[tuple[Path, dict] | None] = []
+    for i, (cfg, d) in enumerate(zip(cfgs, run_dirs)):
+        if i in saved:
+            out.append(saved[i])
+        elif its[i] or not any(its.values()):  # none has a checkpoint: load_checkpoint says so, as for a run
+            out.append(load_checkpoint(d, cfg))
+        else:
+            if not _diverged_unsaved(d):
+                print(f"population: member {i} ({d}) has no checkpoint (a stop came before its first); it starts again",
+                      file=sys.stderr)
+            out.append(None)
+    return out
 
 
 def _diverged_unsaved(run_dir: Path) -> bool:
-    """The member diverged before its first checkpoint and its summary is written (without the
-    summary, `load_checkpoint` refuses: the records are incomplete and the member starts again)."""
+    """The member diverged before its first checkpoint and its summary is written: a resumed
+    population keeps its records as they are (without the summary, it starts again)."""
     return all((run_dir / f).is_file() for f in ("diverged.json", "summary.json")) and not checkpoint.list_checkpoints(run_dir)
 
 
@@ -788,8 +800,10 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     try:
         spec = pools[0].spec()
         learner = PopulationLearner(cfgs, spec, device)
-        runs = [open_run(cfg, d, spec, pool, member, s, overwrite, quiet, keep, records_only=resume and s is None)
-                for cfg, d, pool, member, s in zip(cfgs, run_dirs, pools, learner.members, saved)]
+        records_only = [resume and s is None and _diverged_unsaved(d) for s, d in zip(saved, run_dirs)]
+        again = [resume and s is None and not r for s, r in zip(saved, records_only)]  # no checkpoint: starts again
+        runs = [open_run(cfg, d, spec, pool, member, s, overwrite or a, quiet, keep, records_only=r)
+                for cfg, d, pool, member, s, r, a in zip(cfgs, run_dirs, pools, learner.members, saved, records_only, again)]
         labels: list[tuple[str, float]] = list(groups) if groups is not None else [(str(c.ppo.lr_rule), c.ppo.lr) for c in cfgs]
         return _PopulationLoop(learner, runs, labels if prune else None, finished, settled=prune_settled).loop(quiet)
     finally:
@@ -819,9 +833,13 @@ class _PopulationLoop:
         out: dict[int, str] = {}
         for rule in sorted({g[0] for g in groups}):
             ms = [i for i, g in enumerate(groups) if g[0] == rule]
-            args = ([groups[i] for i in ms], [{k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms],
-                    [i in active for i in ms], [runs[i].state.counters.iteration for i in ms], targets,
-                    [f for f in self.finished if f.group[0] == rule])
+            # a member that left: what its summary says (a records-only member's state is at iteration 0,
+            # and a diverged one's checkpoint can be older than its divergence)
+            left = {i: Finished.from_summary(groups[i], self.summaries[i]) for i in ms if i in self.summaries}
+            args = ([groups[i] for i in ms],
+                    [left[i].reached if i in left else {k: v["iterations"] for k, v in runs[i].state.counters.targets.items()} for i in ms],
+                    [i in active for i in ms], [left[i].iterations if i in left else runs[i].state.counters.iteration for i in ms],
+                    targets, [f for f in self.finished if f.group[0] == rule])
             out.update({ms[j]: why for j, why in losing_members(*args, settled=self.settled).items()})
         return dict(sorted(out.items()))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import math
 import os
 import sys
@@ -67,9 +68,10 @@ class MetricsTable:
         if not self.path.exists():
             return
         with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            text = f.read()
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
         kept = [r for r in rows if int(float(r["iteration"])) <= iteration]
-        if len(kept) < len(rows):
+        if len(kept) < len(rows) or not text.endswith("\n"):  # rows past it, or a row cut short by a stop
             self._rewrite(self.columns, kept)
 
     def last_value(self, column: str) -> float:
@@ -86,8 +88,6 @@ class MetricsTable:
         return last
 
     def _rewrite(self, columns: list[str], rows: list[dict]) -> None:
-        import io
-
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=columns, restval="")
         w.writeheader()

@@ -329,7 +329,7 @@ def test_a_population_gives_each_stopped_member_its_reason():
 
     reached = [{"1.0": 3, "2.0": 4}, {"1.0": 5, "2.0": 6}, {}, {"1.0": 2}, {}, {}]
     loop = object.__new__(_PopulationLoop)  # only what pruned() reads
-    loop.runs, loop.finished = [run(r) for r in reached], []
+    loop.runs, loop.finished, loop.summaries = [run(r) for r in reached], [], {}
     loop.groups = [("grid", 1e-3)] * 3 + [("grid", 1e-4)] * 3
     loop.settled = False
     assert loop.pruned(list(range(6))) == {3: LOSING_REASON, 4: LOSING_REASON, 5: LOSING_REASON}
@@ -580,6 +580,21 @@ def test_a_population_stopped_while_its_checkpoints_were_written_resumes_its_run
         pd.testing.assert_frame_equal(a, b)
 
 
+def _diverge(monkeypatch, member: int, iteration: int) -> None:
+    """`member`'s loss turns non-finite in the update of its iteration `iteration` (counted from 1)."""
+    from rlscale.population import PopulationLearner
+
+    real = PopulationLearner.update
+
+    def update(self, batches, lrs, iterations, clips):
+        if batches[member] is not None and iterations[member] == iteration - 1:
+            batches = [*batches]
+            batches[member] = {**batches[member], "advantages": np.full_like(batches[member]["advantages"], np.nan)}
+        return real(self, batches, lrs, iterations, clips)
+
+    monkeypatch.setattr(PopulationLearner, "update", update)
+
+
 @pytest.mark.slow
 def test_members_that_left_before_a_stop_keep_their_records_as_written_when_the_population_resumes(tmp_path, monkeypatch):
     # Member 1 diverges at iteration 1, before the first checkpoint (iteration 2), and member 2
@@ -588,18 +603,10 @@ def test_members_that_left_before_a_stop_keep_their_records_as_written_when_the_
     # (same bytes, not rewritten); member 0 ends as in the uninterrupted population.
     import pandas as pd
 
-    from rlscale.population import PopulationLearner, train_population
+    from rlscale.population import train_population
     from tests.helpers import strip_times
 
-    real = PopulationLearner.update
-
-    def nan_for_member_1_at_1(self, batches, lrs, iterations, clips):
-        if batches[1] is not None and iterations[1] == 0:
-            batches = [*batches]
-            batches[1] = {**batches[1], "advantages": np.full_like(batches[1]["advantages"], np.nan)}
-        return real(self, batches, lrs, iterations, clips)
-
-    monkeypatch.setattr(PopulationLearner, "update", nan_for_member_1_at_1)
+    _diverge(monkeypatch, member=1, iteration=1)
     base = ["workers.backend=local", "total_env_steps=1536", "checkpoint_interval=2", "eval.interval=3", "eval.episodes=2"]
     cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4"), cfg_for(*base, "seed=3", "total_env_steps=512")]
     _interrupt_evaluation(monkeypatch, lambda loop, members: bool(members))
@@ -622,3 +629,67 @@ def test_members_that_left_before_a_stop_keep_their_records_as_written_when_the_
         assert untimed[0] == untimed[1]
     a, b = (strip_times(pd.read_csv(tmp_path / d / "0" / "metrics.csv")) for d in ("run", "whole"))
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_member_without_a_checkpoint_starts_again_when_the_others_resume(tmp_path, monkeypatch, capsys):
+    # Member 1 diverges at iteration 3 and the stop lands in that iteration's evaluation, before
+    # the first checkpoint round (4): member 0 saves its state at the stop, member 1 (diverged, its
+    # diverged.json not written yet) nothing. On resume member 0 goes on from its checkpoint and
+    # member 1 starts again and diverges where it did: both end as in the uninterrupted population.
+    import pandas as pd
+
+    from rlscale.population import train_population
+    from tests.helpers import strip_times
+
+    _diverge(monkeypatch, member=1, iteration=3)
+    base = ["workers.backend=local", "total_env_steps=1536", "checkpoint_interval=4", "eval.interval=3", "eval.episodes=2"]
+    cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2", "ppo.lr=5e-4")]
+    _interrupt_evaluation(monkeypatch, lambda loop, members: bool(members))
+    dirs = [tmp_path / "run" / str(i) for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_population(cfgs, dirs, quiet=True)
+    assert [p.name for p in (dirs[0] / "checkpoints").glob("ckpt_*")] == ["ckpt_00000003.pt"]
+    assert not list((dirs[1] / "checkpoints").glob("ckpt_*")) and not (dirs[1] / "diverged.json").exists()
+    capsys.readouterr()
+    resumed = train_population(cfgs, dirs, resume=True, quiet=True)
+    assert "member 1 (" in capsys.readouterr().err
+    whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(2)], quiet=True)
+    assert [s["iterations"] for s in resumed] == [s["iterations"] for s in whole] == [6, 3]
+    assert (dirs[1] / "diverged.json").read_text() == (tmp_path / "whole" / "1" / "diverged.json").read_text()
+    for i in range(2):
+        a, b = (strip_times(pd.read_csv(tmp_path / d / str(i) / "metrics.csv")) for d in ("run", "whole"))
+        pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+def test_pruning_after_a_resume_counts_what_a_member_that_left_had_reached(tmp_path, monkeypatch):
+    # Member 1 reaches target 1 at its first evaluation and diverges at iteration 3, before the first
+    # checkpoint (5); the stop lands in the evaluation of iteration 4. Pruning in the resumed
+    # population sees member 1's reach and iterations as the uninterrupted population did (from its
+    # summary: its state there is a records-only member's, at iteration 0).
+    from rlscale import population
+
+    calls: list = []
+    real = population.losing_members
+
+    def spy(groups, reached, active, iterations, *args, **kwargs):
+        calls.append((reached[1], iterations[1]))
+        return real(groups, reached, active, iterations, *args, **kwargs)
+
+    monkeypatch.setattr(population, "losing_members", spy)
+    _diverge(monkeypatch, member=1, iteration=3)
+    base = ["workers.backend=local", "total_env_steps=2048", "checkpoint_interval=5", "eval.interval=1", "eval.episodes=2",
+            "targets=[1, 1000]"]
+    cfgs = [cfg_for(*base, f"seed={s}") for s in (1, 2, 3)]
+    whole = population.train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(3)], quiet=True, prune=True)
+    assert whole[1]["iterations"] == 3 and whole[1]["targets"]["1.0"]["iterations"] == 1
+    assert ({"1.0": 1}, 3) in calls  # what the uninterrupted population's pruning saw once member 1 left
+    _interrupt_evaluation(monkeypatch, lambda loop, members: loop.runs[members[0]].state.counters.iteration == 4)
+    dirs = [tmp_path / "run" / str(i) for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        population.train_population(cfgs, dirs, quiet=True, prune=True)
+    calls[:] = []
+    resumed = population.train_population(cfgs, dirs, resume=True, quiet=True, prune=True)
+    assert calls and all(c == ({"1.0": 1}, 3) for c in calls)
+    assert [s["iterations"] for s in resumed] == [s["iterations"] for s in whole]

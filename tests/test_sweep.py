@@ -386,6 +386,25 @@ def test_a_resumed_run_carries_its_latest_evaluation(tmp_path):
     assert math.isnan(t.last_value("no/such_column")) and math.isnan(MetricsTable(tmp_path / "none.csv").last_value("x"))
 
 
+def test_a_metrics_table_is_rewritten_on_resume_only_when_it_must_be(tmp_path):
+    import os
+
+    from rlscale.tracking import MetricsTable
+
+    path = tmp_path / "metrics.csv"
+    t = MetricsTable(path)
+    for i in (1, 2, 3):
+        t.append({"iteration": i, "x": i / 2})
+    os.utime(path, ns=(0, 0))
+    MetricsTable(path).truncate_after(3)  # nothing past iteration 3: the file is left as it is
+    assert path.stat().st_mtime_ns == 0
+    path.write_text(path.read_text() + "4,2.0")  # a stop before the last row's line end
+    t = MetricsTable(path)
+    t.truncate_after(4)
+    t.append({"iteration": 5, "x": 2.5})
+    assert path.read_text() == "iteration,x\n1,0.5\n2,1.0\n3,1.5\n4,2.0\n5,2.5\n"
+
+
 def test_a_trial_started_afresh_keeps_its_pending_record_while_it_runs(tmp_path, monkeypatch):
     """A fresh start clears a trial's directory (stale files of an earlier attempt) but keeps the
     sweep's pending trial.json until the trial's own record replaces it, so that an analysis run
