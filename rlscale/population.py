@@ -15,8 +15,9 @@ with workers.backend=local (tests/test_population.py checks gradients, one updat
 first iteration against a standalone Learner and run). A member whose loss or gradient turns
 non-finite is frozen and reported (``diverged.json`` in its run directory); the others go on.
 A resumed population continues its running members from one checkpoint iteration
-(`aligned_checkpoints`); members that left (budget used, pruned, or diverged, even before their
-first checkpoint) keep their records as written.
+(`aligned_checkpoints`; after a stop in the first checkpoint round they start again, in step);
+members that left (budget used, pruned, or diverged, even before their first checkpoint) keep
+their records as written.
 
 Where a population spends less than its members would apart: the members' actions are drawn at
 once from each worker's own generator stream (`draw_noise`: the same actions as the workers'
@@ -705,21 +706,37 @@ def losing_members(groups: Sequence, reached: Sequence[dict[str, int]], active: 
 
 
 def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -> list[tuple[Path, dict] | None]:
-    """Each member's checkpoint to resume from. Members that left the population (summary.json,
-    pruned.json or diverged.json) resume from their newest, as a run does. A member without a
-    checkpoint, where others have one, gets None: one that diverged before its first checkpoint
-    and wrote its summary keeps its records as they are (`_diverged_unsaved`); any other (a stop
-    came before its first checkpoint, or in the iteration it diverged) starts again. The members still
-    running step together and write their checkpoints in one round, so their newest differ
-    only when a stop came during a round: some hold that round's checkpoint, the others' newest
-    is the round before. Those ahead then resume from the round before as well, and the
-    interrupted round's files are removed (no later resume or tool reads them): resuming each
-    member from its own newest would keep two groups apart for the rest of the run, each
+    """Each member's checkpoint to resume from, or None for a member that has none to load.
+
+    Members that left the population (summary.json, pruned.json or diverged.json) resume from
+    their newest, as a run does; one whose summary is written but has no checkpoint (it
+    diverged before its first, or its checkpoints were removed) gets None and keeps its records
+    as they are (`_left_unsaved`). A member still running without a checkpoint means the stop
+    came in the first round of checkpoints, or in the iteration a member diverged before it (so
+    no member has more than that one checkpoint): all running members then start again (None),
+    in step, losing at most that round. Where others hold more, a ConfigError names the member.
+
+    The members still running step together and write their checkpoints in one round, so their
+    newest differ only when a stop came during a round: some hold that round's checkpoint, the
+    others' newest is the round before. Those ahead then resume from the round before as well,
+    and the interrupted round's files are removed (no later resume or tool reads them): resuming
+    each member from its own newest would keep two groups apart for the rest of the run, each
     evaluating at its own iterations. Any other spread (members that never ran together) is
     left as it is, with a warning."""
+    n = len(run_dirs)
     its = {i: _checkpoint_iterations(d) for i, d in enumerate(run_dirs)}
-    running = [i for i, d in enumerate(run_dirs)
-               if its[i] and not any((d / f).is_file() for f in ("summary.json", "pruned.json", "diverged.json"))]
+    records = {i for i, d in enumerate(run_dirs) if _left_unsaved(d)}
+    unsaved = [i for i in range(n) if not its[i] and i not in records]  # no checkpoint, no summary
+    running = [i for i, d in enumerate(run_dirs) if not any((d / f).is_file() for f in ("summary.json", "pruned.json", "diverged.json"))]
+    if unsaved and (any(its.values()) or records):  # (with no checkpoint and no records at all, load_checkpoint refuses)
+        again = sorted({*unsaved, *running})
+        several = [i for i in again if len(its[i]) > 1]
+        if several:
+            raise ConfigError(f"cannot resume: member {unsaved[0]} ({run_dirs[unsaved[0]]}) has no checkpoint while member "
+                              f"{several[0]} has {len(its[several[0]])}; start the population again without --resume")
+        print(f"population: member(s) {unsaved} have no checkpoint (a stop came before their first); the running members "
+              f"{again} start again", file=sys.stderr)
+        return [None if i in records or i in again else load_checkpoint(run_dirs[i], cfgs[i]) for i in range(n)]
     newest = {i: max(its[i], default=0) for i in running}
     saved: dict[int, tuple[Path, dict]] = {}
     spread = sorted(set(newest.values()))
@@ -746,24 +763,15 @@ def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -
     if len(spread) > 1 and not saved:
         print(f"population: the running members' newest checkpoints are at iterations {spread}, not one round of "
               f"checkpoints apart; each resumes from its own newest", file=sys.stderr)
-    out: list[tuple[Path, dict] | None] = []
-    for i, (cfg, d) in enumerate(zip(cfgs, run_dirs)):
-        if i in saved:
-            out.append(saved[i])
-        elif its[i] or not any(its.values()):  # none has a checkpoint: load_checkpoint says so, as for a run
-            out.append(load_checkpoint(d, cfg))
-        else:
-            if not _diverged_unsaved(d):
-                print(f"population: member {i} ({d}) has no checkpoint (a stop came before its first); it starts again",
-                      file=sys.stderr)
-            out.append(None)
-    return out
+    return [saved[i] if i in saved else None if i in records else load_checkpoint(d, cfg)
+            for i, (cfg, d) in enumerate(zip(cfgs, run_dirs))]
 
 
-def _diverged_unsaved(run_dir: Path) -> bool:
-    """The member diverged before its first checkpoint and its summary is written: a resumed
-    population keeps its records as they are (without the summary, it starts again)."""
-    return all((run_dir / f).is_file() for f in ("diverged.json", "summary.json")) and not checkpoint.list_checkpoints(run_dir)
+def _left_unsaved(run_dir: Path) -> bool:
+    """The member left the population with its summary written, and has no checkpoint (it
+    diverged before its first, or they were removed): a resumed population keeps its records
+    as they are."""
+    return (run_dir / "summary.json").is_file() and not checkpoint.list_checkpoints(run_dir)
 
 
 def _checkpoint_iterations(run_dir: Path) -> list[int]:
@@ -800,12 +808,17 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     try:
         spec = pools[0].spec()
         learner = PopulationLearner(cfgs, spec, device)
-        records_only = [resume and s is None and _diverged_unsaved(d) for s, d in zip(saved, run_dirs)]
-        again = [resume and s is None and not r for s, r in zip(saved, records_only)]  # no checkpoint: starts again
+        records_only = [resume and s is None and _left_unsaved(d) for s, d in zip(saved, run_dirs)]
+        again = [resume and s is None and not r for s, r in zip(saved, records_only)]  # starts again (aligned_checkpoints)
+        for cfg, s in zip(cfgs, saved):  # every checkpoint fits before any directory is emptied
+            if s is not None:
+                checkpoint.check_compatible(s[1], to_dict(cfg), spec)
         runs = [open_run(cfg, d, spec, pool, member, s, overwrite or a, quiet, keep, records_only=r)
                 for cfg, d, pool, member, s, r, a in zip(cfgs, run_dirs, pools, learner.members, saved, records_only, again)]
         labels: list[tuple[str, float]] = list(groups) if groups is not None else [(str(c.ppo.lr_rule), c.ppo.lr) for c in cfgs]
-        return _PopulationLoop(learner, runs, labels if prune else None, finished, settled=prune_settled).loop(quiet)
+        loop = _PopulationLoop(learner, runs, labels if prune else None, finished, settled=prune_settled,
+                               left=[i for i, r in enumerate(records_only) if r])
+        return loop.loop(quiet)
     finally:
         for pool in pools:
             pool.close()
@@ -815,8 +828,9 @@ class _PopulationLoop:
     """The members' runs driven together: sample all, update all, log each (train.Run's steps)."""
 
     def __init__(self, learner: PopulationLearner, runs: list[Run], groups: list[tuple[str, float]] | None = None,
-                 finished: Sequence[Finished] = (), settled: bool = False):
+                 finished: Sequence[Finished] = (), settled: bool = False, left: Sequence[int] = ()):
         self.learner, self.runs = learner, runs
+        self.left = set(left)  # members opened records-only (they left, and have no checkpoint)
         self.settled = settled  # also stop seeds whose lr's median is fixed without them (losing_members)
         self.groups = groups  # each member's (lr rule, lr) when pruning, else None
         self.finished = list(finished)  # runs outside the population that pruning counts as members that left
@@ -845,8 +859,8 @@ class _PopulationLoop:
 
     def loop(self, quiet: bool) -> list[dict]:
         runs, learner = self.runs, self.learner
-        active = [i for i, r in enumerate(runs)
-                  if not r.finished() and not any((r.run_dir / f).is_file() for f in ("pruned.json", "diverged.json"))]
+        active = [i for i, r in enumerate(runs) if i not in self.left and not r.finished()
+                  and not any((r.run_dir / f).is_file() for f in ("pruned.json", "diverged.json"))]
         for i in set(range(len(runs))) - set(active):
             self.finish(i, earlier=True)
         # a resumed population decides again who leaves at the iteration it resumes at (the stop

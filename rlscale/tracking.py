@@ -69,9 +69,10 @@ class MetricsTable:
             return
         with open(self.path, newline="") as f:
             text = f.read()
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        whole = text[: text.rfind("\n") + 1]  # a last line without its end is a row a stop cut short: dropped
+        rows = list(csv.DictReader(io.StringIO(whole, newline="")))
         kept = [r for r in rows if int(float(r["iteration"])) <= iteration]
-        if len(kept) < len(rows) or not text.endswith("\n"):  # rows past it, or a row cut short by a stop
+        if len(kept) < len(rows) or whole != text:
             self._rewrite(self.columns, kept)
 
     def last_value(self, column: str) -> float:

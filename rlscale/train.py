@@ -142,7 +142,8 @@ def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunL
     state = RunState(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.tracking.return_window)
     schedule = schedules.make_batch_schedule(cfg.ppo, delivery_unit(cfg, pool.envs_per_worker))
     wandb_id = _restore(saved, learner, state, schedule, pool, quiet) if saved else None
-    run = Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id, saved[1].get("pending_row") if saved else None)
+    run = Run(cfg, run_dir, spec, pool, learner, state, schedule, wandb_id, saved[1].get("pending_row") if saved else None,
+              final=records_only)
     if run.pending is not None:  # the checkpoint was written before its iteration was logged
         try:
             run.record()
@@ -173,7 +174,7 @@ class Run:
     and update in place of `fill` and `Learner.update`."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunLearner, state: RunState,
-                 schedule, wandb_id: str | None, pending: dict | None = None):
+                 schedule, wandb_id: str | None, pending: dict | None = None, final: bool = False):
         self.cfg, self.run_dir, self.spec, self.pool = cfg, run_dir, spec, pool
         self.learner, self.state, self.schedule = learner, state, schedule
         self.targets = sorted(float(x) for x in cfg.targets)
@@ -181,8 +182,8 @@ class Run:
         self.saved_at = time.monotonic()  # when the last checkpoint was written (or the run opened)
         self.table = MetricsTable(run_dir / "metrics.csv")
         # rows past the checkpoint are recomputed; a pending row is logged again by `record`. A run
-        # that diverged (a population member) is final: its rows up to the divergence stay.
-        if not (run_dir / "diverged.json").is_file():
+        # that diverged (a population member), or one opened `final` (records only), keeps its rows.
+        if not final and not (run_dir / "diverged.json").is_file():
             upto = state.counters.iteration - (pending is not None)
             self.table.truncate_after(upto)
             logged = self.table.last_value("iteration")

@@ -598,7 +598,7 @@ def _diverge(monkeypatch, member: int, iteration: int) -> None:
 @pytest.mark.slow
 def test_members_that_left_before_a_stop_keep_their_records_as_written_when_the_population_resumes(tmp_path, monkeypatch):
     # Member 1 diverges at iteration 1, before the first checkpoint (iteration 2), and member 2
-    # uses its budget at iteration 2; the stop lands in the evaluation of iteration 3. The
+    # uses its budget at iteration 2 (its checkpoints are then removed); the stop lands in the evaluation of iteration 3. The
     # resume goes on from member 0's checkpoint and leaves the other two's files as written
     # (same bytes, not rewritten); member 0 ends as in the uninterrupted population.
     import pandas as pd
@@ -615,13 +615,16 @@ def test_members_that_left_before_a_stop_keep_their_records_as_written_when_the_
         train_population(cfgs, dirs, quiet=True)
     assert (dirs[1] / "diverged.json").is_file() and not list((dirs[1] / "checkpoints").glob("ckpt_*"))
     assert (dirs[2] / "summary.json").is_file()
+    for p in (dirs[2] / "checkpoints").iterdir():  # a member that finished, its checkpoints removed to free the disk
+        p.unlink()
 
     def files(d):
         return {p.relative_to(d): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
 
     before = [files(d) for d in dirs[1:]]
     resumed = train_population(cfgs, dirs, resume=True, quiet=True)
-    assert [files(d) for d in dirs[1:]] == before
+    after = [files(d) for d in dirs[1:]]
+    assert [sorted(str(k) for k in set(a) | set(b) if a.get(k) != b.get(k)) for a, b in zip(after, before)] == [[], []]
     whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(3)], quiet=True)
     assert [s["iterations"] for s in resumed] == [s["iterations"] for s in whole] == [6, 1, 2]
     for i in (1, 2):
@@ -632,14 +635,18 @@ def test_members_that_left_before_a_stop_keep_their_records_as_written_when_the_
 
 
 @pytest.mark.slow
-def test_a_member_without_a_checkpoint_starts_again_when_the_others_resume(tmp_path, monkeypatch, capsys):
+def test_a_stop_before_the_first_checkpoint_round_starts_the_running_members_again_in_step(tmp_path, monkeypatch, capsys):
     # Member 1 diverges at iteration 3 and the stop lands in that iteration's evaluation, before
     # the first checkpoint round (4): member 0 saves its state at the stop, member 1 (diverged, its
-    # diverged.json not written yet) nothing. On resume member 0 goes on from its checkpoint and
-    # member 1 starts again and diverges where it did: both end as in the uninterrupted population.
+    # diverged.json not written yet) nothing. Resumed, both start again in step and end as the
+    # uninterrupted population does; where a member has more than one checkpoint, the resume is
+    # refused instead.
+    import shutil
+
     import pandas as pd
 
-    from rlscale.population import train_population
+    from rlscale.errors import ConfigError
+    from rlscale.population import aligned_checkpoints, train_population
     from tests.helpers import strip_times
 
     _diverge(monkeypatch, member=1, iteration=3)
@@ -651,15 +658,37 @@ def test_a_member_without_a_checkpoint_starts_again_when_the_others_resume(tmp_p
         train_population(cfgs, dirs, quiet=True)
     assert [p.name for p in (dirs[0] / "checkpoints").glob("ckpt_*")] == ["ckpt_00000003.pt"]
     assert not list((dirs[1] / "checkpoints").glob("ckpt_*")) and not (dirs[1] / "diverged.json").exists()
+    more = [tmp_path / "more" / str(i) for i in range(2)]
+    for d, c in zip(dirs, more):
+        shutil.copytree(d, c)
+    shutil.copy(more[0] / "checkpoints" / "ckpt_00000003.pt", more[0] / "checkpoints" / "ckpt_00000002.pt")
+    with pytest.raises(ConfigError, match="member 1 .* has no checkpoint while member 0 has 2; start the population again"):
+        aligned_checkpoints(cfgs, more)
     capsys.readouterr()
     resumed = train_population(cfgs, dirs, resume=True, quiet=True)
-    assert "member 1 (" in capsys.readouterr().err
+    assert "member(s) [1] have no checkpoint (a stop came before their first); the running members [0, 1] start again" in capsys.readouterr().err
     whole = train_population(cfgs, [tmp_path / "whole" / str(i) for i in range(2)], quiet=True)
     assert [s["iterations"] for s in resumed] == [s["iterations"] for s in whole] == [6, 3]
     assert (dirs[1] / "diverged.json").read_text() == (tmp_path / "whole" / "1" / "diverged.json").read_text()
     for i in range(2):
         a, b = (strip_times(pd.read_csv(tmp_path / d / str(i) / "metrics.csv")) for d in ("run", "whole"))
         pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_population_whose_members_all_left_without_checkpoints_resumes_to_their_records(tmp_path, monkeypatch):
+    from rlscale.population import train_population
+
+    _diverge(monkeypatch, member=0, iteration=1)
+    _diverge(monkeypatch, member=1, iteration=1)
+    base = ["workers.backend=local", "total_env_steps=1024", "checkpoint_interval=4"]
+    cfgs = [cfg_for(*base, "seed=1"), cfg_for(*base, "seed=2")]
+    dirs = [tmp_path / str(i) for i in range(2)]
+    first = train_population(cfgs, dirs, quiet=True)
+    assert [s["iterations"] for s in first] == [1, 1] and not list(tmp_path.glob("*/checkpoints/ckpt_*"))
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert train_population(cfgs, dirs, resume=True, quiet=True) == first
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
 
 
 @pytest.mark.slow

@@ -398,11 +398,11 @@ def test_a_metrics_table_is_rewritten_on_resume_only_when_it_must_be(tmp_path):
     os.utime(path, ns=(0, 0))
     MetricsTable(path).truncate_after(3)  # nothing past iteration 3: the file is left as it is
     assert path.stat().st_mtime_ns == 0
-    path.write_text(path.read_text() + "4,2.0")  # a stop before the last row's line end
+    path.write_text(path.read_text() + "4,2.")  # a row a stop cut short (no line end): not a row
     t = MetricsTable(path)
     t.truncate_after(4)
-    t.append({"iteration": 5, "x": 2.5})
-    assert path.read_text() == "iteration,x\n1,0.5\n2,1.0\n3,1.5\n4,2.0\n5,2.5\n"
+    t.append({"iteration": 4, "x": 2.25})
+    assert path.read_text() == "iteration,x\n1,0.5\n2,1.0\n3,1.5\n4,2.25\n"
 
 
 def test_a_trial_started_afresh_keeps_its_pending_record_while_it_runs(tmp_path, monkeypatch):
