@@ -131,8 +131,8 @@ def open_run(cfg: TrainConfig, run_dir: Path, spec: EnvSpec, pool, learner: RunL
     """A run's directory and parts around its built learner: the checkpoint `saved` (from
     `load_checkpoint`, None for a new run) checked against the env and restored, or a fresh
     directory; config.yaml written either way. `records_only`: a population member that left
-    without a checkpoint (it diverged before its first), opened at iteration 0 only to stand
-    beside the others; its directory, config.yaml included, stays as written."""
+    with its summary but has no checkpoint (it diverged before its first, or they were removed),
+    opened at iteration 0 only to stand beside the others; its directory stays as written."""
     if saved is not None:
         checkpoint.check_compatible(saved[1], to_dict(cfg), spec)
     elif not records_only:
