@@ -711,7 +711,7 @@ def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -
     Members that left the population (summary.json, pruned.json or diverged.json) resume from
     their newest, as a run does; one whose summary is written but has no checkpoint (it
     diverged before its first, or its checkpoints were removed) gets None and keeps its records
-    as they are (`_left_unsaved`). A member still running without a checkpoint means the stop
+    as they are (the only members with a summary that get None). A member still running without a checkpoint means the stop
     came in the first round of checkpoints, or in the iteration a member diverged before it (so
     no member has more than that one checkpoint): all running members then start again (None),
     in step, losing at most that round. Where others hold more, a ConfigError names the member.
@@ -725,7 +725,7 @@ def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -
     left as it is, with a warning."""
     n = len(run_dirs)
     its = {i: _checkpoint_iterations(d) for i, d in enumerate(run_dirs)}
-    records = {i for i, d in enumerate(run_dirs) if _left_unsaved(d)}
+    records = {i for i, d in enumerate(run_dirs) if not its[i] and (d / "summary.json").is_file()}  # left, no checkpoint
     unsaved = [i for i in range(n) if not its[i] and i not in records]  # no checkpoint, no summary
     running = [i for i, d in enumerate(run_dirs) if not any((d / f).is_file() for f in ("summary.json", "pruned.json", "diverged.json"))]
     if unsaved and (any(its.values()) or records):  # (with no checkpoint and no records at all, load_checkpoint refuses)
@@ -767,13 +767,6 @@ def aligned_checkpoints(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path]) -
             for i, (cfg, d) in enumerate(zip(cfgs, run_dirs))]
 
 
-def _left_unsaved(run_dir: Path) -> bool:
-    """The member left the population with its summary written, and has no checkpoint (it
-    diverged before its first, or they were removed): a resumed population keeps its records
-    as they are."""
-    return (run_dir / "summary.json").is_file() and not checkpoint.list_checkpoints(run_dir)
-
-
 def _checkpoint_iterations(run_dir: Path) -> list[int]:
     return [int(p.stem.split("_")[1]) for p in checkpoint.list_checkpoints(run_dir)]
 
@@ -808,7 +801,8 @@ def train_population(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], resu
     try:
         spec = pools[0].spec()
         learner = PopulationLearner(cfgs, spec, device)
-        records_only = [resume and s is None and _left_unsaved(d) for s, d in zip(saved, run_dirs)]
+        # a member with a summary and nothing to load left without a checkpoint (aligned_checkpoints)
+        records_only = [resume and s is None and (d / "summary.json").is_file() for s, d in zip(saved, run_dirs)]
         again = [resume and s is None and not r for s, r in zip(saved, records_only)]  # starts again (aligned_checkpoints)
         for cfg, s in zip(cfgs, saved):  # every checkpoint fits before any directory is emptied
             if s is not None:
