@@ -558,7 +558,10 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     groups = ([*population_groups(_pooled(todo), trial_cfgs, sweep_dir), *[[t] for t in todo if t.lr_rule == "adaptive"]]
               if cfg.population else [[t] for t in todo])
     order = {t.trial_id: k for k, t in enumerate(todo)}
-    groups.sort(key=lambda g: order[g[0].trial_id])  # the config's order: env by env, adaptive runs after their env's grid
+    # what a stop interrupted first (its checkpoints hold work not yet in a record), then the
+    # config's order: env by env, adaptive runs after their env's grid
+    started = {id(g): any(_has_checkpoint(sweep_dir / "trials" / t.trial_id) for t in g) for g in groups}
+    groups.sort(key=lambda g: (not started[id(g)], order[g[0].trial_id]))
     if not quiet:
         alone = sum(1 for g in groups if g[0].lr_rule == "adaptive")
         kinds = [*([f"{len(groups) - alone} populations"] if len(groups) > alone else []), *([f"{alone} adaptive runs"] if alone else [])]

@@ -308,6 +308,31 @@ def test_envs_filter_and_adaptive_trials_run_alone_beside_populations(tmp_path, 
         run_sweep(path, [], tmp_path / "x", quiet=True, only="fixed")
 
 
+def test_a_resumed_sweep_runs_the_populations_a_stop_interrupted_before_those_not_started(tmp_path, monkeypatch):
+    """A grid that grew (a new lr) after a stop: the interrupted populations resume first, then
+    the new members, in the config's order."""
+    import rlscale.sweep as sweep_mod
+
+    seen = {}
+
+    def fake_run(cfg, groups, *args):
+        seen["groups"] = [[t.trial_id for t in g] for g in groups]
+        return []
+
+    monkeypatch.setattr(sweep_mod, "_run_on_ray", fake_run)
+    monkeypatch.setattr(sweep_mod, "_connect", lambda *a: None)
+    path = _protocol_sweep(tmp_path, PROTOCOL_SWEEP.replace("seeds: [1]", "seeds: [1, 2]\npopulation: true"))
+    trials = [t for t in expand_grid(load_sweep_config(path)) if t.env_id == "CartPole-v1" and t.lr_rule != "adaptive"]
+    bs = sorted({t.env_steps_per_iteration for t in trials})
+    for t in trials:  # a stop in the largest B's population: its members hold checkpoints
+        if t.env_steps_per_iteration == bs[-1]:
+            (tmp_path / "s" / "trials" / t.trial_id / "checkpoints").mkdir(parents=True)
+            (tmp_path / "s" / "trials" / t.trial_id / "checkpoints" / "ckpt_00000002.pt").write_bytes(b"")
+    run_sweep(path, [], tmp_path / "s", quiet=True, only_envs=["CartPole-v1"], only="grid")
+    firsts = [{int(i.split("_B")[1].split("_")[0]) for i in g} for g in seen["groups"]]
+    assert firsts == [{bs[-1]}, *[{b} for b in bs[:-1]]]
+
+
 def test_a_population_task_hands_the_sweeps_prune_setting_to_its_population(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
