@@ -373,6 +373,13 @@ def _has_checkpoint(trial_dir: Path) -> bool:
     return (trial_dir / "checkpoints").is_dir() and any((trial_dir / "checkpoints").glob("ckpt_*.pt"))
 
 
+def _started(trial_dir: Path) -> bool:
+    """A population member a stop interrupted: it holds a checkpoint, or it left its population
+    (summary.json) while its trial is still pending; the population resumes with it
+    (`population.train_population` keeps a member that left without a checkpoint as written)."""
+    return _has_checkpoint(trial_dir) or (trial_dir / "summary.json").is_file()
+
+
 def _failure(trial_dir: Path, e: Exception) -> str:
     trial_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(trial_dir / "error.txt", traceback.format_exc())
@@ -388,7 +395,7 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
     from rlscale.population import train_population
 
     dirs = [Path(d) for d in trial_dirs]
-    resume = _has_checkpoint(dirs[0])  # the group's trials all resume or all start (population_groups)
+    resume = _started(dirs[0])  # the group's trials all resume or all start (population_groups)
     nmbs = [0] * len(trials)
     try:
         cfgs = [load_train_config(d / "config.yaml", []) if resume else load_train_config(base_config, t.overrides)
@@ -437,13 +444,13 @@ def _pooled(trials: list[Trial]) -> list[Trial]:
 
 def population_groups(todo: list[Trial], trial_cfgs: dict, sweep_dir: Path) -> list[list[Trial]]:
     """The trials to run, grouped into populations: the same shared settings and either all
-    resuming from a checkpoint or all starting. Refuses (ConfigError) a trial no population
+    resuming (`_started`: a checkpoint, or a summary of a member that left) or all starting. Refuses (ConfigError) a trial no population
     can train, before anything starts."""
     from rlscale.population import check_population, shared_settings
 
     groups: dict[tuple[str, bool], list[Trial]] = {}
     for t in todo:
-        key = (shared_settings(trial_cfgs[t.trial_id]), _has_checkpoint(sweep_dir / "trials" / t.trial_id))
+        key = (shared_settings(trial_cfgs[t.trial_id]), _started(sweep_dir / "trials" / t.trial_id))
         groups.setdefault(key, []).append(t)
     out = list(groups.values())
     for group in out:
@@ -560,7 +567,7 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     order = {t.trial_id: k for k, t in enumerate(todo)}
     # what a stop interrupted first (its checkpoints hold work not yet in a record), then the
     # config's order: env by env, adaptive runs after their env's grid
-    started = {id(g): any(_has_checkpoint(sweep_dir / "trials" / t.trial_id) for t in g) for g in groups}
+    started = {id(g): any(_started(sweep_dir / "trials" / t.trial_id) for t in g) for g in groups}
     groups.sort(key=lambda g: (not started[id(g)], order[g[0].trial_id]))
     if not quiet:
         alone = sum(1 for g in groups if g[0].lr_rule == "adaptive")

@@ -10,7 +10,9 @@ that ran one after the other at the same B (an lr added to a grid later) into th
 them, so their time is a lower bound. Times are wall-clock under whatever else shared the
 machine's cores, not core-seconds of an idle machine.
 
-`--remaining` adds what the pending trials still have to run, per (env, B): the iteration their
+`--remaining` adds what the pending trials still have to run, per (env, B) and whether their
+population is running (a member has trained an iteration or finished) or not started (an lr added
+to a grid later runs as a population of its own beside the B's first): the iteration their
 population has reached (its members run in step), the iterations of their budget, the seconds
 of one iteration's training (the median over its furthest member's last 50 iterations, each
 less the evaluation it made), the seconds its evaluations take per `eval.interval` iterations
@@ -20,7 +22,8 @@ parts are apart because an evaluation plays whole episodes and lasts as long as 
 game, whatever B: a population whose worst members survive long without scoring spends most
 of its time evaluating. A cell not started yet takes the range of training paces of the
 sweep's finished populations of its env family, B and size (the learner's update, the same at
-one B and network, sets most of an iteration's training), and the range of evaluation paces of
+one B and network, sets most of an iteration's training; with none of its size, those of the
+nearest size scaled by the number of members, as a vectorised population's update is), and the range of evaluation paces of
 its own env's running cells, else of those finished populations; its hours are its iterations
 at the training pace plus its evaluations at the evaluation pace, and none when either is
 unknown. Where those populations' metrics tables are gone (a clone of records kept before
@@ -190,7 +193,7 @@ def _setting(trial_dir: Path, rec: dict, key: str):
 
 
 def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
-    """{(env, B): {"trials", "iteration", "budget", "seconds_per_iteration", "seconds_per_evaluation",
+    """{(env, B, running): {"trials", "iteration", "budget", "seconds_per_iteration", "seconds_per_evaluation",
     "evaluations_left", "pace_from", "hours_left"}} over the pending fixed-B trials (see the
     module docstring). Paces and hours are (low, high) pairs, equal for a running cell; None
     where unknown."""
@@ -199,17 +202,17 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
         if r.get("status") != "pending" or r.get("lr_rule") == "adaptive":
             continue
         b = int(r["env_steps_per_iteration"])
-        cell = out.setdefault((r["env_id"], b), {"trials": 0, "iteration": 0, "budget": None, "seconds_per_iteration": None,
+        trial_dir = sweep_dir / "trials" / r["trial_id"]
+        done = (trial_dir / "summary.json").is_file()  # a member that has finished
+        rows = [] if done else _rows(trial_dir, 51)
+        running = done or len(rows) >= 2
+        cell = out.setdefault((r["env_id"], b, running), {"trials": 0, "iteration": 0, "budget": None, "seconds_per_iteration": None,
                                                  "seconds_per_evaluation": None, "eval_interval": 0, "pace_from": None})
         cell["trials"] += 1
-        trial_dir = sweep_dir / "trials" / r["trial_id"]
         budget = _setting(trial_dir, r, "total_env_steps")
         cell["budget"] = -(-int(budget) // b) if budget else cell["budget"]
         cell["eval_interval"] = int(_setting(trial_dir, r, "eval.interval") or 0) or cell["eval_interval"]
-        if (trial_dir / "summary.json").is_file():  # a member that has finished
-            continue
-        rows = _rows(trial_dir, 51)
-        if len(rows) < 2:  # not begun
+        if done or len(rows) < 2:  # finished, or not begun
             continue
         cell.setdefault("rows", []).append(rows)
     for cell in out.values():  # the furthest member's last iterations, every member's evaluations
@@ -222,16 +225,21 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
             cell["seconds_per_evaluation"] = (pace[2], pace[2]) if pace[2] is not None else None
             cell["pace_from"] = "its own iterations"
     others, whole = finished_paces(sweep_dir, recs), record_paces(recs)
-    for (env, b), cell in out.items():
+    for (env, b, _), cell in out.items():
         shape = (_family(env), b, cell["trials"])
-        if cell["seconds_per_iteration"] is None and shape in others:
-            cell["seconds_per_iteration"], cell["pace_from"] = others[shape][0], "finished populations of this family, B and size"
-            same_env = [x for (e, _), c in out.items() if e == env and c["pace_from"] == "its own iterations"
+        # a population of its size, with tables or only records, else the nearest sizes scaled
+        borrowed = next(((src, got) for exact in (True, False) for src, paces in (("tables", others), ("records", whole))
+                         if (got := _borrow(shape, paces, exact))), None) if cell["seconds_per_iteration"] is None else None
+        if borrowed and borrowed[0] == "tables":
+            cell["seconds_per_iteration"], evals, size = borrowed[1]
+            cell["pace_from"] = f"finished populations of this family, B and {size}"
+            same_env = [x for (e, _, _), c in out.items() if e == env and c["pace_from"] == "its own iterations"
                         for x in c["seconds_per_evaluation"] or ()]
-            cell["seconds_per_evaluation"] = _span(same_env) or others[shape][1]
-        elif cell["seconds_per_iteration"] is None and shape in whole:  # their tables are gone: their records' whole iterations
-            cell["seconds_per_iteration"] = cell["total_seconds_per_iteration"] = whole[shape]
-            cell["pace_from"] = "records of finished populations of this family, B and size (whole iterations, their evaluations included)"
+            cell["seconds_per_evaluation"] = _span(same_env) or evals
+        elif borrowed:  # their tables are gone: their records' whole iterations
+            cell["seconds_per_iteration"], _, size = borrowed[1]
+            cell["total_seconds_per_iteration"] = cell["seconds_per_iteration"]
+            cell["pace_from"] = f"records of finished populations of this family, B and {size} (whole iterations, their evaluations included)"
         pace, budget, interval = cell["seconds_per_iteration"], cell["budget"], cell.pop("eval_interval")
         cell["evaluations_left"] = budget // interval - cell["iteration"] // interval if interval and budget else 0
         left = max(0, budget - cell["iteration"]) if budget else 0
@@ -243,6 +251,24 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
             cell["hours_left"] = (tuple((left * p + cell["evaluations_left"] * e) / 3600 for p, e in zip(pace, evals))
                                   if pace and budget and evals else None)
     return out
+
+
+def _borrow(shape: tuple[str, int, int], paces: dict, exact: bool) -> tuple[tuple, tuple | None, str] | None:
+    """From `paces` ({(env family, B, members): training span, or (training span, evaluation
+    span)}), the (low, high) training pace, the evaluation span and a label for a population of
+    `shape`: its own size's with `exact`, else the sizes nearest its members' (both on a tie),
+    each scaled by members / their members. None where there is none."""
+    sizes = sorted(k[2] for k in paces if k[:2] == shape[:2])
+    if exact:
+        sizes = [m for m in sizes if m == shape[2]]
+    if not sizes:
+        return None
+    near = [m for m in sizes if abs(m - shape[2]) == min(abs(x - shape[2]) for x in sizes)]
+    train = [x * shape[2] / m for m in near for x in (paces[(*shape[:2], m)][0] if isinstance(paces[(*shape[:2], m)][0], tuple)
+                                                      else paces[(*shape[:2], m)])]
+    evals = [x for m in near if isinstance(paces[(*shape[:2], m)][0], tuple) for x in paces[(*shape[:2], m)][1] or ()]
+    size = "size" if near == [shape[2]] else f"{' and '.join(map(str, near))} members (scaled)"
+    return (min(train), max(train)), _span(evals), size
 
 
 def _pair(pair: tuple | None, f: str) -> str:
@@ -287,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal: {total / 3600:.2f} population hours over {len(per_env)} envs")
     if args.remaining:
         left = remaining(args.sweep_dir, recs)
-        print("\n| env | B | pending trials | iteration | of (budget) | s per iteration (training) | evaluations left "
+        print("\n| env | B | population | pending trials | iteration | of (budget) | s per iteration (training) | evaluations left "
               "| s of evaluation per interval | pace from | hours left (no pruning) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for (env, b), c in sorted(left.items()):
-            print(f"| {env} | {b} | {c['trials']} | {c['iteration']} | {c['budget'] or '-'} "
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for (env, b, running), c in sorted(left.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2])):
+            print(f"| {env} | {b} | {'running' if running else 'not started'} | {c['trials']} | {c['iteration']} | {c['budget'] or '-'} "
                   f"| {_pair(c['seconds_per_iteration'], '.2f')} | {c['evaluations_left']} | {_pair(c['seconds_per_evaluation'], '.1f')} "
                   f"| {c['pace_from'] or '-'} | {_pair(c['hours_left'], '.2f')} |")
         known = [c["hours_left"] for c in left.values() if c["hours_left"] is not None]

@@ -299,27 +299,27 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
     (tmp_path / "trials" / "g" / "config.yaml").write_text("seed: 1\ntotal_env_steps: 1400\n")
     left = cost.remaining(tmp_path, recs)
     # c's training is the median of its iterations (2 s), its hours its whole pace's
-    assert left[("E", 100)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.0, 2.0),
+    assert left[("E", 100, True)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.0, 2.0),
                                 "seconds_per_evaluation": None, "evaluations_left": 0,
                                 "pace_from": "its own iterations", "hours_left": (3 * 2.5 / 3600, 3 * 2.5 / 3600)}
-    assert left[("E", 300)] == {"trials": 2, "iteration": 0, "budget": 4, "seconds_per_iteration": (4.0, 6.0),
+    assert left[("E", 300, False)] == {"trials": 2, "iteration": 0, "budget": 4, "seconds_per_iteration": (4.0, 6.0),
                                 "seconds_per_evaluation": None, "evaluations_left": 0,
                                 "pace_from": "finished populations of this family, B and size",
                                 "hours_left": (4 * 4.0 / 3600, 4 * 6.0 / 3600)}
-    assert left[("E", 500)]["seconds_per_iteration"] is None and left[("E", 500)]["hours_left"] is None
-    assert left[("E", 700)]["budget"] == 2 and left[("E", 700)]["seconds_per_iteration"] == (1.5, 1.5)
+    assert left[("E", 500, False)]["seconds_per_iteration"] is None and left[("E", 500, False)]["hours_left"] is None
+    assert left[("E", 700, True)]["budget"] == 2 and left[("E", 700, True)]["seconds_per_iteration"] == (1.5, 1.5)
     from rlscale.tracking import pack_metrics
 
     for tid in ("p", "p1", "p2", "q"):  # a clone of the records: the finished trials' metrics.csv.gz only
         pack_metrics(tmp_path / "trials" / tid)
         (tmp_path / "trials" / tid / "metrics.csv").unlink()
-    assert cost.remaining(tmp_path, recs)[("E", 300)] == left[("E", 300)]
+    assert cost.remaining(tmp_path, recs)[("E", 300, False)] == left[("E", 300, False)]
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "| E | 100 | 3 | 7 | 10 | 2.00 | 0 | - | its own iterations | 0.00 |" in out.stdout
-    assert "| E | 300 | 2 | 0 | 4 | 4.00-6.00 | 0 | - | finished populations of this family, B and size | 0.00-0.01 |" in out.stdout
-    assert "| E | 500 | 1 | 0 | 2 | - | 0 | - | - | - |" in out.stdout and "| E | 700 | 1 | 3 | 2 | 1.50 |" in out.stdout
+    assert "| E | 100 | running | 3 | 7 | 10 | 2.00 | 0 | - | its own iterations | 0.00 |" in out.stdout
+    assert "| E | 300 | not started | 2 | 0 | 4 | 4.00-6.00 | 0 | - | finished populations of this family, B and size | 0.00-0.01 |" in out.stdout
+    assert "| E | 500 | not started | 1 | 0 | 2 | - | 0 | - | - | - |" in out.stdout and "| E | 700 | running | 1 | 3 | 2 | 1.50 |" in out.stdout
     assert "left: 0.01 population hours if no member is pruned, over 3 cells; 1 cells without a pace or budget" in out.stdout, out.stdout
 
 
@@ -334,10 +334,53 @@ def test_study_cost_falls_back_on_finished_populations_records_where_their_table
             {**_rec("r", 800, wall=10.0, population=one), "iterations": 4},  # 2.5 s a whole iteration
             {**_rec("s", 800, wall=9.0, population={"first": "s", "members": 1}), "iterations": 2},  # 4.5 s
             {**_rec("s1", 800, wall=1.0, population={"first": "s", "members": 1}), "iterations": 1}]  # s's shorter member
-    cell = cost.remaining(tmp_path, recs)[("E", 800)]
+    cell = cost.remaining(tmp_path, recs)[("E", 800, False)]
     assert cell["seconds_per_iteration"] == (2.5, 4.5) and cell["seconds_per_evaluation"] is None
     assert cell["pace_from"].startswith("records of finished populations of this family, B and size (whole iterations")
     assert cell["hours_left"] == (5 * 2.5 / 3600, 5 * 4.5 / 3600)
+
+
+def test_study_cost_counts_an_lr_added_later_as_a_population_of_its_own_with_the_nearest_sizes_pace(tmp_path):
+    """At one B, a running population and the members of an lr added later (not started) are two
+    cells. A cell not started takes the pace of its own size where any finished population has
+    it (records alone too), else the nearest sizes' (both on a tie), scaled by members."""
+    cost = _script("study_cost")
+
+    def trial(tid, B, status="pending", rows=0, population=None, wall=None, iterations=None):
+        d = tmp_path / "trials" / tid
+        d.mkdir(parents=True)
+        rec = {**_rec(tid, B, status=status, population=population or "legacy"), "overrides": [f"total_env_steps={B * 10}"]}
+        if wall is not None:
+            rec.update(wall_time_s=wall, iterations=iterations)
+        if rows:  # iterations 1.. at 2 s each
+            (d / "metrics.csv").write_text("iteration,wall_time_s\n" + "".join(f"{i},{2 * i}\n" for i in range(1, rows + 1)))
+        (d / "trial.json").write_text(json.dumps(rec))
+        return rec
+
+    recs = [trial("r1", 100, rows=4), trial("r2", 100, rows=4), trial("new", 100),  # running at 4 of 10; a new lr's member
+            # finished, records only: B = 100's 1-member population at 3 s a whole iteration
+            trial("f1", 100, "completed", population={"first": "f1", "members": 1}, wall=30.0, iterations=10),
+            # B = 200: 3 members not started; finished populations of 2 (4 s) and 4 members (8 s), no 3
+            trial("n1", 200), trial("n2", 200), trial("n3", 200),
+            trial("g", 200, "completed", population={"first": "g", "members": 2}, wall=40.0, iterations=10),
+            trial("g1", 200, "completed", population={"first": "g", "members": 2}, wall=1.0, iterations=1),
+            trial("h", 200, "completed", population={"first": "h", "members": 4}, wall=80.0, iterations=10),
+            *(trial(f"h{i}", 200, "completed", population={"first": "h", "members": 4}, wall=1.0, iterations=1) for i in (1, 2, 3))]
+    left = cost.remaining(tmp_path, recs)
+    assert sorted(left) == [("E", 100, False), ("E", 100, True), ("E", 200, False)]
+    assert left[("E", 100, True)]["trials"] == 2 and left[("E", 100, True)]["iteration"] == 4
+    assert left[("E", 100, True)]["pace_from"] == "its own iterations"
+    new = left[("E", 100, False)]
+    assert new["trials"] == 1 and new["iteration"] == 0 and new["seconds_per_iteration"] == (3.0, 3.0)
+    assert new["hours_left"] == (10 * 3.0 / 3600,) * 2 and "B and size" in new["pace_from"]
+    three = left[("E", 200, False)]  # 4 s x 3 / 2 and 8 s x 3 / 4: 6 s either way
+    assert three["seconds_per_iteration"] == (6.0, 6.0) and "2 and 4 members (scaled)" in three["pace_from"]
+    assert three["hours_left"] == (10 * 6.0 / 3600,) * 2
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| E | 100 |")]
+    assert [r.split(" | ")[2:4] for r in rows] == [["running", "2"], ["not started", "1"]], rows
 
 
 def test_study_cost_counts_evaluations_apart_from_training(tmp_path):
@@ -375,16 +418,16 @@ def test_study_cost_counts_evaluations_apart_from_training(tmp_path):
                   population={"first": "q", "members": 1})]
     (tmp_path / "trials" / "c" / "summary.json").write_text("{}")
     left = cost.remaining(tmp_path, recs)
-    assert left[("E", 100)] == {"trials": 3, "iteration": 9, "budget": 20, "seconds_per_iteration": (1.0, 1.0),
+    assert left[("E", 100, True)] == {"trials": 3, "iteration": 9, "budget": 20, "seconds_per_iteration": (1.0, 1.0),
                                 "seconds_per_evaluation": (30.0, 30.0), "evaluations_left": 5 - 2,
                                 "pace_from": "its own iterations", "hours_left": (11 * 48 / 8 / 3600,) * 2}
     # n: p's training (median 5 s: its evaluation left out), and E at B = 100's evaluations (30 s), not p's
-    assert left[("E", 200)]["seconds_per_iteration"] == (5.0, 5.0)
-    assert left[("E", 200)]["seconds_per_evaluation"] == (30.0, 30.0)
-    assert left[("E", 200)]["evaluations_left"] == 2 and left[("E", 200)]["hours_left"] == ((10 * 5 + 2 * 30) / 3600,) * 2
-    assert left[("E", 400)]["evaluations_left"] == 0 and left[("E", 400)]["hours_left"] is None
-    assert left[("F", 200)]["seconds_per_iteration"] == (5.0, 5.0) and left[("F", 200)]["evaluations_left"] == 2
-    assert left[("F", 200)]["seconds_per_evaluation"] is None and left[("F", 200)]["hours_left"] is None
+    assert left[("E", 200, False)]["seconds_per_iteration"] == (5.0, 5.0)
+    assert left[("E", 200, False)]["seconds_per_evaluation"] == (30.0, 30.0)
+    assert left[("E", 200, False)]["evaluations_left"] == 2 and left[("E", 200, False)]["hours_left"] == ((10 * 5 + 2 * 30) / 3600,) * 2
+    assert left[("E", 400, False)]["evaluations_left"] == 0 and left[("E", 400, False)]["hours_left"] is None
+    assert left[("F", 200, False)]["seconds_per_iteration"] == (5.0, 5.0) and left[("F", 200, False)]["evaluations_left"] == 2
+    assert left[("F", 200, False)]["seconds_per_evaluation"] is None and left[("F", 200, False)]["hours_left"] is None
 
 
 def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tmp_path):

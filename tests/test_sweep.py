@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rlscale.analysis import analyze
+from rlscale.config import to_yaml
 from rlscale.errors import ConfigError
 from rlscale.sweep import expand_grid, load_sweep_config, run_sweep
 from tests.helpers import ROOT
@@ -331,6 +332,42 @@ def test_a_resumed_sweep_runs_the_populations_a_stop_interrupted_before_those_no
     run_sweep(path, [], tmp_path / "s", quiet=True, only_envs=["CartPole-v1"], only="grid")
     firsts = [{int(i.split("_B")[1].split("_")[0]) for i in g} for g in seen["groups"]]
     assert firsts == [{bs[-1]}, *[{b} for b in bs[:-1]]]
+
+
+def test_a_member_that_left_without_a_checkpoint_resumes_with_its_interrupted_population(tmp_path, monkeypatch):
+    """A stop interrupted a population after one member left before its first checkpoint
+    (summary.json, trial still pending): that member is grouped with the members holding
+    checkpoints, and the population resumes (its records are kept as written), rather than
+    starting it again in a population of its own."""
+    from omegaconf import OmegaConf
+
+    import rlscale.population as population_mod
+    import rlscale.sweep as sweep_mod
+
+    path = _protocol_sweep(tmp_path, PROTOCOL_SWEEP.replace("seeds: [1]", "seeds: [1, 2]\npopulation: true"))
+    trials = [t for t in expand_grid(load_sweep_config(path)) if t.trial_id.startswith("CartPole-v1_B64_")]
+    sweep_dir = tmp_path / "s"
+    dirs = [sweep_dir / "trials" / t.trial_id for t in trials]
+    for d in dirs:
+        d.mkdir(parents=True)
+    (dirs[0] / "summary.json").write_text("{}")  # left before its first checkpoint
+    for d in dirs[1:]:
+        (d / "checkpoints").mkdir()
+        (d / "checkpoints" / "ckpt_00000002.pt").write_bytes(b"")
+    base = OmegaConf.to_container(sweep_mod.load_yaml(trials[0].base_config))  # as _run_on_ray sends it
+    cfgs = {t.trial_id: sweep_mod.load_train_config(t.base_config, t.overrides) for t in trials}  # as run_sweep builds them
+    assert [[t.trial_id for t in g] for g in sweep_mod.population_groups(trials, cfgs, sweep_dir)] == [[t.trial_id for t in trials]]
+    seen = {}
+
+    def fake_train_population(cfgs, dirs, **kw):
+        seen.update(kw)
+        return [{"targets": {}} for _ in cfgs]
+
+    monkeypatch.setattr(population_mod, "train_population", fake_train_population)
+    for d in dirs:  # a resumed population reads each member's config.yaml
+        (d / "config.yaml").write_text(to_yaml(cfgs[d.name]))
+    sweep_mod.run_population(trials, base, [str(d) for d in dirs])
+    assert seen["resume"] is True and seen["overwrite"] is False
 
 
 def test_a_population_task_hands_the_sweeps_prune_setting_to_its_population(tmp_path, monkeypatch):
