@@ -373,11 +373,6 @@ def _has_checkpoint(trial_dir: Path) -> bool:
     return (trial_dir / "checkpoints").is_dir() and any((trial_dir / "checkpoints").glob("ckpt_*.pt"))
 
 
-def _started(trial_dir: Path) -> bool:
-    """A population member a stop interrupted: it holds a checkpoint, or it left its population
-    (summary.json) while its trial is still pending; the population resumes with it
-    (`population.train_population` keeps a member that left without a checkpoint as written)."""
-    return _has_checkpoint(trial_dir) or (trial_dir / "summary.json").is_file()
 
 
 def _failure(trial_dir: Path, e: Exception) -> str:
@@ -395,7 +390,7 @@ def run_population(trials: list[Trial], base_config: dict, trial_dirs: list[str]
     from rlscale.population import train_population
 
     dirs = [Path(d) for d in trial_dirs]
-    resume = _started(dirs[0])  # the group's trials all resume or all start (population_groups)
+    resume = any(_has_checkpoint(d) for d in dirs)  # the group's trials all resume or all start (population_groups)
     nmbs = [0] * len(trials)
     try:
         cfgs = [load_train_config(d / "config.yaml", []) if resume else load_train_config(base_config, t.overrides)
@@ -444,13 +439,20 @@ def _pooled(trials: list[Trial]) -> list[Trial]:
 
 def population_groups(todo: list[Trial], trial_cfgs: dict, sweep_dir: Path) -> list[list[Trial]]:
     """The trials to run, grouped into populations: the same shared settings and either all
-    resuming (`_started`: a checkpoint, or a summary of a member that left) or all starting. Refuses (ConfigError) a trial no population
-    can train, before anything starts."""
+    resuming or all starting. A trial resumes when it holds a checkpoint, or when it left its
+    population (summary.json, its trial still pending) and members of the same settings hold
+    checkpoints: a stop interrupted that population, which keeps the member's records as written
+    (`population.train_population`). Where none holds one, the stop came before the first round
+    of checkpoints, and all start again. Refuses (ConfigError) a trial no population can train,
+    before anything starts."""
     from rlscale.population import check_population, shared_settings
 
+    settings = {t.trial_id: shared_settings(trial_cfgs[t.trial_id]) for t in todo}
+    saved = {settings[t.trial_id] for t in todo if _has_checkpoint(sweep_dir / "trials" / t.trial_id)}
     groups: dict[tuple[str, bool], list[Trial]] = {}
     for t in todo:
-        key = (shared_settings(trial_cfgs[t.trial_id]), _started(sweep_dir / "trials" / t.trial_id))
+        d = sweep_dir / "trials" / t.trial_id
+        key = (settings[t.trial_id], _has_checkpoint(d) or ((d / "summary.json").is_file() and settings[t.trial_id] in saved))
         groups.setdefault(key, []).append(t)
     out = list(groups.values())
     for group in out:
@@ -558,17 +560,19 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
         todo.append(t)
     if todo:
         _connect(cfg, todo, trial_cfgs)  # a cluster too small is refused before any record says pending
-    for t in todo:
-        rec_path = sweep_dir / "trials" / t.trial_id / "trial.json"
-        rec_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(rec_path, _trial_record(t, "pending", nmb=trial_cfgs[t.trial_id].ppo.num_minibatches))
     groups = ([*population_groups(_pooled(todo), trial_cfgs, sweep_dir), *[[t] for t in todo if t.lr_rule == "adaptive"]]
               if cfg.population else [[t] for t in todo])
     order = {t.trial_id: k for k, t in enumerate(todo)}
     # what a stop interrupted first (its checkpoints hold work not yet in a record), then the
     # config's order: env by env, adaptive runs after their env's grid
-    started = {id(g): any(_started(sweep_dir / "trials" / t.trial_id) for t in g) for g in groups}
+    started = {id(g): any(_has_checkpoint(sweep_dir / "trials" / t.trial_id) for t in g) for g in groups}
     groups.sort(key=lambda g: (not started[id(g)], order[g[0].trial_id]))
+    for g in groups:  # a pending record names its population, as a completed one does (scripts/study_cost.py)
+        pop = {"first": g[0].trial_id, "members": len(g)} if cfg.population and g[0].lr_rule != "adaptive" else None
+        for t in g:
+            rec_path = sweep_dir / "trials" / t.trial_id / "trial.json"
+            rec_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(rec_path, _trial_record(t, "pending", nmb=trial_cfgs[t.trial_id].ppo.num_minibatches, population=pop))
     if not quiet:
         alone = sum(1 for g in groups if g[0].lr_rule == "adaptive")
         kinds = [*([f"{len(groups) - alone} populations"] if len(groups) > alone else []), *([f"{alone} adaptive runs"] if alone else [])]

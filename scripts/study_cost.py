@@ -10,9 +10,11 @@ that ran one after the other at the same B (an lr added to a grid later) into th
 them, so their time is a lower bound. Times are wall-clock under whatever else shared the
 machine's cores, not core-seconds of an idle machine.
 
-`--remaining` adds what the pending trials still have to run, per (env, B) and whether their
-population is running (a member has trained an iteration or finished) or not started (an lr added
-to a grid later runs as a population of its own beside the B's first): the iteration their
+`--remaining` adds what the pending trials still have to run, per population: (env, B), whether
+it is running (a member has trained an iteration or finished) or not started (an lr added to a
+grid later runs as a population of its own beside the B's first), and the population its
+pending records name (records written before they named one are grouped by the first two): the
+iteration their
 population has reached (its members run in step), the iterations of their budget, the seconds
 of one iteration's training (the median over its furthest member's last 50 iterations, each
 less the evaluation it made), the seconds its evaluations take per `eval.interval` iterations
@@ -23,7 +25,7 @@ game, whatever B: a population whose worst members survive long without scoring 
 of its time evaluating. A cell not started yet takes the range of training paces of the
 sweep's finished populations of its env family, B and size (the learner's update, the same at
 one B and network, sets most of an iteration's training; with none of its size, those of the
-nearest size scaled by the number of members, as a vectorised population's update is), and the range of evaluation paces of
+nearest sizes scaled by the number of members, as a vectorised population's update is), and the range of evaluation paces of
 its own env's running cells, else of those finished populations; its hours are its iterations
 at the training pace plus its evaluations at the evaluation pace, and none when either is
 unknown. Where those populations' metrics tables are gone (a clone of records kept before
@@ -193,7 +195,7 @@ def _setting(trial_dir: Path, rec: dict, key: str):
 
 
 def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
-    """{(env, B, running): {"trials", "iteration", "budget", "seconds_per_iteration", "seconds_per_evaluation",
+    """{(env, B, running, population's first trial or None): {"trials", "iteration", "budget", "seconds_per_iteration", "seconds_per_evaluation",
     "evaluations_left", "pace_from", "hours_left"}} over the pending fixed-B trials (see the
     module docstring). Paces and hours are (low, high) pairs, equal for a running cell; None
     where unknown."""
@@ -206,7 +208,8 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
         done = (trial_dir / "summary.json").is_file()  # a member that has finished
         rows = [] if done else _rows(trial_dir, 51)
         running = done or len(rows) >= 2
-        cell = out.setdefault((r["env_id"], b, running), {"trials": 0, "iteration": 0, "budget": None, "seconds_per_iteration": None,
+        first = (r.get("population") or {}).get("first")
+        cell = out.setdefault((r["env_id"], b, running, first), {"trials": 0, "iteration": 0, "budget": None, "seconds_per_iteration": None,
                                                  "seconds_per_evaluation": None, "eval_interval": 0, "pace_from": None})
         cell["trials"] += 1
         budget = _setting(trial_dir, r, "total_env_steps")
@@ -225,21 +228,24 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
             cell["seconds_per_evaluation"] = (pace[2], pace[2]) if pace[2] is not None else None
             cell["pace_from"] = "its own iterations"
     others, whole = finished_paces(sweep_dir, recs), record_paces(recs)
-    for (env, b, _), cell in out.items():
+    for (env, b, _, _), cell in out.items():
         shape = (_family(env), b, cell["trials"])
-        # a population of its size, with tables or only records, else the nearest sizes scaled
-        borrowed = next(((src, got) for exact in (True, False) for src, paces in (("tables", others), ("records", whole))
-                         if (got := _borrow(shape, paces, exact))), None) if cell["seconds_per_iteration"] is None else None
+        # finished populations of its size, else of the nearest sizes scaled; those with tables first
+        borrowed = None
+        if cell["seconds_per_iteration"] is None:
+            near = min((abs(k[2] - shape[2]) for paces in (others, whole) for k in paces if k[:2] == shape[:2]), default=None)
+            borrowed = next(((src, got) for src, paces in (("tables", others), ("records", whole))
+                             if near is not None and (got := _borrow(shape, paces, near))), None)
         if borrowed and borrowed[0] == "tables":
             cell["seconds_per_iteration"], evals, size = borrowed[1]
             cell["pace_from"] = f"finished populations of this family, B and {size}"
-            same_env = [x for (e, _, _), c in out.items() if e == env and c["pace_from"] == "its own iterations"
+            same_env = [x for (e, *_), c in out.items() if e == env and c["pace_from"] == "its own iterations"
                         for x in c["seconds_per_evaluation"] or ()]
             cell["seconds_per_evaluation"] = _span(same_env) or evals
         elif borrowed:  # their tables are gone: their records' whole iterations
             cell["seconds_per_iteration"], _, size = borrowed[1]
             cell["total_seconds_per_iteration"] = cell["seconds_per_iteration"]
-            cell["pace_from"] = f"records of finished populations of this family, B and {size} (whole iterations, their evaluations included)"
+            cell["pace_from"] = f"records of finished populations of this family, B and {size}: whole iterations, their evaluations included"
         pace, budget, interval = cell["seconds_per_iteration"], cell["budget"], cell.pop("eval_interval")
         cell["evaluations_left"] = budget // interval - cell["iteration"] // interval if interval and budget else 0
         left = max(0, budget - cell["iteration"]) if budget else 0
@@ -253,21 +259,19 @@ def remaining(sweep_dir: Path, recs: list[dict]) -> dict[tuple, dict]:
     return out
 
 
-def _borrow(shape: tuple[str, int, int], paces: dict, exact: bool) -> tuple[tuple, tuple | None, str] | None:
+def _borrow(shape: tuple[str, int, int], paces: dict, distance: int) -> tuple[tuple, tuple | None, str] | None:
     """From `paces` ({(env family, B, members): training span, or (training span, evaluation
-    span)}), the (low, high) training pace, the evaluation span and a label for a population of
-    `shape`: its own size's with `exact`, else the sizes nearest its members' (both on a tie),
-    each scaled by members / their members. None where there is none."""
-    sizes = sorted(k[2] for k in paces if k[:2] == shape[:2])
-    if exact:
-        sizes = [m for m in sizes if m == shape[2]]
-    if not sizes:
+    span)}), for a population of `shape`: the (low, high) training pace of the populations of its
+    family and B whose members are `distance` from its own (both sizes where two are), each
+    scaled by members / their members; their evaluation span; and a label. None where none is."""
+    near = sorted(k[2] for k in paces if k[:2] == shape[:2] and abs(k[2] - shape[2]) == distance)
+    if not near:
         return None
-    near = [m for m in sizes if abs(m - shape[2]) == min(abs(x - shape[2]) for x in sizes)]
-    train = [x * shape[2] / m for m in near for x in (paces[(*shape[:2], m)][0] if isinstance(paces[(*shape[:2], m)][0], tuple)
-                                                      else paces[(*shape[:2], m)])]
-    evals = [x for m in near if isinstance(paces[(*shape[:2], m)][0], tuple) for x in paces[(*shape[:2], m)][1] or ()]
-    size = "size" if near == [shape[2]] else f"{' and '.join(map(str, near))} members (scaled)"
+    got = [paces[(*shape[:2], m)] for m in near]
+    spans = [g[0] if isinstance(g[0], tuple) else g for g in got]
+    train = [x * shape[2] / m for m, span in zip(near, spans) for x in span]
+    evals = [x for g in got if isinstance(g[0], tuple) for x in g[1] or ()]
+    size = "size" if near == [shape[2]] else f"{' and '.join(map(str, near))} members, scaled"
     return (min(train), max(train)), _span(evals), size
 
 
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| env | B | population | pending trials | iteration | of (budget) | s per iteration (training) | evaluations left "
               "| s of evaluation per interval | pace from | hours left (no pruning) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for (env, b, running), c in sorted(left.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2])):
+        for (env, b, running, _), c in sorted(left.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2], kv[0][3] or "")):
             print(f"| {env} | {b} | {'running' if running else 'not started'} | {c['trials']} | {c['iteration']} | {c['budget'] or '-'} "
                   f"| {_pair(c['seconds_per_iteration'], '.2f')} | {c['evaluations_left']} | {_pair(c['seconds_per_evaluation'], '.1f')} "
                   f"| {c['pace_from'] or '-'} | {_pair(c['hours_left'], '.2f')} |")

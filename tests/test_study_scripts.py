@@ -299,21 +299,21 @@ def test_study_cost_says_what_the_pending_trials_still_have_to_run(tmp_path):
     (tmp_path / "trials" / "g" / "config.yaml").write_text("seed: 1\ntotal_env_steps: 1400\n")
     left = cost.remaining(tmp_path, recs)
     # c's training is the median of its iterations (2 s), its hours its whole pace's
-    assert left[("E", 100, True)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.0, 2.0),
+    assert left[("E", 100, True, None)] == {"trials": 3, "iteration": 7, "budget": 10, "seconds_per_iteration": (2.0, 2.0),
                                 "seconds_per_evaluation": None, "evaluations_left": 0,
                                 "pace_from": "its own iterations", "hours_left": (3 * 2.5 / 3600, 3 * 2.5 / 3600)}
-    assert left[("E", 300, False)] == {"trials": 2, "iteration": 0, "budget": 4, "seconds_per_iteration": (4.0, 6.0),
+    assert left[("E", 300, False, None)] == {"trials": 2, "iteration": 0, "budget": 4, "seconds_per_iteration": (4.0, 6.0),
                                 "seconds_per_evaluation": None, "evaluations_left": 0,
                                 "pace_from": "finished populations of this family, B and size",
                                 "hours_left": (4 * 4.0 / 3600, 4 * 6.0 / 3600)}
-    assert left[("E", 500, False)]["seconds_per_iteration"] is None and left[("E", 500, False)]["hours_left"] is None
-    assert left[("E", 700, True)]["budget"] == 2 and left[("E", 700, True)]["seconds_per_iteration"] == (1.5, 1.5)
+    assert left[("E", 500, False, None)]["seconds_per_iteration"] is None and left[("E", 500, False, None)]["hours_left"] is None
+    assert left[("E", 700, True, None)]["budget"] == 2 and left[("E", 700, True, None)]["seconds_per_iteration"] == (1.5, 1.5)
     from rlscale.tracking import pack_metrics
 
     for tid in ("p", "p1", "p2", "q"):  # a clone of the records: the finished trials' metrics.csv.gz only
         pack_metrics(tmp_path / "trials" / tid)
         (tmp_path / "trials" / tid / "metrics.csv").unlink()
-    assert cost.remaining(tmp_path, recs)[("E", 300, False)] == left[("E", 300, False)]
+    assert cost.remaining(tmp_path, recs)[("E", 300, False, None)] == left[("E", 300, False, None)]
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -334,9 +334,9 @@ def test_study_cost_falls_back_on_finished_populations_records_where_their_table
             {**_rec("r", 800, wall=10.0, population=one), "iterations": 4},  # 2.5 s a whole iteration
             {**_rec("s", 800, wall=9.0, population={"first": "s", "members": 1}), "iterations": 2},  # 4.5 s
             {**_rec("s1", 800, wall=1.0, population={"first": "s", "members": 1}), "iterations": 1}]  # s's shorter member
-    cell = cost.remaining(tmp_path, recs)[("E", 800, False)]
+    cell = cost.remaining(tmp_path, recs)[("E", 800, False, None)]
     assert cell["seconds_per_iteration"] == (2.5, 4.5) and cell["seconds_per_evaluation"] is None
-    assert cell["pace_from"].startswith("records of finished populations of this family, B and size (whole iterations")
+    assert cell["pace_from"].startswith("records of finished populations of this family, B and size: whole iterations")
     assert cell["hours_left"] == (5 * 2.5 / 3600, 5 * 4.5 / 3600)
 
 
@@ -364,23 +364,33 @@ def test_study_cost_counts_an_lr_added_later_as_a_population_of_its_own_with_the
             trial("n1", 200), trial("n2", 200), trial("n3", 200),
             trial("g", 200, "completed", population={"first": "g", "members": 2}, wall=40.0, iterations=10),
             trial("g1", 200, "completed", population={"first": "g", "members": 2}, wall=1.0, iterations=1),
-            trial("h", 200, "completed", population={"first": "h", "members": 4}, wall=80.0, iterations=10),
+            trial("h", 200, "completed", population={"first": "h", "members": 4}, wall=100.0, iterations=10),
             *(trial(f"h{i}", 200, "completed", population={"first": "h", "members": 4}, wall=1.0, iterations=1) for i in (1, 2, 3))]
     left = cost.remaining(tmp_path, recs)
-    assert sorted(left) == [("E", 100, False), ("E", 100, True), ("E", 200, False)]
-    assert left[("E", 100, True)]["trials"] == 2 and left[("E", 100, True)]["iteration"] == 4
-    assert left[("E", 100, True)]["pace_from"] == "its own iterations"
-    new = left[("E", 100, False)]
+    assert sorted(left, key=str) == [("E", 100, False, None), ("E", 100, True, None), ("E", 200, False, None)]
+    assert left[("E", 100, True, None)]["trials"] == 2 and left[("E", 100, True, None)]["iteration"] == 4
+    assert left[("E", 100, True, None)]["pace_from"] == "its own iterations"
+    new = left[("E", 100, False, None)]
     assert new["trials"] == 1 and new["iteration"] == 0 and new["seconds_per_iteration"] == (3.0, 3.0)
     assert new["hours_left"] == (10 * 3.0 / 3600,) * 2 and "B and size" in new["pace_from"]
-    three = left[("E", 200, False)]  # 4 s x 3 / 2 and 8 s x 3 / 4: 6 s either way
-    assert three["seconds_per_iteration"] == (6.0, 6.0) and "2 and 4 members (scaled)" in three["pace_from"]
-    assert three["hours_left"] == (10 * 6.0 / 3600,) * 2
+    three = left[("E", 200, False, None)]  # 4 s x 3 / 2 = 6 s and 10 s x 3 / 4 = 7.5 s
+    assert three["seconds_per_iteration"] == (6.0, 7.5) and "2 and 4 members, scaled" in three["pace_from"]
+    assert three["hours_left"] == (10 * 6.0 / 3600, 10 * 7.5 / 3600)
+    # a nearer size wins over a same-distance tie elsewhere: 2 members borrow from 1 (records, 3 s x 2)
+    # rather than from tables of 4; two running populations at one B, named by their pending
+    # records, are two cells, each at its own iteration
+    recs += [trial("m1", 100, population={"first": "m1", "members": 2}), trial("m2", 100, population={"first": "m1", "members": 2}),
+             trial("t4", 100, "completed", rows=10, population={"first": "t4", "members": 4}, wall=20.0, iterations=10)]
+    recs += [trial("w1", 300, rows=2, population={"first": "w1", "members": 1}), trial("v1", 300, rows=6, population={"first": "v1", "members": 1})]
+    left = cost.remaining(tmp_path, recs)
+    pair = left[("E", 100, False, "m1")]
+    assert pair["seconds_per_iteration"] == (6.0, 6.0) and "B and 1 members, scaled" in pair["pace_from"]
+    assert left[("E", 300, True, "w1")]["iteration"] == 2 and left[("E", 300, True, "v1")]["iteration"] == 6
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_cost.py"), str(tmp_path), "--remaining"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| E | 100 |")]
-    assert [r.split(" | ")[2:4] for r in rows] == [["running", "2"], ["not started", "1"]], rows
+    assert [r.split(" | ")[2:4] for r in rows] == [["running", "2"], ["not started", "1"], ["not started", "2"]], rows
 
 
 def test_study_cost_counts_evaluations_apart_from_training(tmp_path):
@@ -418,16 +428,16 @@ def test_study_cost_counts_evaluations_apart_from_training(tmp_path):
                   population={"first": "q", "members": 1})]
     (tmp_path / "trials" / "c" / "summary.json").write_text("{}")
     left = cost.remaining(tmp_path, recs)
-    assert left[("E", 100, True)] == {"trials": 3, "iteration": 9, "budget": 20, "seconds_per_iteration": (1.0, 1.0),
+    assert left[("E", 100, True, None)] == {"trials": 3, "iteration": 9, "budget": 20, "seconds_per_iteration": (1.0, 1.0),
                                 "seconds_per_evaluation": (30.0, 30.0), "evaluations_left": 5 - 2,
                                 "pace_from": "its own iterations", "hours_left": (11 * 48 / 8 / 3600,) * 2}
     # n: p's training (median 5 s: its evaluation left out), and E at B = 100's evaluations (30 s), not p's
-    assert left[("E", 200, False)]["seconds_per_iteration"] == (5.0, 5.0)
-    assert left[("E", 200, False)]["seconds_per_evaluation"] == (30.0, 30.0)
-    assert left[("E", 200, False)]["evaluations_left"] == 2 and left[("E", 200, False)]["hours_left"] == ((10 * 5 + 2 * 30) / 3600,) * 2
-    assert left[("E", 400, False)]["evaluations_left"] == 0 and left[("E", 400, False)]["hours_left"] is None
-    assert left[("F", 200, False)]["seconds_per_iteration"] == (5.0, 5.0) and left[("F", 200, False)]["evaluations_left"] == 2
-    assert left[("F", 200, False)]["seconds_per_evaluation"] is None and left[("F", 200, False)]["hours_left"] is None
+    assert left[("E", 200, False, None)]["seconds_per_iteration"] == (5.0, 5.0)
+    assert left[("E", 200, False, None)]["seconds_per_evaluation"] == (30.0, 30.0)
+    assert left[("E", 200, False, None)]["evaluations_left"] == 2 and left[("E", 200, False, None)]["hours_left"] == ((10 * 5 + 2 * 30) / 3600,) * 2
+    assert left[("E", 400, False, None)]["evaluations_left"] == 0 and left[("E", 400, False, None)]["hours_left"] is None
+    assert left[("F", 200, False, None)]["seconds_per_iteration"] == (5.0, 5.0) and left[("F", 200, False, None)]["evaluations_left"] == 2
+    assert left[("F", 200, False, None)]["seconds_per_evaluation"] is None and left[("F", 200, False, None)]["hours_left"] is None
 
 
 def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tmp_path):

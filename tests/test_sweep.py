@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -332,6 +333,10 @@ def test_a_resumed_sweep_runs_the_populations_a_stop_interrupted_before_those_no
     run_sweep(path, [], tmp_path / "s", quiet=True, only_envs=["CartPole-v1"], only="grid")
     firsts = [{int(i.split("_B")[1].split("_")[0]) for i in g} for g in seen["groups"]]
     assert firsts == [{bs[-1]}, *[{b} for b in bs[:-1]]]
+    for g in seen["groups"]:  # each pending record names its population, as a completed one does
+        for tid in g:
+            rec = json.loads((tmp_path / "s" / "trials" / tid / "trial.json").read_text())
+            assert rec["status"] == "pending" and rec["population"] == {"first": g[0], "members": len(g)}
 
 
 def test_a_member_that_left_without_a_checkpoint_resumes_with_its_interrupted_population(tmp_path, monkeypatch):
@@ -368,6 +373,12 @@ def test_a_member_that_left_without_a_checkpoint_resumes_with_its_interrupted_po
         (d / "config.yaml").write_text(to_yaml(cfgs[d.name]))
     sweep_mod.run_population(trials, base, [str(d) for d in dirs])
     assert seen["resume"] is True and seen["overwrite"] is False
+    # a stop before the first round of checkpoints: no member holds one, and all start again together
+    for d in dirs[1:]:
+        shutil.rmtree(d / "checkpoints")
+    assert [[t.trial_id for t in g] for g in sweep_mod.population_groups(trials, cfgs, sweep_dir)] == [[t.trial_id for t in trials]]
+    sweep_mod.run_population(trials, base, [str(d) for d in dirs])
+    assert seen["resume"] is False and seen["overwrite"] is True
 
 
 def test_a_population_task_hands_the_sweeps_prune_setting_to_its_population(tmp_path, monkeypatch):
