@@ -373,8 +373,6 @@ def _has_checkpoint(trial_dir: Path) -> bool:
     return (trial_dir / "checkpoints").is_dir() and any((trial_dir / "checkpoints").glob("ckpt_*.pt"))
 
 
-
-
 def _failure(trial_dir: Path, e: Exception) -> str:
     trial_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(trial_dir / "error.txt", traceback.format_exc())
@@ -448,11 +446,12 @@ def population_groups(todo: list[Trial], trial_cfgs: dict, sweep_dir: Path) -> l
     from rlscale.population import check_population, shared_settings
 
     settings = {t.trial_id: shared_settings(trial_cfgs[t.trial_id]) for t in todo}
-    saved = {settings[t.trial_id] for t in todo if _has_checkpoint(sweep_dir / "trials" / t.trial_id)}
+    held = {t.trial_id: _has_checkpoint(sweep_dir / "trials" / t.trial_id) for t in todo}
+    saved = {settings[t.trial_id] for t in todo if held[t.trial_id]}
     groups: dict[tuple[str, bool], list[Trial]] = {}
     for t in todo:
-        d = sweep_dir / "trials" / t.trial_id
-        key = (settings[t.trial_id], _has_checkpoint(d) or ((d / "summary.json").is_file() and settings[t.trial_id] in saved))
+        left = (sweep_dir / "trials" / t.trial_id / "summary.json").is_file() and settings[t.trial_id] in saved
+        key = (settings[t.trial_id], held[t.trial_id] or left)
         groups.setdefault(key, []).append(t)
     out = list(groups.values())
     for group in out:
@@ -565,8 +564,7 @@ def run_sweep(config_path, overrides=(), sweep_dir: Path | None = None, quiet: b
     order = {t.trial_id: k for k, t in enumerate(todo)}
     # what a stop interrupted first (its checkpoints hold work not yet in a record), then the
     # config's order: env by env, adaptive runs after their env's grid
-    started = {id(g): any(_has_checkpoint(sweep_dir / "trials" / t.trial_id) for t in g) for g in groups}
-    groups.sort(key=lambda g: (not started[id(g)], order[g[0].trial_id]))
+    groups.sort(key=lambda g: (not any(_has_checkpoint(sweep_dir / "trials" / t.trial_id) for t in g), order[g[0].trial_id]))
     for g in groups:  # a pending record names its population, as a completed one does (scripts/study_cost.py)
         pop = {"first": g[0].trial_id, "members": len(g)} if cfg.population and g[0].lr_rule != "adaptive" else None
         for t in g:
