@@ -225,11 +225,15 @@ def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
         for e, xi, yi in zip(pts, x, y):
             ax.annotate(_target_label(analysis, e), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=colors[env])
+    labelled = {e["env_id"] for e in points}  # an env with lower bounds alone gets its own legend entry
     for e in bounds:
-        xb = _variant(e, variant)[0]
-        ax.annotate("", xy=(xb, e["b_crit_lower_bound"] * 2.5), xytext=(xb, e["b_crit_lower_bound"]),
-                    arrowprops={"arrowstyle": "->", "color": colors.get(e["env_id"], "gray")})
-        ax.plot([xb], [e["b_crit_lower_bound"]], "_", color=colors.get(e["env_id"], "gray"), ms=12)
+        env, xb, yb = e["env_id"], _variant(e, variant)[0], e["b_crit_lower_bound"]
+        color = colors.get(env, "gray")
+        ax.annotate("", xy=(xb, yb * 2.5), xytext=(xb, yb), arrowprops={"arrowstyle": "->", "color": color})
+        ax.plot([xb], [yb], "_", color=color, ms=12, label=None if env in labelled else f"{env} (lower bounds only)")
+        labelled.add(env)
+        ax.annotate(_target_label(analysis, e), (xb, yb), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                    color=color)
     claim = (analysis.get("noise_scale_claim_by_variant") or {}).get(variant)
     if claim is None and variant == "combined":
         claim = analysis.get("noise_scale_claim")

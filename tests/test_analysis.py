@@ -731,6 +731,28 @@ def test_b_crit_figure_axes_ignore_an_unbounded_interval():
     assert 1000.0 < top <= 3 * MAX_AXIS_SPAN * 1000.0
 
 
+def test_b_crit_figure_names_an_env_whose_targets_are_all_lower_bounds():
+    """An env whose every B_crit lies beyond its largest batch is drawn as arrows and still named
+    in the legend; an env with fitted points is named once, however many bounds it also has."""
+    from matplotlib.figure import Figure
+
+    from rlscale.report import _bcrit_panel
+
+    fitted = {"env_id": "A", "target": 1.0, "status": "ok", "b_crit": 100.0, "b_crit_ci": [50.0, 300.0],
+              "b_simple": 80.0, "b_simple_ci": [40.0, 120.0]}
+
+    def bound(env, target):
+        return {"env_id": env, "target": target, "status": "b_crit_above_range", "b_crit": 1e16, "b_crit_lower_bound": 8192.0,
+                "b_crit_ci": None, "b_simple": 5e4, "b_simple_ci": [4e4, 6e4]}
+
+    analysis = {"entries": [fitted, bound("A", 2.0), bound("S", 1.0), bound("S", 2.0)]}
+    ax = Figure().add_subplot()
+    _bcrit_panel(ax, analysis, "combined", {"A": "C0", "S": "C1"})
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels.count("A") == 1 and labels.count("S (lower bounds only)") == 1
+    assert not any(lab.startswith("A (") for lab in labels)
+
+
 def _noise_trial(sweep: Path, b: int, seed: int, reach: int, g: list[float], t: list[float]) -> None:
     """A completed trial at batch size b that reaches target 1.0 at iteration `reach`, with per-update
     combined estimates g (|G|^2) and t (tr(Sigma)) in its metrics.csv (nan: a missing estimate)."""
