@@ -322,8 +322,10 @@ def _best_configs(rows: pd.DataFrame) -> pd.DataFrame:
                         "n_seeds": int(iters.size), "n_reached": int(np.isfinite(iters).sum())}
         assert best is not None  # every B has at least one config
         grid = sorted(float(x) for x in rows_b.loc[rows_b["lr_rule"] == "grid", "lr"].unique())
-        # A grid's best lr at its edge means the grid may not hold the best lr for this B.
-        best["lr_at_grid_edge"] = bool(best["lr_rule"] == "grid" and len(grid) > 1 and best["lr"] in (grid[0], grid[-1]))
+        # A grid's best lr at its edge means the grid may not hold the best lr for this B. Where no
+        # lr's median seed reached the target, none is best (the first lr only breaks the tie).
+        best["lr_at_grid_edge"] = bool(np.isfinite(best["median_iterations"]) and best["lr_rule"] == "grid"
+                                       and len(grid) > 1 and best["lr"] in (grid[0], grid[-1]))
         out.append(best)
     columns = ["B", "lr_rule", "lr", "median_iterations", "n_seeds", "n_reached", "lr_at_grid_edge"]
     # Explicit dtypes so an env/target with no completed trial still yields a usable frame.

@@ -513,6 +513,22 @@ def test_best_lr_at_the_edge_of_its_grid_is_flagged():
     assert best.loc[128.0, "lr"] == 4e-4 and best.loc[128.0, "lr_at_grid_edge"]
 
 
+def test_a_batch_size_where_no_lr_reached_the_target_flags_no_grid_edge():
+    """Where no lr's median seed reached the target, the first lr (at the grid's bottom) stands in
+    only to break the tie: it is not a best lr at the edge."""
+    from rlscale.analysis import _best_configs
+
+    rows = pd.DataFrame({
+        "B": [64] * 6 + [128] * 3, "lr_rule": ["grid"] * 9, "lr": [1e-4] * 3 + [2e-4] * 3 + [1e-4, 2e-4, 4e-4],
+        "iterations": [5.0, np.nan, np.nan, 7.0, 9.0, np.nan, np.nan, np.nan, np.nan],
+        "reached": [True, False, False, True, True, False, False, False, False], "seed": [1, 2, 3] * 3,
+    })
+    best = _best_configs(rows).set_index("B")
+    assert best.loc[64.0, "lr"] == 2e-4 and best.loc[64.0, "median_iterations"] == 9.0
+    assert best.loc[64.0, "lr_at_grid_edge"]  # a median reached at the top lr: flagged
+    assert np.isposinf(best.loc[128.0, "median_iterations"]) and not best.loc[128.0, "lr_at_grid_edge"]
+
+
 def test_adaptive_runs_sit_beside_the_fixed_batch_frontier_not_in_it(tmp_path):
     """Adaptive-batch trials stay out of the fit; each fitted target reports their S/S_min,
     E/E_min, product and the gamma predicted from their own histories."""
