@@ -309,7 +309,8 @@ def _best_configs(rows: pd.DataFrame) -> pd.DataFrame:
     """Per batch size, the (lr_rule, lr) with the smallest median iterations over seeds.
 
     Returns one row per B: B, lr_rule, lr, median_iterations (inf = did not reach), n_seeds,
-    n_reached. Ties go to the first config in (lr_rule, lr) order, which keeps it deterministic.
+    n_reached, lr_at_grid_edge (the best grid lr is the grid's smallest or largest; never where
+    the median is inf). Ties go to the first config in (lr_rule, lr) order, which keeps it deterministic.
     """
     out = []
     for b, rows_b in rows.groupby("B", sort=True):

@@ -225,7 +225,8 @@ def _bcrit_panel(ax, analysis: dict, variant: str, colors: dict) -> None:
         for e, xi, yi in zip(pts, x, y):
             ax.annotate(_target_label(analysis, e), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=colors[env])
-    labelled = {e["env_id"] for e in points}  # an env with lower bounds alone gets its own legend entry
+    # an env with lower bounds alone gets its own legend entry (points are drawn for envs in colors only)
+    labelled = {e["env_id"] for e in points if e["env_id"] in colors}
     for e in bounds:
         env, xb, yb = e["env_id"], _variant(e, variant)[0], e["b_crit_lower_bound"]
         color = colors.get(env, "gray")

@@ -3,7 +3,8 @@
     python scripts/study_curves.py docs/results/study/ppo --out docs/results/study/ppo/figures/curves.png
 
 For every env of the sweep's analysis.json and every batch size B, the trials of the lr that
-is best at the env's highest target (analysis.json best_configs) are drawn: each seed's
+is best at the env's highest target (analysis.json best_configs; a B where no lr's median seed
+reached that target has no best lr and is left out) are drawn: each seed's
 evaluations (`eval/return_mean` in its metrics.csv) as a thin line, and the env's targets as
 dotted lines. It reads each trial's metrics.csv, or the metrics.csv.gz that a finished trial
 leaves (committed with the study's records).
@@ -24,6 +25,12 @@ from matplotlib.figure import Figure
 from rlscale.tracking import metrics_path
 
 
+def drawn_configs(entry: dict) -> list[dict]:
+    """The best configs of an analysis entry that have a best lr: a B where no lr's median seed
+    reached the target (median_iterations null) has none, the first lr only breaking the tie."""
+    return [c for c in entry["best_configs"] if c["median_iterations"] is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", type=Path)
@@ -41,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         ax = fig.add_subplot(1, len(envs), k + 1)
         entries = [e for e in analysis["entries"] if e["env_id"] == env]
         top = max(entries, key=lambda e: e["target"])
-        sizes = [c["B"] for c in top["best_configs"]]
+        best = drawn_configs(top)
+        sizes = [c["B"] for c in best]
         cmap = colormaps["viridis"]
-        for j, c in enumerate(top["best_configs"]):
+        for j, c in enumerate(best):
             color = cmap(j / max(1, len(sizes) - 1))
             rows = table[(table["env_id"] == env) & (table["B"] == c["B"]) & (table["lr"] == c["lr"])
                          & (table["lr_rule"] == c["lr_rule"]) & (table["status"] == "completed")]
@@ -60,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_xscale("log")
         ax.set_xlabel("env steps trained on")
         ax.set_ylabel("evaluation mean return")
-        ax.set_title(f"{env}: every seed at each B's best lr for target {top['target']:g}", fontsize=9)
-        ax.legend(fontsize=7)
+        left_out = len(top["best_configs"]) - len(best)
+        note = f"\n({left_out} B where no lr's median seed reached it left out)" if left_out else ""
+        ax.set_title(f"{env}: every seed at each B's best lr for target {top['target']:g}{note}", fontsize=9)
+        if best:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

@@ -767,6 +767,8 @@ def test_b_crit_figure_names_an_env_whose_targets_are_all_lower_bounds():
     labels = ax.get_legend_handles_labels()[1]
     assert labels.count("A") == 1 and labels.count("S (lower bounds only)") == 1
     assert not any(lab.startswith("A (") for lab in labels)
+    # every point and bound carries its target: A's point at 1 and bound at 2, S's bounds at 1 and 2
+    assert sorted(t.get_text() for t in ax.texts if t.get_text()) == ["1", "1", "2", "2"]
 
 
 def _noise_trial(sweep: Path, b: int, seed: int, reach: int, g: list[float], t: list[float]) -> None:

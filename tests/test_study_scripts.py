@@ -465,6 +465,28 @@ def test_claim_sensitivity_refits_without_each_envs_largest_or_smallest_batch(tm
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_study_curves_draws_no_best_lr_where_no_lrs_median_seed_reached_the_target(tmp_path):
+    """The learning curves of an env are those of each B's best lr at its highest target; a B where
+    no lr's median seed reached it has no best lr, and is left out rather than drawn as one."""
+    mod = _script("study_curves")
+    best = [{"B": 256.0, "lr_rule": "grid", "lr": 2.5e-4, "median_iterations": None, "n_seeds": 5, "n_reached": 1},
+            {"B": 4096.0, "lr_rule": "grid", "lr": 4e-3, "median_iterations": 186.0, "n_seeds": 5, "n_reached": 3}]
+    assert mod.drawn_configs({"best_configs": best}) == best[1:]
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "analysis.json").write_text(json.dumps({"entries": [{"env_id": "E", "target": 6.0, "best_configs": best}]}))
+    rows = []
+    for c in best:
+        tid = f"E_B{int(c['B'])}_s1"
+        (sweep / "trials" / tid).mkdir(parents=True)
+        pd.DataFrame({"env_steps_used": [c["B"], 2 * c["B"]], "eval/return_mean": [1.0, 6.5]}).to_csv(
+            sweep / "trials" / tid / "metrics.csv", index=False)
+        rows.append({"trial_id": tid, "env_id": "E", "B": c["B"], "lr": c["lr"], "lr_rule": "grid", "status": "completed"})
+    pd.DataFrame(rows).to_csv(sweep / "steps_to_target.csv", index=False)
+    assert mod.main([str(sweep), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
 def test_eval_lengths_replays_a_runs_evaluation_at_its_newest_checkpoint(tmp_path):
     """A run trained alone: the replay's returns are those its own evaluation logged at that iteration."""
     from rlscale.cli import main as rlscale_main
