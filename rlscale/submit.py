@@ -34,10 +34,13 @@ from pathlib import Path
 from rlscale.errors import ConfigError
 
 # gitignore-style patterns (Ray's runtime_env "excludes"), relative to the working dir. Output
-# directories are anchored ("/sweeps/"), so configs/sweeps/ is still shipped.
+# directories are anchored ("/sweeps/"), so configs/sweeps/ is still shipped. /docs/results/ holds
+# the committed study records (over 100 MiB, the job server's limit on one upload) and, on the
+# machine that runs a study, its checkpoints: a job needs none of it.
 EXCLUDES = [
     "/runs/",
     "/sweeps/",
+    "/docs/results/",
     "wandb/",
     ".git",
     "__pycache__/",
@@ -237,6 +240,9 @@ def _ray_error(address: str, e: Exception) -> ConfigError:
     text = " ".join(str(e).split())
     if type(e).__name__ == "AuthenticationError" or "Unauthorized" in text or "Forbidden" in text:
         return ConfigError(f"the Ray job server at {address} refused the request ({text[:160]}); {_AUTH_HELP}")
+    if "413" in text:  # the zipped working dir is over the server's limit on one request
+        return ConfigError(f"the Ray job server at {address} refused the upload of the working dir as too large "
+                           f"({text[:160]}); leave large files out of --working-dir with a .rayignore file there")
     return ConfigError(f"the Ray job server at {address} failed the submission ({type(e).__name__}: {text[:200]})")
 
 

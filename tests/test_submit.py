@@ -225,5 +225,16 @@ def test_runtime_env_ships_code_not_outputs_or_secrets(monkeypatch):
     monkeypatch.setenv("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "1")  # judge rlscale's own excludes alone
     for kept in ("rlscale/cli.py", "configs/cartpole.yaml", "configs/sweeps/cartpole_ci.yaml"):
         assert not _excluded(ROOT, Path(kept)), kept
-    for dropped in ("sweeps/x/trial.json", "wandb/run", ".git/HEAD", "rlscale/__pycache__/cli.pyc"):
+    for dropped in ("sweeps/x/trial.json", "wandb/run", ".git/HEAD", "rlscale/__pycache__/cli.pyc",
+                    "docs/results/study/ppo/analysis.json"):
         assert _excluded(ROOT, Path(dropped)), dropped
+
+
+def test_an_upload_over_the_job_servers_limit_names_the_fix():
+    from rlscale.submit import _ray_error
+
+    e = RuntimeError("Request failed with status code 413: Maximum request body size 104857600 exceeded..")
+    msg = str(_ray_error("http://127.0.0.1:8265", e))
+    assert "refused the upload of the working dir as too large" in msg and ".rayignore" in msg and "\n" not in msg
+    other = str(_ray_error("http://127.0.0.1:8265", RuntimeError("Request failed with status code 500: boom")))
+    assert "failed the submission (RuntimeError: Request failed with status code 500: boom)" in other
