@@ -49,10 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         entries = [e for e in analysis["entries"] if e["env_id"] == env]
         top = max(entries, key=lambda e: e["target"])
         best = drawn_configs(top)
-        sizes = [c["B"] for c in best]
         cmap = colormaps["viridis"]
         for j, c in enumerate(best):
-            color = cmap(j / max(1, len(sizes) - 1))
+            color = cmap(j / max(1, len(best) - 1))
             rows = table[(table["env_id"] == env) & (table["B"] == c["B"]) & (table["lr"] == c["lr"])
                          & (table["lr_rule"] == c["lr_rule"]) & (table["status"] == "completed")]
             label: str | None = f"B = {c['B']:g}, lr {c['lr']:g}"  # on the first curve drawn
